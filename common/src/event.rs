@@ -1,0 +1,280 @@
+//! The event model: one journal record per committed source transaction (or DDL statement), self-describing
+//! so an applier needs nothing but the record to apply it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::position::{BinlogPosition, Gtid, JournalOffset};
+
+/// One committed source transaction or one DDL statement, as journaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Dense position in the journal; assigned by the journal writer.
+    pub offset: JournalOffset,
+    /// The source transaction's MariaDB GTID, if the source logged one.
+    pub gtid: Option<Gtid>,
+    /// Binlog file and the end position of the transaction's last event: resuming here skips it.
+    pub source: BinlogPosition,
+    /// Source commit time (binlog event timestamp, Unix seconds).
+    pub commit_unix_seconds: i64,
+    /// When the reader journaled it (Unix milliseconds); drives time-based retention.
+    pub journaled_unix_ms: i64,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// Row changes in source order, grouped into runs on one table.
+    Transaction(Vec<TableChange>),
+    /// A statement the source logged as a query (CREATE/ALTER/RENAME/DROP/TRUNCATE ...).
+    Ddl { schema: String, statement: String },
+}
+
+impl Record {
+    /// Number of row changes (0 for DDL).
+    pub fn row_count(&self) -> usize {
+        match &self.body {
+            Body::Transaction(changes) => changes.iter().map(|c| c.rows.len()).sum(),
+            Body::Ddl { .. } => 0,
+        }
+    }
+}
+
+/// Consecutive row changes to one table, carrying the table's shape as the source logged it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableChange {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order; empty if the table has none.
+    pub primary_key: Vec<u32>,
+    pub rows: Vec<RowChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub unsigned: bool,
+    pub nullable: bool,
+    /// Binlog type code and metadata, kept so the column can be re-interpreted exactly.
+    pub binlog_type: u8,
+    pub binlog_meta: u16,
+    /// Collation id of character columns (63 = binary); 0 when not applicable.
+    pub collation: u16,
+}
+
+/// SQL type family of a column, as far as the binlog tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ColumnType {
+    TinyInt,
+    SmallInt,
+    MediumInt,
+    Int,
+    BigInt,
+    Float,
+    Double,
+    Decimal,
+    Date,
+    Time,
+    DateTime,
+    Timestamp,
+    Year,
+    /// CHAR, or BINARY when the collation is binary (also UUID, INET4, INET6).
+    Char,
+    /// VARCHAR or VARBINARY.
+    VarChar,
+    /// TEXT/BLOB of any size (also JSON, which MariaDB stores as LONGTEXT).
+    Blob,
+    Enum,
+    Set,
+    Bit,
+    Geometry,
+    /// Anything the reader does not recognise; it refuses to journal such a column's values.
+    Other,
+}
+
+impl ColumnType {
+    pub fn name(self) -> &'static str {
+        use ColumnType::*;
+        match self {
+            TinyInt => "tinyint",
+            SmallInt => "smallint",
+            MediumInt => "mediumint",
+            Int => "int",
+            BigInt => "bigint",
+            Float => "float",
+            Double => "double",
+            Decimal => "decimal",
+            Date => "date",
+            Time => "time",
+            DateTime => "datetime",
+            Timestamp => "timestamp",
+            Year => "year",
+            Char => "char",
+            VarChar => "varchar",
+            Blob => "blob",
+            Enum => "enum",
+            Set => "set",
+            Bit => "bit",
+            Geometry => "geometry",
+            Other => "other",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Self {
+        use ColumnType::*;
+        [
+            TinyInt, SmallInt, MediumInt, Int, BigInt, Float, Double, Decimal, Date, Time, DateTime, Timestamp, Year,
+            Char, VarChar, Blob, Enum, Set, Bit, Geometry,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
+        .unwrap_or(Other)
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RowChange {
+    Insert { after: Vec<Value> },
+    Update { before: Vec<Value>, after: Vec<Value> },
+    Delete { before: Vec<Value> },
+}
+
+/// A column value, exact: what the primary returns for a SELECT of the column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Int(i64),
+    UInt(u64),
+    Float(f32),
+    Double(f64),
+    /// DECIMAL as exact text.
+    Decimal(String),
+    /// Character data in UTF-8 (converted from the column's charset), ENUM and SET names, JSON text.
+    Text(String),
+    /// Binary data; BIT as big-endian bytes; GEOMETRY as SRID + WKB.
+    Bytes(Vec<u8>),
+    Date {
+        year: u16,
+        month: u8,
+        day: u8,
+    },
+    DateTime {
+        year: u16,
+        month: u8,
+        day: u8,
+        hour: u8,
+        minute: u8,
+        second: u8,
+        micros: u32,
+    },
+    Time {
+        negative: bool,
+        hours: u32,
+        minutes: u8,
+        seconds: u8,
+        micros: u32,
+    },
+    /// TIMESTAMP as an instant since the Unix epoch; (0, 0) is the zero timestamp.
+    Timestamp {
+        seconds: i64,
+        micros: u32,
+    },
+    Year(u16),
+}
+
+impl fmt::Display for Value {
+    /// The value as MariaDB's text protocol would show it (TIMESTAMP in UTC).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Int(v) => write!(f, "{v}"),
+            Value::UInt(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Double(v) => write!(f, "{v}"),
+            Value::Decimal(v) | Value::Text(v) => f.write_str(v),
+            Value::Bytes(b) => {
+                f.write_str("0x")?;
+                b.iter().try_for_each(|x| write!(f, "{x:02X}"))
+            }
+            Value::Date { year, month, day } => write!(f, "{year:04}-{month:02}-{day:02}"),
+            Value::DateTime { year, month, day, hour, minute, second, micros } => {
+                write!(f, "{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")?;
+                fmt_micros(f, *micros)
+            }
+            Value::Time { negative, hours, minutes, seconds, micros } => {
+                let sign = if *negative { "-" } else { "" };
+                write!(f, "{sign}{hours:02}:{minutes:02}:{seconds:02}")?;
+                fmt_micros(f, *micros)
+            }
+            Value::Timestamp { seconds, micros } => {
+                let dt = utc_from_unix(*seconds, *micros);
+                dt.fmt(f)
+            }
+            Value::Year(y) => write!(f, "{y:04}"),
+        }
+    }
+}
+
+fn fmt_micros(f: &mut fmt::Formatter<'_>, micros: u32) -> fmt::Result {
+    if micros != 0 {
+        write!(f, ".{micros:06}")?;
+    }
+    Ok(())
+}
+
+/// The UTC calendar time of a TIMESTAMP instant, as a `Value::DateTime` (the zero timestamp stays zero).
+pub fn utc_from_unix(seconds: i64, micros: u32) -> Value {
+    if seconds == 0 && micros == 0 {
+        return Value::DateTime { year: 0, month: 0, day: 0, hour: 0, minute: 0, second: 0, micros: 0 };
+    }
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    Value::DateTime {
+        year,
+        month,
+        day,
+        hour: (secs / 3600) as u8,
+        minute: (secs % 3600 / 60) as u8,
+        second: (secs % 60) as u8,
+        micros,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_render_in_utc() {
+        assert_eq!(utc_from_unix(946_684_800, 500_000).to_string(), "2000-01-01 00:00:00.500000");
+        assert_eq!(utc_from_unix(2_147_483_647, 0).to_string(), "2038-01-19 03:14:07");
+        assert_eq!(utc_from_unix(0, 0).to_string(), "0000-00-00 00:00:00");
+    }
+
+    #[test]
+    fn column_type_names_round_trip() {
+        for t in [ColumnType::MediumInt, ColumnType::Geometry, ColumnType::Timestamp] {
+            assert_eq!(ColumnType::from_name(t.name()), t);
+        }
+        assert_eq!(ColumnType::from_name("vector"), ColumnType::Other);
+    }
+}

@@ -1,0 +1,15 @@
+//! Shared by `replica-reader` and `replica-applier`.
+//!
+//! - [`event`]: the journal record model (one committed source transaction, self-describing rows)
+//! - [`position`]: journal offsets, binlog positions, MariaDB GTIDs
+//! - [`codec`]: the versioned bincode encoding of records in the journal
+//! - [`proto`] and [`convert`]: the gRPC wire types and the one mapping to and from the domain
+//! - [`config`] and [`logging`]: secrets, shared options, tracing/GELF setup
+
+pub mod codec;
+pub mod config;
+pub mod convert;
+pub mod event;
+pub mod logging;
+pub mod position;
+pub mod proto;

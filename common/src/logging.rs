@@ -1,0 +1,73 @@
+//! Logging setup for both binaries: text or JSON on stderr, optionally GELF to Graylog.
+//!
+//! Field vocabulary: `offset`, `consumer`, `schema`, `table`, `gtid`, `error`. GELF delivery runs in its own
+//! task behind a bounded buffer, so a Graylog outage drops log lines rather than slowing replication.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{GelfProtocol, LogArgs, LogFormat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("invalid log filter {filter:?}")]
+    Filter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot set up Graylog logging to {endpoint}: {reason}")]
+    Gelf { endpoint: String, reason: String },
+    #[error("logging was already initialised")]
+    AlreadyInitialised,
+}
+
+/// Installs the global subscriber. Must run inside a tokio runtime when Graylog is enabled.
+pub fn init(args: &LogArgs, service: &'static str) -> Result<(), LoggingError> {
+    let filter = EnvFilter::try_new(&args.log_level)
+        .map_err(|source| LoggingError::Filter { filter: args.log_level.clone(), source })?;
+    let mut layers: Vec<BoxedLayer> = vec![match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    }];
+    if args.graylog_enabled {
+        layers.push(gelf_layer(args, service)?);
+    }
+    tracing_subscriber::registry().with(layers).with(filter).try_init().map_err(|_| LoggingError::AlreadyInitialised)
+}
+
+type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+fn gelf_layer(args: &LogArgs, service: &'static str) -> Result<BoxedLayer, LoggingError> {
+    let err = |reason: String| LoggingError::Gelf { endpoint: args.graylog_endpoint.clone(), reason };
+    let builder = tracing_gelf::Logger::builder()
+        .host(args.graylog_source.clone())
+        .additional_field("service", service)
+        .additional_field("project", args.project_name.clone())
+        .buffer(10_000);
+    let endpoint = args.graylog_endpoint.clone();
+    let pause = args.graylog_timeout;
+    match args.graylog_protocol {
+        GelfProtocol::Udp => {
+            let (logger, mut handle) = builder.connect_udp(endpoint).map_err(|e| err(e.to_string()))?;
+            tokio::spawn(async move {
+                loop {
+                    let _errors = handle.connect().await;
+                    tokio::time::sleep(pause).await;
+                }
+            });
+            Ok(Box::new(logger))
+        }
+        GelfProtocol::Tcp => {
+            let (logger, mut handle) = builder.connect_tcp(endpoint).map_err(|e| err(e.to_string()))?;
+            tokio::spawn(async move {
+                loop {
+                    let _errors = handle.connect().await;
+                    tokio::time::sleep(pause).await;
+                }
+            });
+            Ok(Box::new(logger))
+        }
+    }
+}

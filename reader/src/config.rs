@@ -1,0 +1,116 @@
+//! The reader's command line and environment (the original service's `MARIA_*` names work unchanged).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use common::config::{parse_duration, parse_size, LogArgs, Secret};
+use common::position::StartPosition;
+
+use crate::filter::Filter;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "replica-reader",
+    version,
+    about = "Reads a MariaDB primary's binlog into a durable journal and serves it over gRPC"
+)]
+pub struct Cli {
+    /// Primary host
+    #[arg(long, env = "MARIA_PRIMARY_HOST", default_value = "127.0.0.1")]
+    pub primary_host: String,
+    /// Primary port
+    #[arg(long, env = "MARIA_PRIMARY_PORT", default_value_t = 3306)]
+    pub primary_port: u16,
+    /// Replication user (needs REPLICATION SLAVE, BINLOG MONITOR and SELECT)
+    #[arg(long, env = "MARIA_USER", default_value = "replica")]
+    pub user: String,
+    /// Replication user's password
+    #[arg(long, env = "MARIA_PASS", default_value = "replica", hide_env_values = true, hide_default_value = true)]
+    pub password: Secret,
+    /// Server id this reader uses as a replication client; unique among the primary's replicas
+    #[arg(long, env = "MARIA_SERVER_ID", default_value_t = 100)]
+    pub server_id: u32,
+    /// Name of the primary in logs and status
+    #[arg(long, env = "MARIA_PRIMARY_NAME", default_value = "mariadb-primary")]
+    pub primary_name: String,
+    /// Directory of the sled journal
+    #[arg(long, env = "REPLICA_JOURNAL_DIR", default_value = "./journal")]
+    pub journal_dir: PathBuf,
+    /// gRPC listen address
+    #[arg(long, env = "REPLICA_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Schemas or tables to journal, comma-separated `schema` or `schema.table` with `*` wildcards (empty: all user schemas)
+    #[arg(long, env = "REPLICA_INCLUDE", default_value = "")]
+    pub include: String,
+    /// Schemas or tables never to journal, same syntax as --include
+    #[arg(long, env = "REPLICA_EXCLUDE", default_value = "")]
+    pub exclude: String,
+    /// Where an empty journal starts: `current` (end of the binlog), `earliest`, FILE:POS, or a GTID list such as 0-1-42
+    #[arg(long, env = "REPLICA_START_POSITION", default_value = "current")]
+    pub start_position: String,
+    /// Keep acked records at least this long
+    #[arg(long, env = "REPLICA_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Stop reading the primary while the journal holds more than this (nothing is dropped)
+    #[arg(long, env = "REPLICA_JOURNAL_MAX_BYTES", default_value = "10GiB", value_parser = parse_size)]
+    pub journal_max_bytes: u64,
+    /// Heartbeat period asked of the primary; no event for three periods means the connection is dead
+    #[arg(long, env = "REPLICA_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Longest pause between reconnection attempts to the primary
+    #[arg(long, env = "REPLICA_RECONNECT_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub reconnect_max: Duration,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub primary_host: String,
+    pub primary_port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub server_id: u32,
+    pub primary_name: String,
+    pub journal_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub filter: Filter,
+    pub start_position: StartPosition,
+    pub retention: Duration,
+    pub journal_max_bytes: u64,
+    pub heartbeat: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = String;
+    fn try_from(c: Cli) -> Result<Self, String> {
+        let filter = Filter::new(&c.include, &c.exclude).map_err(|e| format!("invalid filter: {e}"))?;
+        let start_position = c.start_position.parse().map_err(|e| format!("--start-position: {e}"))?;
+        if c.server_id == 0 {
+            return Err("MARIA_SERVER_ID must not be 0: replication clients need a non-zero id".into());
+        }
+        if c.heartbeat < Duration::from_millis(100) {
+            return Err("REPLICA_HEARTBEAT must be at least 100ms".into());
+        }
+        Ok(Self {
+            primary_host: c.primary_host,
+            primary_port: c.primary_port,
+            user: c.user,
+            password: c.password,
+            server_id: c.server_id,
+            primary_name: c.primary_name,
+            journal_dir: c.journal_dir,
+            grpc_addr: c.grpc_addr,
+            filter,
+            start_position,
+            retention: c.retention,
+            journal_max_bytes: c.journal_max_bytes,
+            heartbeat: c.heartbeat,
+            reconnect_max: c.reconnect_max,
+        })
+    }
+}

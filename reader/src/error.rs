@@ -1,0 +1,80 @@
+//! The reader's errors, each knowing whether retrying can help.
+
+use crate::decode::DecodeError;
+use crate::journal::JournalError;
+use crate::mariadb_events::MalformedEvent;
+
+/// MariaDB error codes the reader reacts to.
+pub mod codes {
+    /// ER_MASTER_FATAL_ERROR_READING_BINLOG: purged or unknown position, or an unreadable binlog.
+    pub const FATAL_READING_BINLOG: u16 = 1236;
+    /// ER_SPECIFIC_ACCESS_DENIED_ERROR
+    pub const ACCESS_DENIED: u16 = 1227;
+    /// ER_ACCESS_DENIED_ERROR (wrong password)
+    pub const BAD_PASSWORD: u16 = 1045;
+    /// ER_CONNECTION_KILLED / a duplicate server id takes over the stream
+    pub const SLAVE_SAME_ID: u16 = 4052;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("cannot reach the primary")]
+    Connect(#[source] mysql_async::Error),
+    #[error("binlog stream from the primary failed")]
+    Stream(#[source] mysql_async::Error),
+    #[error("no event from the primary for {0:?} (heartbeats included): reconnecting")]
+    Silent(std::time::Duration),
+    #[error("primary is not configured for replication: {0}")]
+    Preflight(String),
+    #[error(
+        "the primary no longer has the binlog needed to resume at {position}: {server_message}. Records after \
+         that point were never journaled and cannot be recovered from the primary. Recover: stop the appliers, \
+         move the journal directory aside, start the reader with --start-position current, and re-copy each \
+         secondary (replica-applier --resync)"
+    )]
+    Purged { position: String, server_message: String },
+    #[error("the primary rejected the binlog request: {0}")]
+    Rejected(String),
+    #[error(
+        "primary identity changed while resuming by file/position: the journal was written from server id {was_id} \
+         with binlog {was_base:?}, the primary is now server id {now_id} with binlog {now_base:?}. Reading another \
+         server's binlog by position would journal the wrong changes. Point the reader at the original primary, or \
+         resume by GTID (needs a GTID in the journal's resume state)"
+    )]
+    IdentityChanged { was_id: u32, was_base: String, now_id: u32, now_base: String },
+    #[error("unsupported binlog content at {position}: {what}")]
+    Unsupported { position: String, what: String },
+    #[error("cannot decode the binlog at {position}")]
+    Decode {
+        position: String,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("malformed binlog event at {position}")]
+    Malformed {
+        position: String,
+        #[source]
+        source: MalformedEvent,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot serve gRPC")]
+    Serve(#[source] tonic::transport::Error),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl ReaderError {
+    /// Whether reconnecting and trying again can succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReaderError::Connect(e) | ReaderError::Stream(e) => !matches!(
+                e,
+                mysql_async::Error::Server(s)
+                    if s.code == codes::ACCESS_DENIED || s.code == codes::BAD_PASSWORD
+            ),
+            ReaderError::Silent(_) => true,
+            _ => false,
+        }
+    }
+}

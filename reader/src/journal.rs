@@ -1,0 +1,391 @@
+//! The durable journal: records with dense offsets, the resume position, and consumer acks, in sled.
+//!
+//! Layout: tree `journal` holds records under `r` + big-endian offset (numeric order) and metadata under `m/…`
+//! (the resume state, which also carries the last offset, and the retained byte count). Records and the
+//! resume state that follows them are written with one `apply_batch`, so a crash keeps both or neither;
+//! the durable head advances only after `flush`, so no subscriber ever sees a record a crash could take back.
+//! Tree `consumers` holds each consumer's acked offset. Trimming deletes records below every consumer's ack
+//! that are older than the retention time.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::codec;
+use common::event::{Body, Record};
+use common::position::{BinlogPosition, Gtid, GtidState, JournalOffset};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+const RESUME_KEY: &[u8] = b"m/resume";
+const BYTES_KEY: &[u8] = b"m/bytes";
+const RECORD_PREFIX: u8 = b'r';
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage failed")]
+    Storage(#[from] sled::Error),
+    #[error("journal record at offset {offset} is unreadable")]
+    Corrupt {
+        offset: u64,
+        #[source]
+        source: codec::CodecError,
+    },
+    #[error("journal metadata is unreadable: {0}")]
+    Meta(String),
+    #[error("offset {offset} is outside the journal: valid offsets are {first} to {last}")]
+    OutOfRange { offset: u64, first: u64, last: u64 },
+    #[error("unknown consumer {0:?}")]
+    UnknownConsumer(String),
+    #[error("invalid consumer name {0:?}: use 1 to 128 characters")]
+    BadConsumerName(String),
+}
+
+/// Where the reader resumes, written atomically with the records before it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResumeState {
+    /// End of the last transaction journaled or filtered out.
+    pub position: BinlogPosition,
+    /// GTID state after that transaction.
+    pub gtid: GtidState,
+    /// Identity of the primary the position belongs to.
+    pub server_id: u32,
+    pub binlog_basename: String,
+    /// Offset of the last record written (0 if none yet).
+    pub last_offset: u64,
+}
+
+/// A committed source transaction ready to be journaled: zero or more records, then the position after it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub gtid: Option<Gtid>,
+    pub source: BinlogPosition,
+    pub commit_unix_seconds: i64,
+    /// Usually one body; none when every change was filtered out; several when a transaction mixed DDL and rows.
+    pub bodies: Vec<Body>,
+    pub gtid_state: GtidState,
+    pub server_id: u32,
+    pub binlog_basename: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerState {
+    pub acked: u64,
+    pub last_ack_unix_ms: i64,
+}
+
+#[derive(Debug)]
+struct Bounds {
+    first: u64,
+    resume: Option<ResumeState>,
+    bytes: u64,
+}
+
+/// The journal, shared by the writer, the gRPC service and the trimmer. sled calls block briefly; callers on
+/// the async runtime use `spawn_blocking` for anything that scans.
+pub struct Journal {
+    db: sled::Db,
+    tree: sled::Tree,
+    consumers: sled::Tree,
+    bounds: Mutex<Bounds>,
+    head: watch::Sender<u64>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn record_key(offset: u64) -> [u8; 9] {
+    let mut k = [RECORD_PREFIX; 9];
+    k[1..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn offset_of(key: &[u8]) -> Option<u64> {
+    key.strip_prefix(&[RECORD_PREFIX]).and_then(JournalOffset::from_key).map(|o| o.0)
+}
+
+fn bincode_cfg() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl Journal {
+    pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let tree = db.open_tree("journal")?;
+        let consumers = db.open_tree("consumers")?;
+        let resume = match tree.get(RESUME_KEY)? {
+            Some(v) => Some(
+                bincode::serde::decode_from_slice::<ResumeState, _>(&v, bincode_cfg())
+                    .map_err(|e| JournalError::Meta(e.to_string()))?
+                    .0,
+            ),
+            None => None,
+        };
+        let bytes = match tree.get(BYTES_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| JournalError::Meta("byte count".into()))?),
+            None => 0,
+        };
+        let last = resume.as_ref().map_or(0, |r| r.last_offset);
+        let first = match tree.scan_prefix([RECORD_PREFIX]).next() {
+            Some(kv) => offset_of(&kv?.0).ok_or_else(|| JournalError::Meta("bad record key".into()))?,
+            None => last + 1,
+        };
+        let (head, _) = watch::channel(last);
+        Ok(Arc::new(Self { db, tree, consumers, bounds: Mutex::new(Bounds { first, resume, bytes }), head }))
+    }
+
+    fn bounds(&self) -> MutexGuard<'_, Bounds> {
+        // A panic while holding this lock leaves the bounds consistent with sled (they are set after writes).
+        self.bounds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The resume state of the last durable write, if anything was ever written.
+    pub fn resume(&self) -> Option<ResumeState> {
+        self.bounds().resume.clone()
+    }
+
+    /// Offset of the last durable record (0 if none).
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    pub fn first(&self) -> u64 {
+        self.bounds().first
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bounds().bytes
+    }
+
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Writes committed transactions and the resume state after the last one in one atomic batch, flushes,
+    /// then publishes the new head. Blocking.
+    pub fn append(&self, batch: Vec<Committed>) -> Result<(), JournalError> {
+        let Some(last_txn) = batch.last() else { return Ok(()) };
+        let now = now_ms();
+        let mut b = self.bounds();
+        let mut offset = b.resume.as_ref().map_or(0, |r| r.last_offset);
+        let mut bytes = b.bytes;
+        let mut sled_batch = sled::Batch::default();
+        for txn in &batch {
+            for body in &txn.bodies {
+                offset += 1;
+                let record = Record {
+                    offset: JournalOffset(offset),
+                    gtid: txn.gtid,
+                    source: txn.source.clone(),
+                    commit_unix_seconds: txn.commit_unix_seconds,
+                    journaled_unix_ms: now,
+                    body: body.clone(),
+                };
+                let encoded = codec::encode(&record).map_err(|source| JournalError::Corrupt { offset, source })?;
+                bytes += encoded.len() as u64;
+                sled_batch.insert(&record_key(offset), encoded);
+            }
+        }
+        let resume = ResumeState {
+            position: last_txn.source.clone(),
+            gtid: last_txn.gtid_state.clone(),
+            server_id: last_txn.server_id,
+            binlog_basename: last_txn.binlog_basename.clone(),
+            last_offset: offset,
+        };
+        let encoded =
+            bincode::serde::encode_to_vec(&resume, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
+        sled_batch.insert(RESUME_KEY, encoded);
+        sled_batch.insert(BYTES_KEY, &bytes.to_be_bytes());
+        self.tree.apply_batch(sled_batch)?;
+        b.resume = Some(resume);
+        b.bytes = bytes;
+        drop(b);
+        self.db.flush()?;
+        self.head.send_replace(offset);
+        Ok(())
+    }
+
+    /// Up to `limit` durable records from `from`. Blocking.
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, JournalError> {
+        let head = self.head();
+        let first = self.first();
+        if from < first || from > head + 1 {
+            return Err(JournalError::OutOfRange { offset: from, first, last: head });
+        }
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self.tree.range(record_key(from)..=record_key(head)).take(limit) {
+            let (k, v) = kv?;
+            let offset = offset_of(&k).unwrap_or(0);
+            out.push(codec::decode(&v).map_err(|source| JournalError::Corrupt { offset, source })?);
+        }
+        Ok(out)
+    }
+
+    fn valid_name(name: &str) -> Result<(), JournalError> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(JournalError::BadConsumerName(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn consumer(&self, name: &str) -> Result<Option<ConsumerState>, JournalError> {
+        Ok(match self.consumers.get(name)? {
+            Some(v) => Some(
+                bincode::serde::decode_from_slice(&v, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?.0,
+            ),
+            None => None,
+        })
+    }
+
+    fn put_consumer(&self, name: &str, state: ConsumerState) -> Result<(), JournalError> {
+        let v = bincode::serde::encode_to_vec(state, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
+        self.consumers.insert(name, v)?;
+        Ok(())
+    }
+
+    /// Registers `name` as having applied everything before `from` if it is new; returns its state.
+    pub fn register(&self, name: &str, from: u64) -> Result<ConsumerState, JournalError> {
+        Self::valid_name(name)?;
+        if let Some(s) = self.consumer(name)? {
+            return Ok(s);
+        }
+        let state = ConsumerState { acked: from.saturating_sub(1), last_ack_unix_ms: 0 };
+        self.put_consumer(name, state)?;
+        Ok(state)
+    }
+
+    /// Monotonic and idempotent: an ack below the current one changes nothing.
+    pub fn ack(&self, name: &str, offset: u64) -> Result<u64, JournalError> {
+        Self::valid_name(name)?;
+        let head = self.head();
+        if offset > head {
+            return Err(JournalError::OutOfRange { offset, first: self.first(), last: head });
+        }
+        let current = self.consumer(name)?.ok_or_else(|| JournalError::UnknownConsumer(name.to_owned()))?;
+        let acked = current.acked.max(offset);
+        self.put_consumer(name, ConsumerState { acked, last_ack_unix_ms: now_ms() })?;
+        Ok(acked)
+    }
+
+    pub fn remove_consumer(&self, name: &str) -> Result<bool, JournalError> {
+        Ok(self.consumers.remove(name)?.is_some())
+    }
+
+    pub fn consumers(&self) -> Result<Vec<(String, ConsumerState)>, JournalError> {
+        self.consumers
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let state = bincode::serde::decode_from_slice(&v, bincode_cfg())
+                    .map_err(|e| JournalError::Meta(e.to_string()))?
+                    .0;
+                Ok((String::from_utf8_lossy(&k).into_owned(), state))
+            })
+            .collect()
+    }
+
+    /// Deletes records every consumer has acked that were journaled more than `retention` ago, at most
+    /// `max` per call. Returns how many were deleted. Blocking.
+    pub fn trim(&self, retention: Duration, max: usize) -> Result<usize, JournalError> {
+        let head = self.head();
+        let min_acked = self.consumers()?.iter().map(|(_, s)| s.acked).min().unwrap_or(head).min(head);
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        let first = self.first();
+        if first > min_acked {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let mut freed = 0u64;
+        let mut removed = 0usize;
+        let mut new_first = first;
+        for kv in self.tree.range(record_key(first)..=record_key(min_acked)).take(max) {
+            let (k, v) = kv?;
+            let offset = offset_of(&k).unwrap_or(0);
+            let record = codec::decode(&v).map_err(|source| JournalError::Corrupt { offset, source })?;
+            if record.journaled_unix_ms > cutoff {
+                break;
+            }
+            batch.remove(k);
+            freed += v.len() as u64;
+            removed += 1;
+            new_first = offset + 1;
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        let mut b = self.bounds();
+        let bytes = b.bytes.saturating_sub(freed);
+        batch.insert(BYTES_KEY, &bytes.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        b.bytes = bytes;
+        b.first = new_first;
+        Ok(removed)
+    }
+
+    /// Consumer states with lag, for status reports.
+    pub fn consumer_lags(&self) -> Result<HashMap<String, (ConsumerState, u64)>, JournalError> {
+        let head = self.head();
+        Ok(self.consumers()?.into_iter().map(|(n, s)| (n, (s, head.saturating_sub(s.acked)))).collect())
+    }
+
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(n: usize, pos: u64) -> Committed {
+        Committed {
+            gtid: None,
+            source: BinlogPosition { file: "binlog.000001".into(), pos },
+            commit_unix_seconds: 0,
+            bodies: (0..n).map(|i| Body::Ddl { schema: "s".into(), statement: format!("stmt {i}") }).collect(),
+            gtid_state: GtidState::default(),
+            server_id: 1,
+            binlog_basename: "binlog".into(),
+        }
+    }
+
+    #[test]
+    fn offsets_are_dense_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let j = Journal::open(dir.path()).expect("open");
+            j.append(vec![committed(2, 100), committed(0, 150), committed(1, 200)]).expect("append");
+            assert_eq!(j.head(), 3);
+            assert_eq!(j.resume().expect("resume").position.pos, 200);
+        }
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.head(), 3);
+        let recs = j.read(1, 10).expect("read");
+        assert_eq!(recs.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(matches!(j.read(5, 1), Err(JournalError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn trimming_waits_for_every_consumer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        j.append(vec![committed(5, 100)]).expect("append");
+        j.register("a", 1).expect("register");
+        j.register("b", 1).expect("register");
+        j.ack("a", 4).expect("ack");
+        j.ack("b", 2).expect("ack");
+        assert_eq!(j.ack("b", 1).expect("ack below is a no-op"), 2);
+        assert_eq!(j.trim(Duration::ZERO, 100).expect("trim"), 2);
+        assert_eq!(j.first(), 3);
+        assert!(matches!(j.read(2, 1), Err(JournalError::OutOfRange { .. })));
+        assert!(j.remove_consumer("b").expect("remove"));
+        assert_eq!(j.trim(Duration::ZERO, 100).expect("trim"), 2);
+        assert_eq!(j.first(), 5);
+        assert_eq!(j.trim(Duration::from_secs(3600), 100).expect("trim"), 0);
+        assert!(matches!(j.ack("a", 9), Err(JournalError::OutOfRange { .. })));
+    }
+}

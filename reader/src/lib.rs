@@ -1,0 +1,169 @@
+//! `replica-reader`: MariaDB binlog → durable sled journal → gRPC.
+//!
+//! Data flow: [`source`] streams the primary's binlog, [`decode`] turns row images into exact values,
+//! [`statement`] classifies logged statements, and committed transactions go through a bounded channel to the
+//! [`writer`] thread, which group-commits them into the [`journal`] (records and resume position in one
+//! atomic write, published after flush). [`server`] serves the journal over gRPC with reflection and health;
+//! a trimmer task deletes records every consumer acked once they are older than the retention time.
+//! Everything stops through one cancellation token.
+
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod filter;
+pub mod journal;
+pub mod mariadb_events;
+pub mod preflight;
+pub mod server;
+pub mod source;
+pub mod statement;
+pub mod writer;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::proto::journal_server::JournalServer;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::ReaderError;
+use crate::journal::Journal;
+use crate::server::JournalService;
+use crate::source::{Source, SourceStatus};
+use crate::writer::Writer;
+
+/// Committed transactions buffered between the source and the writer.
+const WRITER_QUEUE: usize = 1024;
+
+/// Runs the reader until `shutdown` is cancelled (Ok) or a definite error stops it.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ReaderError> {
+    let config = Arc::new(config);
+    let dir = config.journal_dir.clone();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&dir))
+        .await
+        .map_err(|e| ReaderError::Task(e.to_string()))??;
+    info!(
+        journal = %config.journal_dir.display(),
+        first_offset = journal.first(),
+        last_offset = journal.head(),
+        resume = ?journal.resume().map(|r| (r.position.to_string(), r.gtid.to_string())),
+        "journal opened"
+    );
+    let status = Arc::new(SourceStatus::default());
+    let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+    let writer = Writer {
+        journal: journal.clone(),
+        rx,
+        max_bytes: config.journal_max_bytes,
+        status: status.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let writer_thread = std::thread::Builder::new()
+        .name("journal-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| ReaderError::Task(e.to_string()))?;
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(trim_loop(journal.clone(), config.retention, shutdown.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tasks.spawn(health_loop(health, status.clone(), shutdown.clone()));
+    // Both reflection versions: older grpcurl builds only speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(common::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| ReaderError::Task(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ReaderError::Task(e.to_string()))?;
+    let service = JournalService {
+        journal: journal.clone(),
+        config: config.clone(),
+        status: status.clone(),
+        shutdown: shutdown.clone(),
+        connected: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|e| ReaderError::Task(format!("cannot listen on {}: {e}", config.grpc_addr)))?;
+    info!(addr = %listener.local_addr().map_err(|e| ReaderError::Task(e.to_string()))?, "gRPC listening");
+    let serve_shutdown = shutdown.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(JournalServer::new(service))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                serve_shutdown.cancelled().await
+            }),
+    );
+
+    let source = Source { config: config.clone(), writer: tx, status, shutdown: shutdown.clone() };
+    let result = source.run().await;
+    if let Err(e) = &result {
+        source::log_fatal(e);
+    }
+    shutdown.cancel();
+    // The source's sender is gone: the writer drains what it was sent, flushes and stops.
+    let writer_result = tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .map_err(|e| ReaderError::Task(e.to_string()))?
+        .map_err(|_| ReaderError::Task("journal writer panicked".into()))?;
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server stopped with an error"),
+        Err(_) => warn!("gRPC server did not stop within 5s"),
+        _ => {}
+    }
+    writer_result?;
+    info!(last_offset = journal.head(), "reader stopped");
+    result
+}
+
+async fn trim_loop(journal: Arc<Journal>, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        loop {
+            let j = journal.clone();
+            match tokio::task::spawn_blocking(move || j.trim(retention, 10_000)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => tracing::debug!(removed = n, first_offset = journal.first(), "journal trimmed"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "journal trim failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+async fn health_loop(
+    health: tonic_health::server::HealthReporter,
+    status: Arc<SourceStatus>,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let serving = status.connected.load(Ordering::Relaxed) && !status.backpressure.load(Ordering::Relaxed);
+        if last != Some(serving) {
+            let s = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", s).await;
+            health.set_service_status("replica.v1.Journal", s).await;
+            last = Some(serving);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

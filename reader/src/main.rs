@@ -1,0 +1,50 @@
+//! `replica-reader` binary: parse configuration, start logging, run until SIGTERM/SIGINT, map errors to exit codes.
+
+use clap::Parser;
+use reader::config::{Cli, Config};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = common::logging::init(&cli.log, "replica-reader") {
+        eprintln!("replica-reader: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let config = match Config::try_from(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    match reader::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut chain = String::new();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                chain.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("replica-reader: {e}{chain}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown requested: draining");
+    shutdown.cancel();
+}

@@ -1,0 +1,220 @@
+//! The `replica.v1.Journal` gRPC service: inspection, subscriptions with live tailing, acks and consumers.
+//!
+//! Each subscriber gets its own task feeding a small bounded channel, so a slow subscriber only slows itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use common::proto::journal_server::Journal as JournalApi;
+use common::proto::{self, ConsumerInfo};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::journal::{ConsumerState, Journal, JournalError};
+use crate::source::SourceStatus;
+
+/// Records read from sled per step of a subscription.
+const READ_CHUNK: usize = 256;
+/// Records buffered per subscriber.
+const SUBSCRIBER_BUFFER: usize = 128;
+
+pub struct JournalService {
+    pub journal: Arc<Journal>,
+    pub config: Arc<Config>,
+    pub status: Arc<SourceStatus>,
+    pub shutdown: CancellationToken,
+    /// Open subscriptions per consumer name.
+    pub connected: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+fn status_of(e: JournalError) -> Status {
+    match e {
+        JournalError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        JournalError::UnknownConsumer(_) => Status::not_found(e.to_string()),
+        JournalError::BadConsumerName(_) => Status::invalid_argument(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status_of)
+}
+
+/// Decrements the connected count when a subscription ends.
+struct Connection {
+    name: String,
+    connected: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut map = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.name);
+            }
+        }
+    }
+}
+
+impl JournalService {
+    fn consumer_infos(&self) -> Result<Vec<ConsumerInfo>, JournalError> {
+        let head = self.journal.head();
+        let connected = self.connected.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut list: Vec<ConsumerInfo> = self
+            .journal
+            .consumers()?
+            .into_iter()
+            .map(|(name, s): (String, ConsumerState)| ConsumerInfo {
+                connected: connected.contains_key(&name),
+                lag_records: head.saturating_sub(s.acked),
+                acked_offset: s.acked,
+                last_ack_unix_ms: s.last_ack_unix_ms,
+                name,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+}
+
+#[tonic::async_trait]
+impl JournalApi for JournalService {
+    async fn get_info(&self, _: Request<proto::GetInfoRequest>) -> Result<Response<proto::GetInfoResponse>, Status> {
+        let resume = self.journal.resume().unwrap_or_default();
+        Ok(Response::new(proto::GetInfoResponse {
+            first_offset: self.journal.first(),
+            last_offset: self.journal.head(),
+            source_position: Some(proto::SourcePosition {
+                file: resume.position.file,
+                position: resume.position.pos,
+                gtid: resume.gtid.to_string(),
+            }),
+            journal_bytes: self.journal.bytes(),
+            consumers: self.consumer_infos().map_err(status_of)?,
+            backpressure: self.status.backpressure.load(Ordering::Relaxed),
+            size_cap_bytes: self.config.journal_max_bytes,
+            primary_connected: self.status.connected.load(Ordering::Relaxed),
+            primary_name: self.config.primary_name.clone(),
+        }))
+    }
+
+    async fn read(&self, req: Request<proto::ReadRequest>) -> Result<Response<proto::ReadResponse>, Status> {
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let journal = self.journal.clone();
+        let from = req.from_offset;
+        let records = blocking(move || journal.read(from, limit)).await?;
+        Ok(Response::new(proto::ReadResponse { records: records.iter().map(Into::into).collect() }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<proto::Record, Status>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = req.into_inner();
+        let name = req.consumer.clone();
+        let journal = self.journal.clone();
+        let first = journal.first();
+        let head = journal.head();
+        // 0 means: where this consumer left off, or the oldest retained record for a new one.
+        let from = {
+            let journal = journal.clone();
+            let name = name.clone();
+            let requested = req.from_offset;
+            blocking(move || {
+                let known = journal.consumer(&name)?;
+                let from = match (requested, known) {
+                    (0, Some(s)) => s.acked + 1,
+                    (0, None) => first,
+                    (n, _) => n,
+                };
+                if from < first || from > head + 1 {
+                    return Err(JournalError::OutOfRange { offset: from, first, last: head });
+                }
+                journal.register(&name, from)?;
+                Ok(from)
+            })
+            .await?
+        };
+        info!(consumer = %name, offset = from, "subscriber connected");
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default() += 1;
+        let guard = Connection { name: name.clone(), connected: self.connected.clone() };
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut head_rx = journal.watch_head();
+            let mut next = from;
+            loop {
+                let head = *head_rx.borrow_and_update();
+                if next > head {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        _ = tx.closed() => break,
+                        changed = head_rx.changed() => if changed.is_err() { break },
+                    }
+                    continue;
+                }
+                let j = journal.clone();
+                let chunk = blocking(move || j.read(next, READ_CHUNK)).await;
+                let records = match chunk {
+                    Ok(r) => r,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                for record in &records {
+                    next = record.offset.0 + 1;
+                    if tx.send(Ok(record.into())).await.is_err() {
+                        debug!(consumer = %name, "subscriber went away");
+                        return;
+                    }
+                }
+            }
+            debug!(consumer = %name, "subscription ended");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack(&self, req: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+        let req = req.into_inner();
+        let journal = self.journal.clone();
+        let acked = blocking(move || journal.ack(&req.consumer, req.offset)).await?;
+        Ok(Response::new(proto::AckResponse { acked_offset: acked }))
+    }
+
+    async fn list_consumers(
+        &self,
+        _: Request<proto::ListConsumersRequest>,
+    ) -> Result<Response<proto::ListConsumersResponse>, Status> {
+        Ok(Response::new(proto::ListConsumersResponse { consumers: self.consumer_infos().map_err(status_of)? }))
+    }
+
+    async fn remove_consumer(
+        &self,
+        req: Request<proto::RemoveConsumerRequest>,
+    ) -> Result<Response<proto::RemoveConsumerResponse>, Status> {
+        let name = req.into_inner().name;
+        let journal = self.journal.clone();
+        let n = name.clone();
+        let removed = blocking(move || journal.remove_consumer(&n)).await?;
+        info!(consumer = %name, removed, "consumer removed");
+        Ok(Response::new(proto::RemoveConsumerResponse { removed }))
+    }
+}

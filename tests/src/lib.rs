@@ -1,1 +1,425 @@
+//! Test harness: real `mariadbd` servers in temporary folders and the real `replica-reader` binary.
+//!
+//! Every server gets its own data dir and free loopback port and is stopped when dropped; every test uses its
+//! own servers, so tests run in parallel. Binaries come from the workspace's target folder (the README's test
+//! command builds them first).
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::proto::journal_client::JournalClient;
+use common::proto::{self, GetInfoRequest, ReadRequest};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+
+/// Password of the replication user every primary gets.
+pub const REPL_USER: &str = "repl";
+pub const REPL_PASS: &str = "repl-secret-7f3a";
+
+/// Polls `check` until it returns `Some` or the deadline passes; panics with `what` on timeout.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Path of a workspace binary, built by `cargo build --bins` (debug) or `--release` when REPLICA_TEST_PROFILE says.
+pub fn binary(name: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let profile = std::env::var("REPLICA_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
+    let path = target.join(profile).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+fn find_program(name: &str) -> String {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    name.to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Binary log on, with the settings the reader needs.
+    Primary,
+    /// No binary log.
+    Secondary,
+}
+
+/// A MariaDB server of our own, stopped on drop.
+pub struct MariaDb {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    role: Role,
+    server_id: u32,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    pub async fn start(role: Role) -> Self {
+        Self::start_with(role, 1, &[]).await
+    }
+
+    /// Starts a fresh server with extra `mariadbd` arguments.
+    pub async fn start_with(role: Role, server_id: u32, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new().prefix("replica-test-db-").tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let out = Command::new(find_program("mariadb-install-db"))
+            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("mariadb-install-db runs (apt-get install mariadb-server)");
+        assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut db = Self { port: free_port(), dir, role, server_id, child: None };
+        db.spawn(extra).await;
+        db.exec(&format!(
+            "CREATE USER '{REPL_USER}'@'%' IDENTIFIED BY '{REPL_PASS}'; \
+             GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT, RELOAD, SHOW DATABASES ON *.* TO '{REPL_USER}'@'%'"
+        ))
+        .await;
+        db
+    }
+
+    fn args(&self) -> Vec<String> {
+        let d = self.dir.path();
+        let mut a = vec![
+            "--no-defaults".to_owned(),
+            "--user=root".to_owned(),
+            format!("--datadir={}", d.join("data").display()),
+            format!("--socket={}", d.join("sock").display()),
+            format!("--pid-file={}", d.join("pid").display()),
+            format!("--log-error={}", d.join("error.log").display()),
+            format!("--port={}", self.port),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--server-id={}", self.server_id),
+            "--innodb-buffer-pool-size=64M".to_owned(),
+            "--innodb-log-file-size=64M".to_owned(),
+            "--innodb-flush-log-at-trx-commit=2".to_owned(),
+            "--sync-binlog=0".to_owned(),
+            "--skip-name-resolve".to_owned(),
+            "--character-set-server=utf8mb4".to_owned(),
+            "--collation-server=utf8mb4_general_ci".to_owned(),
+        ];
+        if self.role == Role::Primary {
+            a.extend(
+                [
+                    format!("--log-bin={}", d.join("data").join("binlog").display()),
+                    "--binlog-format=ROW".into(),
+                    "--binlog-row-image=FULL".into(),
+                    "--binlog-row-metadata=FULL".into(),
+                ]
+                .into_iter(),
+            );
+        }
+        a
+    }
+
+    async fn spawn(&mut self, extra: &[&str]) {
+        let child = Command::new(find_program("mariadbd"))
+            .args(self.args())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd starts (apt-get install mariadb-server)");
+        self.child = Some(child);
+        let log = self.dir.path().join("error.log");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mariadbd exited with {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if let Ok(c) = Conn::new(self.root_opts()).await {
+                let _ = c.disconnect().await;
+                return;
+            }
+            assert!(Instant::now() < deadline, "mariadbd on port {} did not accept connections in 60s", self.port);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn root_opts(&self) -> OptsBuilder {
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(self.port)
+            .user(Some("root"))
+            .prefer_socket(false)
+            .max_allowed_packet(Some(1 << 30))
+    }
+
+    /// A root connection with utf8mb4 and UTC session time zone.
+    pub async fn conn(&self) -> Conn {
+        let mut c = Conn::new(self.root_opts()).await.expect("root connection");
+        c.query_drop("SET NAMES utf8mb4, time_zone='+00:00'").await.expect("session settings");
+        c
+    }
+
+    /// Runs statements (separated by `;`), panicking with the SQL on error.
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.conn().await;
+        c.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = c.disconnect().await;
+    }
+
+    pub async fn query<T: mysql_async::prelude::FromRow + Send + 'static>(&self, sql: &str) -> Vec<T> {
+        let mut c = self.conn().await;
+        let rows = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = c.disconnect().await;
+        rows
+    }
+
+    /// SIGTERM and wait; the data dir stays so the server can be started again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data dir.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn(&[]).await;
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `replica-reader` process, killed on drop.
+pub struct Reader {
+    pub grpc_port: u16,
+    pub journal_dir: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Reader {
+    /// Starts a reader against `primary` with a journal in `journal_dir`; waits until gRPC answers.
+    pub async fn start(primary: &MariaDb, journal_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let grpc_port = free_port();
+        let mut all: Vec<(String, String)> = vec![
+            ("MARIA_PRIMARY_HOST".into(), "127.0.0.1".into()),
+            ("MARIA_PRIMARY_PORT".into(), primary.port.to_string()),
+            ("MARIA_USER".into(), REPL_USER.into()),
+            ("MARIA_PASS".into(), REPL_PASS.into()),
+            ("MARIA_SERVER_ID".into(), (1000 + primary.port as u32 % 1000).to_string()),
+            ("REPLICA_JOURNAL_DIR".into(), journal_dir.display().to_string()),
+            ("REPLICA_GRPC_ADDR".into(), format!("127.0.0.1:{grpc_port}")),
+            ("REPLICA_HEARTBEAT".into(), "1s".into()),
+            ("REPLICA_RECONNECT_MAX".into(), "1s".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push(((*k).into(), (*v).into()));
+        }
+        let log = journal_dir.with_extension(format!("{grpc_port}.log"));
+        let mut r = Self { grpc_port, journal_dir: journal_dir.to_path_buf(), log, env: all, child: None };
+        r.spawn();
+        r.wait_ready().await;
+        r
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("reader log file");
+        let child = Command::new(binary("replica-reader"))
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("replica-reader starts");
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = self.url();
+        eventually(Duration::from_secs(30), "replica-reader's gRPC to answer", || {
+            let url = url.clone();
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let log = self.log_text();
+            async move {
+                if let Some(status) = exited {
+                    panic!("replica-reader exited with {status}:\n{log}");
+                }
+                let mut c = JournalClient::connect(url).await.ok()?;
+                c.get_info(GetInfoRequest {}).await.ok().map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub async fn client(&self) -> JournalClient<tonic::transport::Channel> {
+        JournalClient::connect(self.url()).await.expect("connect to replica-reader")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn info(&self) -> proto::GetInfoResponse {
+        self.client().await.get_info(GetInfoRequest {}).await.expect("GetInfo").into_inner()
+    }
+
+    /// Every retained record, in offset order.
+    pub async fn records(&self) -> Vec<proto::Record> {
+        let mut client = self.client().await;
+        let info = client.get_info(GetInfoRequest {}).await.expect("GetInfo").into_inner();
+        let mut out = Vec::new();
+        let mut from = info.first_offset;
+        while from <= info.last_offset {
+            let batch =
+                client.read(ReadRequest { from_offset: from, limit: 10_000 }).await.expect("Read").into_inner().records;
+            if batch.is_empty() {
+                break;
+            }
+            from = batch.last().map(|r| r.offset + 1).unwrap_or(from);
+            out.extend(batch);
+        }
+        out
+    }
+
+    /// Waits until the journal's last offset reaches `offset`.
+    pub async fn wait_for_offset(&self, offset: u64, within: Duration) {
+        eventually(within, &format!("journal to reach offset {offset}"), || async {
+            (self.info().await.last_offset >= offset).then_some(())
+        })
+        .await;
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        Self::wait_child(&mut c, Duration::from_secs(30))
+    }
+
+    fn wait_child(c: &mut Child, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(c);
+        None
+    }
+
+    /// Starts the process again without waiting for gRPC (for runs expected to fail early).
+    pub async fn restart_expecting_exit(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Starts the process again with the same settings and journal.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// All row changes of a list of records, flattened: (schema, table, kind, before, after).
+pub fn row_changes(records: &[proto::Record]) -> Vec<(String, String, i32, Vec<proto::Value>, Vec<proto::Value>)> {
+    let mut out = Vec::new();
+    for r in records {
+        if let Some(proto::record::Body::Transaction(t)) = &r.body {
+            for c in &t.changes {
+                for row in &c.rows {
+                    out.push((c.schema.clone(), c.table.clone(), row.kind, row.before.clone(), row.after.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The DDL statements of a list of records.
+pub fn ddl_statements(records: &[proto::Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| match &r.body {
+            Some(proto::record::Body::Ddl(d)) => Some(d.statement.clone()),
+            _ => None,
+        })
+        .collect()
+}

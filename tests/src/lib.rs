@@ -131,15 +131,12 @@ impl MariaDb {
             "--collation-server=utf8mb4_general_ci".to_owned(),
         ];
         if self.role == Role::Primary {
-            a.extend(
-                [
-                    format!("--log-bin={}", d.join("data").join("binlog").display()),
-                    "--binlog-format=ROW".into(),
-                    "--binlog-row-image=FULL".into(),
-                    "--binlog-row-metadata=FULL".into(),
-                ]
-                .into_iter(),
-            );
+            a.extend([
+                format!("--log-bin={}", d.join("data").join("binlog").display()),
+                "--binlog-format=ROW".into(),
+                "--binlog-row-image=FULL".into(),
+                "--binlog-row-metadata=FULL".into(),
+            ]);
         }
         a
     }
@@ -398,14 +395,30 @@ impl Drop for Reader {
     }
 }
 
-/// All row changes of a list of records, flattened: (schema, table, kind, before, after).
-pub fn row_changes(records: &[proto::Record]) -> Vec<(String, String, i32, Vec<proto::Value>, Vec<proto::Value>)> {
+/// One journaled row change, flattened out of its record.
+#[derive(Debug, Clone)]
+pub struct JournaledRow {
+    pub schema: String,
+    pub table: String,
+    pub kind: i32,
+    pub before: Vec<proto::Value>,
+    pub after: Vec<proto::Value>,
+}
+
+/// All row changes of a list of records, in journal order.
+pub fn row_changes(records: &[proto::Record]) -> Vec<JournaledRow> {
     let mut out = Vec::new();
     for r in records {
         if let Some(proto::record::Body::Transaction(t)) = &r.body {
             for c in &t.changes {
                 for row in &c.rows {
-                    out.push((c.schema.clone(), c.table.clone(), row.kind, row.before.clone(), row.after.clone()));
+                    out.push(JournaledRow {
+                        schema: c.schema.clone(),
+                        table: c.table.clone(),
+                        kind: row.kind,
+                        before: row.before.clone(),
+                        after: row.after.clone(),
+                    });
                 }
             }
         }

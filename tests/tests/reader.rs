@@ -211,10 +211,10 @@ async fn a_transaction_is_one_record_with_changes_in_order_and_a_rollback_leaves
         ]
     );
     let all = row_changes(&new);
-    assert!(all.iter().all(|(_, _, _, before, after)| !before
-        .iter()
-        .chain(after)
-        .any(|v| { matches!(v.kind, Some(proto::value::Kind::Int(99))) })));
+    let has_99 = |row: &tests::JournaledRow| {
+        row.before.iter().chain(&row.after).any(|v| matches!(v.kind, Some(proto::value::Kind::Int(99))))
+    };
+    assert!(!all.iter().any(has_99), "nothing of the rolled-back transaction");
     assert!(!new[0].gtid.is_empty() && new[1].gtid != new[0].gtid, "each record carries its own GTID");
 }
 
@@ -278,8 +278,8 @@ async fn journaled_ids(reader: &Reader) -> (Vec<i64>, Vec<u64>) {
         .collect();
     let ids = row_changes(&records)
         .into_iter()
-        .filter(|(_, table, ..)| table == "load")
-        .map(|(_, _, _, _, after)| match after[0].kind {
+        .filter(|row| row.table == "load")
+        .map(|row| match row.after[0].kind {
             Some(proto::value::Kind::Int(id)) => id,
             ref other => panic!("unexpected id {other:?}"),
         })
@@ -373,13 +373,12 @@ async fn filters_include_and_exclude_what_they_say() {
         let r = reader.records().await;
         row_changes(&r)
             .iter()
-            .any(|(s, t, _, _, a)| {
-                s == "shop" && t == "orders" && a.len() == 1 && a[0].kind == Some(proto::value::Kind::Int(2))
-            })
+            .any(|row| row.table == "orders" && row.after[0].kind == Some(proto::value::Kind::Int(2)))
             .then_some(r)
     })
     .await;
-    let tables: Vec<String> = row_changes(&records).into_iter().map(|(s, t, ..)| format!("{s}.{t}")).collect();
+    let tables: Vec<String> =
+        row_changes(&records).into_iter().map(|row| format!("{}.{}", row.schema, row.table)).collect();
     assert_eq!(tables, vec!["app_eu.users", "shop.orders", "shop.orders"], "only included, non-excluded tables");
     let ddl = ddl_statements(&records);
     assert_eq!(ddl, vec!["ALTER TABLE app_eu.users ADD v INT"], "DDL filtered by the schema and table it changes");

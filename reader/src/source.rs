@@ -144,11 +144,13 @@ impl Source {
         let mut asm = Assembler {
             config: &self.config,
             primary: &primary,
-            gtid_state: match (&start, resume.as_ref()) {
-                (Start::Gtid(s), _) => s.clone(),
-                (_, Some(r)) => r.gtid.clone(),
-                _ => GtidState::default(),
+            gtid_state: match &start {
+                Start::Gtid(s) => s.clone(),
+                Start::File(_) => GtidState::default(),
             },
+            // From a file position the GTID state is unknown until a GTID_LIST event (the full state at the
+            // start of every binlog) arrives; until then the reader keeps resuming by file and position.
+            gtid_known: matches!(start, Start::Gtid(_)),
             pending: None,
             tables: HashMap::new(),
             fde_seen: false,
@@ -287,6 +289,8 @@ struct Assembler<'a> {
     config: &'a Config,
     primary: &'a PrimaryInfo,
     gtid_state: GtidState,
+    /// Whether `gtid_state` is complete (every domain), so that it can be resumed from.
+    gtid_known: bool,
     pending: Option<Pending>,
     /// Table id → decoded table info, or None when the filter leaves the table out.
     tables: HashMap<u64, Option<Arc<TableInfo>>>,
@@ -327,8 +331,9 @@ impl Assembler<'_> {
             maria::GTID_LIST => {
                 let list = maria::parse_gtid_list(event.data())
                     .map_err(|source| ReaderError::Malformed { position: here(), source })?;
-                if self.gtid_state.is_empty() {
+                if !self.gtid_known && self.pending.is_none() {
                     list.into_iter().for_each(|g| self.gtid_state.advance(g));
+                    self.gtid_known = true;
                 }
                 return Ok(None);
             }
@@ -495,7 +500,7 @@ impl Assembler<'_> {
     /// Ends the pending transaction at `log_pos`.
     fn commit(&mut self, file: &str, log_pos: u64, timestamp: u32) -> Option<Committed> {
         let p = self.pending.take()?;
-        if let Some(g) = p.gtid {
+        if let (Some(g), true) = (p.gtid, self.gtid_known) {
             self.gtid_state.advance(g);
         }
         Some(Committed {

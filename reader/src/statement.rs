@@ -80,7 +80,10 @@ impl<'a> Tokens<'a> {
         }
         let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(s.len());
         if end == 0 {
-            return None;
+            // Punctuation such as `=` or `(`: one character per token.
+            let c = s.chars().next()?;
+            self.s = &s[c.len_utf8()..];
+            return Some(c.to_string());
         }
         self.s = &s[end..];
         Some(s[..end].to_owned())

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 const RESUME_KEY: &[u8] = b"m/resume";
 const BYTES_KEY: &[u8] = b"m/bytes";
 const RECORD_PREFIX: u8 = b'r';
+/// sled page cache size.
+const CACHE_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -112,7 +114,8 @@ fn bincode_cfg() -> bincode::config::Configuration {
 
 impl Journal {
     pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        // sled's page cache defaults to 1 GiB; a small cache keeps the reader's memory flat whatever the backlog.
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
         let tree = db.open_tree("journal")?;
         let consumers = db.open_tree("consumers")?;
         let resume = match tree.get(RESUME_KEY)? {

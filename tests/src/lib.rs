@@ -94,9 +94,13 @@ impl MariaDb {
     pub async fn start_with(role: Role, server_id: u32, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("replica-test-db-").tempdir().expect("temp dir");
         let data = dir.path().join("data");
+        // A private tmpdir: parallel servers must not share temporary table files.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("server tmpdir");
         let out = Command::new(find_program("mariadb-install-db"))
             .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .expect("mariadb-install-db runs (apt-get install mariadb-server)");
         assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -119,6 +123,7 @@ impl MariaDb {
             format!("--socket={}", d.join("sock").display()),
             format!("--pid-file={}", d.join("pid").display()),
             format!("--log-error={}", d.join("error.log").display()),
+            format!("--tmpdir={}", d.join("tmp").display()),
             format!("--port={}", self.port),
             "--bind-address=127.0.0.1".to_owned(),
             format!("--server-id={}", self.server_id),

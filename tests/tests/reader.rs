@@ -8,7 +8,7 @@ use common::event::{ColumnType, Value};
 use common::proto;
 use mysql_async::prelude::Queryable;
 use mysql_async::Value as My;
-use tests::{ddl_statements, eventually, row_changes, MariaDb, Reader, Role};
+use tests::{ddl_statements, eventually, row_changes, MariaDb, Reader, Role, REPL_PASS};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -443,6 +443,7 @@ async fn the_real_grpcurl_lists_describes_and_calls_get_info_and_read() {
     assert!(err.contains("OutOfRange") && err.contains("valid offsets are 1 to 3"), "{err}");
     let health = run_grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
+    assert!(!reader.log_text().contains(REPL_PASS), "the password never appears in the reader's output");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -473,4 +474,33 @@ async fn a_purged_resume_position_stops_the_reader_with_a_recovery_message() {
     assert!(log.contains("no longer has the binlog needed to resume"), "{log}");
     assert!(log.contains("re-copy each secondary"), "the message says how to recover: {log}");
     assert!(!log.contains("streaming the binlog from GTID") || log.matches("streaming the binlog").count() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_refuses_a_misconfigured_primary_naming_the_setting_and_the_fix() {
+    let db = MariaDb::start_with(Role::Primary, 1, &["--binlog-row-metadata=MINIMAL"]).await;
+    let dir = journal_dir(&db);
+    let mut reader = Reader::start_unchecked(&db, &dir, &[]);
+    let status = reader.wait_exit(WAIT).unwrap_or_else(|| panic!("reader stops:\n{}", reader.log_text()));
+    assert!(!status.success());
+    let log = reader.log_text();
+    assert!(log.contains("binlog_row_metadata") && log.contains("SET GLOBAL binlog_row_metadata=FULL"), "{log}");
+
+    db.exec("SET GLOBAL binlog_row_metadata=FULL; SET GLOBAL binlog_format=MIXED").await;
+    let mut reader = Reader::start_unchecked(&db, &dir, &[]);
+    reader.wait_exit(WAIT).expect("reader stops");
+    assert!(reader.log_text().contains("binlog_format is \"MIXED\" but must be ROW"), "{}", reader.log_text());
+
+    db.exec("SET GLOBAL binlog_format=ROW; SET GLOBAL log_bin_compress=ON").await;
+    let mut reader = Reader::start_unchecked(&db, &dir, &[]);
+    reader.wait_exit(WAIT).expect("reader stops");
+    assert!(reader.log_text().contains("log_bin_compress is ON"), "{}", reader.log_text());
+
+    db.exec("SET GLOBAL log_bin_compress=OFF; CREATE USER weak@'%' IDENTIFIED BY 'weak-pass-91'; GRANT SELECT ON *.* TO weak@'%'")
+        .await;
+    let mut reader = Reader::start_unchecked(&db, &dir, &[("MARIA_USER", "weak"), ("MARIA_PASS", "weak-pass-91")]);
+    reader.wait_exit(WAIT).expect("reader stops");
+    let log = reader.log_text();
+    assert!(log.contains("lacks REPLICATION SLAVE, BINLOG MONITOR"), "{log}");
+    assert!(!log.contains("weak-pass-91"), "passwords never appear in logs");
 }

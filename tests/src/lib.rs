@@ -452,3 +452,83 @@ pub fn ddl_statements(records: &[proto::Record]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A TCP proxy on loopback between a client and a server, to simulate network loss.
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<tokio::sync::watch::Sender<ProxyState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyState {
+    Open,
+    /// Bytes stop flowing but connections stay open: a silent network.
+    Frozen,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy listens");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (tx, _) = tokio::sync::watch::channel(ProxyState::Open);
+        let state = std::sync::Arc::new(tx);
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, st.subscribe()));
+                tokio::spawn(pipe(sr, cw, st.subscribe()));
+            }
+        });
+        Self { port, state, task }
+    }
+
+    /// Stops forwarding without closing anything, until `thaw`; connections made while frozen stall too.
+    pub fn freeze(&self) {
+        self.state.send_replace(ProxyState::Frozen);
+    }
+
+    /// Forwarding resumes for new connections; connections that lived through the freeze are closed.
+    pub fn thaw(&self) {
+        self.state.send_replace(ProxyState::Open);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut state: tokio::sync::watch::Receiver<ProxyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if *state.borrow_and_update() == ProxyState::Frozen {
+            // A connection that saw the network vanish is dropped when it comes back, as a real one would be.
+            let _ = state.wait_for(|s| *s == ProxyState::Open).await;
+            return;
+        }
+        tokio::select! {
+            n = from.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if *state.borrow() == ProxyState::Frozen {
+                        continue;
+                    }
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = state.changed() => {}
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -8,7 +8,7 @@ use common::event::{ColumnType, Value};
 use common::proto;
 use mysql_async::prelude::Queryable;
 use mysql_async::Value as My;
-use tests::{ddl_statements, eventually, row_changes, MariaDb, Reader, Role, REPL_PASS};
+use tests::{ddl_statements, eventually, row_changes, MariaDb, Proxy, Reader, Role, REPL_PASS};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -503,4 +503,31 @@ async fn preflight_refuses_a_misconfigured_primary_naming_the_setting_and_the_fi
     let log = reader.log_text();
     assert!(log.contains("lacks REPLICATION SLAVE, BINLOG MONITOR"), "{log}");
     assert!(!log.contains("weak-pass-91"), "passwords never appear in logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_network_is_detected_by_heartbeat_and_the_reader_resumes_exactly() {
+    let db = MariaDb::start(Role::Primary).await;
+    db.exec("CREATE DATABASE t; CREATE TABLE t.load (id BIGINT PRIMARY KEY, v VARCHAR(20))").await;
+    let proxy = Proxy::start(db.port).await;
+    let port = proxy.port.to_string();
+    let reader = Reader::start(&db, &journal_dir(&db), &[("MARIA_PRIMARY_PORT", &port)]).await;
+    load(db.root_opts(), 1, 100, 10).await;
+    eventually(WAIT, "first rows journaled", || async { (journaled_ids(&reader).await.0.len() == 1000).then_some(()) })
+        .await;
+    proxy.freeze();
+    // Written while the network is silent: the reader must notice (no heartbeat) and fetch them later.
+    load(db.root_opts(), 1_001, 100, 10).await;
+    eventually(WAIT, "the reader to notice the silence", || async {
+        reader.log_text().contains("no event from the primary").then_some(())
+    })
+    .await;
+    proxy.thaw();
+    load(db.root_opts(), 2_001, 100, 10).await;
+    eventually(WAIT, "all rows journaled after the network came back", || async {
+        (journaled_ids(&reader).await.0.len() >= 3_000).then_some(())
+    })
+    .await;
+    let (ids, seqs) = journaled_ids(&reader).await;
+    assert_exactly_once_in_order(&ids, &seqs, 3_000);
 }

@@ -211,16 +211,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Up to `limit` durable records from `from`. Blocking.
-    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, JournalError> {
+    /// Up to `limit` durable records from `from`, stopping once `max_bytes` of encoded records are read
+    /// (always at least one). Blocking.
+    pub fn read(&self, from: u64, limit: usize, max_bytes: usize) -> Result<Vec<Record>, JournalError> {
         let head = self.head();
         let first = self.first();
         if from < first || from > head + 1 {
             return Err(JournalError::OutOfRange { offset: from, first, last: head });
         }
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0;
         for kv in self.tree.range(record_key(from)..=record_key(head)).take(limit) {
             let (k, v) = kv?;
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                break;
+            }
+            bytes += v.len();
             let offset = offset_of(&k).unwrap_or(0);
             out.push(codec::decode(&v).map_err(|source| JournalError::Corrupt { offset, source })?);
         }
@@ -367,9 +373,9 @@ mod tests {
         }
         let j = Journal::open(dir.path()).expect("reopen");
         assert_eq!(j.head(), 3);
-        let recs = j.read(1, 10).expect("read");
+        let recs = j.read(1, 10, usize::MAX).expect("read");
         assert_eq!(recs.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert!(matches!(j.read(5, 1), Err(JournalError::OutOfRange { .. })));
+        assert!(matches!(j.read(5, 1, usize::MAX), Err(JournalError::OutOfRange { .. })));
     }
 
     #[test]
@@ -384,7 +390,7 @@ mod tests {
         assert_eq!(j.ack("b", 1).expect("ack below is a no-op"), 2);
         assert_eq!(j.trim(Duration::ZERO, 100).expect("trim"), 2);
         assert_eq!(j.first(), 3);
-        assert!(matches!(j.read(2, 1), Err(JournalError::OutOfRange { .. })));
+        assert!(matches!(j.read(2, 1, usize::MAX), Err(JournalError::OutOfRange { .. })));
         assert!(j.remove_consumer("b").expect("remove"));
         assert_eq!(j.trim(Duration::ZERO, 100).expect("trim"), 2);
         assert_eq!(j.first(), 5);

@@ -20,6 +20,8 @@ use crate::source::SourceStatus;
 
 /// Records read from sled per step of a subscription.
 const READ_CHUNK: usize = 256;
+/// Encoded bytes read per step of a subscription or per `Read` response (at least one record).
+const READ_BYTES: usize = 4 << 20;
 /// Records buffered per subscriber.
 const SUBSCRIBER_BUFFER: usize = 128;
 
@@ -115,7 +117,7 @@ impl JournalApi for JournalService {
         };
         let journal = self.journal.clone();
         let from = req.from_offset;
-        let records = blocking(move || journal.read(from, limit)).await?;
+        let records = blocking(move || journal.read(from, limit, READ_BYTES)).await?;
         Ok(Response::new(proto::ReadResponse { records: records.iter().map(Into::into).collect() }))
     }
 
@@ -171,7 +173,7 @@ impl JournalApi for JournalService {
                     continue;
                 }
                 let j = journal.clone();
-                let chunk = blocking(move || j.read(next, READ_CHUNK)).await;
+                let chunk = blocking(move || j.read(next, READ_CHUNK, READ_BYTES)).await;
                 let records = match chunk {
                     Ok(r) => r,
                     Err(status) => {

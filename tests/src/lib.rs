@@ -308,12 +308,18 @@ impl Reader {
         .await;
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     pub async fn client(&self) -> JournalClient<tonic::transport::Channel> {
-        JournalClient::connect(self.url()).await.expect("connect to replica-reader")
+        // One record is one source transaction, which can be far larger than gRPC's 4 MiB default.
+        JournalClient::connect(self.url()).await.expect("connect to replica-reader").max_decoding_message_size(1 << 30)
     }
 
     pub fn log_text(&self) -> String {

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 const RESUME_KEY: &[u8] = b"m/resume";
 const BYTES_KEY: &[u8] = b"m/bytes";
 const RECORD_PREFIX: u8 = b'r';
+/// Prepared XA transactions waiting for their XA COMMIT or XA ROLLBACK: `x/` + xid.
+const XA_PREFIX: &[u8] = b"x/";
 /// sled page cache size.
 const CACHE_BYTES: u64 = 64 << 20;
 
@@ -40,6 +42,11 @@ pub enum JournalError {
     OutOfRange { offset: u64, first: u64, last: u64 },
     #[error("unknown consumer {0:?}")]
     UnknownConsumer(String),
+    #[error(
+        "XA COMMIT {0} of a transaction prepared before this journal began: its changes were never read. \
+         Start the journal before the XA PREPARE, or re-copy the secondaries"
+    )]
+    UnknownXa(String),
     #[error("invalid consumer name {0:?}: use 1 to 128 characters")]
     BadConsumerName(String),
 }
@@ -69,6 +76,23 @@ pub struct Committed {
     pub gtid_state: GtidState,
     pub server_id: u32,
     pub binlog_basename: String,
+    /// Set for the parts of a two-phase XA transaction.
+    pub xa: Option<Xa>,
+}
+
+/// A step of a two-phase XA transaction, journaled atomically with the position after it.
+#[derive(Debug, Clone)]
+pub enum Xa {
+    /// Keep these changes until the transaction's XA COMMIT or XA ROLLBACK.
+    Prepare { xid: String, bodies: Vec<Body> },
+    /// Journal the prepared changes now, under the commit's GTID and position.
+    Commit { xid: String },
+    /// Forget the prepared changes.
+    Rollback { xid: String },
+}
+
+fn xa_key(xid: &str) -> Vec<u8> {
+    [XA_PREFIX, xid.as_bytes()].concat()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,8 +199,40 @@ impl Journal {
         let mut offset = b.resume.as_ref().map_or(0, |r| r.last_offset);
         let mut bytes = b.bytes;
         let mut sled_batch = sled::Batch::default();
+        // XA changes prepared earlier in this same batch (not in the tree yet).
+        let mut staged: HashMap<String, Option<Vec<Body>>> = HashMap::new();
         for txn in &batch {
-            for body in &txn.bodies {
+            let mut bodies: Vec<Body> = Vec::new();
+            match &txn.xa {
+                None => {}
+                Some(Xa::Prepare { xid, bodies: prepared }) => {
+                    let encoded = bincode::serde::encode_to_vec(prepared, bincode_cfg())
+                        .map_err(|e| JournalError::Meta(e.to_string()))?;
+                    sled_batch.insert(xa_key(xid), encoded);
+                    staged.insert(xid.clone(), Some(prepared.clone()));
+                }
+                Some(Xa::Commit { xid }) => {
+                    let prepared = match staged.insert(xid.clone(), None) {
+                        Some(Some(b)) => b,
+                        Some(None) => return Err(JournalError::UnknownXa(xid.clone())),
+                        None => match self.tree.get(xa_key(xid))? {
+                            Some(v) => {
+                                bincode::serde::decode_from_slice(&v, bincode_cfg())
+                                    .map_err(|e| JournalError::Meta(e.to_string()))?
+                                    .0
+                            }
+                            None => return Err(JournalError::UnknownXa(xid.clone())),
+                        },
+                    };
+                    sled_batch.remove(xa_key(xid));
+                    bodies = prepared;
+                }
+                Some(Xa::Rollback { xid }) => {
+                    staged.insert(xid.clone(), None);
+                    sled_batch.remove(xa_key(xid));
+                }
+            }
+            for body in txn.bodies.iter().chain(&bodies) {
                 offset += 1;
                 let record = Record {
                     offset: JournalOffset(offset),
@@ -359,7 +415,27 @@ mod tests {
             gtid_state: GtidState::default(),
             server_id: 1,
             binlog_basename: "binlog".into(),
+            xa: None,
         }
+    }
+
+    #[test]
+    fn xa_changes_are_held_until_commit_and_dropped_on_rollback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let with = |xa| Committed { xa: Some(xa), ..committed(0, 10) };
+        let body = Body::Ddl { schema: "s".into(), statement: "prepared".into() };
+        j.append(vec![with(Xa::Prepare { xid: "a".into(), bodies: vec![body.clone()] })]).expect("prepare a");
+        assert_eq!(j.head(), 0, "a prepared transaction is not a record yet");
+        j.append(vec![
+            with(Xa::Prepare { xid: "b".into(), bodies: vec![body.clone()] }),
+            with(Xa::Rollback { xid: "b".into() }),
+            with(Xa::Commit { xid: "a".into() }),
+        ])
+        .expect("rollback b, commit a");
+        assert_eq!(j.head(), 1);
+        assert_eq!(j.read(1, 10, usize::MAX).expect("read")[0].body, body);
+        assert!(matches!(j.append(vec![with(Xa::Commit { xid: "b".into() })]), Err(JournalError::UnknownXa(_))));
     }
 
     #[test]

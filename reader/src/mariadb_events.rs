@@ -16,9 +16,6 @@ pub const COMPRESSED_LAST: u8 = 171;
 
 /// The GTID flag of a transaction that stands alone: a DDL or other statement with no BEGIN/COMMIT.
 pub const FL_STANDALONE: u8 = 0x01;
-/// XA transaction flags: such a transaction is prepared in one event group and committed in another.
-pub const FL_PREPARED_XA: u8 = 0x40;
-pub const FL_COMPLETED_XA: u8 = 0x80;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GtidEvent {

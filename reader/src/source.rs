@@ -26,10 +26,10 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::decode::TableInfo;
 use crate::error::{codes, ReaderError};
-use crate::journal::{Committed, ResumeState};
+use crate::journal::{Committed, ResumeState, Xa};
 use crate::mariadb_events as maria;
 use crate::preflight::{self, PrimaryInfo};
-use crate::statement::{classify, Statement};
+use crate::statement::{self, classify, Statement};
 
 /// Messages to the journal writer.
 pub enum WriterMsg {
@@ -312,12 +312,6 @@ impl Assembler<'_> {
             maria::GTID => {
                 let g = maria::parse_gtid(event.data(), header.server_id())
                     .map_err(|source| ReaderError::Malformed { position: here(), source })?;
-                if g.flags & (maria::FL_PREPARED_XA | maria::FL_COMPLETED_XA) != 0 {
-                    return Err(ReaderError::Unsupported {
-                        position: here(),
-                        what: format!("XA transaction {} (XA is not supported yet; nothing was skipped)", g.gtid),
-                    });
-                }
                 if let Some(p) = &self.pending {
                     warn!(gtid = ?p.gtid, "transaction without an end event was dropped by the primary's binlog");
                 }
@@ -410,6 +404,17 @@ impl Assembler<'_> {
                     .map_err(|source| ReaderError::Decode { position: here(), source })?;
             }
             EventData::XidEvent(_) => return Ok(self.commit(file, log_pos, header.timestamp())),
+            EventData::XaPrepareLogEvent(body) => {
+                // The first phase of an XA transaction: its changes wait in the journal for XA COMMIT.
+                let xid = statement::xid_key(&body).ok_or_else(|| ReaderError::Unsupported {
+                    position: here(),
+                    what: "malformed XA_PREPARE event".into(),
+                })?;
+                return Ok(self.commit(file, log_pos, header.timestamp()).map(|mut c| {
+                    let bodies = std::mem::take(&mut c.bodies);
+                    Committed { xa: Some(Xa::Prepare { xid, bodies }), ..c }
+                }));
+            }
             EventData::QueryEvent(q) => {
                 let statement = q.query();
                 let default_schema = q.schema().into_owned();
@@ -430,12 +435,16 @@ impl Assembler<'_> {
                         }
                         return Ok(self.commit(file, log_pos, header.timestamp()));
                     }
-                    Statement::Savepoint => {}
-                    Statement::Xa => {
-                        return Err(ReaderError::Unsupported {
-                            position: here(),
-                            what: "XA transaction (XA is not supported yet; nothing was skipped)".into(),
-                        })
+                    Statement::Savepoint | Statement::XaBracket => {}
+                    Statement::XaCommit(xid) => {
+                        return Ok(self
+                            .commit(file, log_pos, header.timestamp())
+                            .map(|c| Committed { xa: Some(Xa::Commit { xid }), ..c }))
+                    }
+                    Statement::XaRollback(xid) => {
+                        return Ok(self
+                            .commit(file, log_pos, header.timestamp())
+                            .map(|c| Committed { xa: Some(Xa::Rollback { xid }), ..c }))
                     }
                     Statement::StatementDml => {
                         return Err(ReaderError::Unsupported {
@@ -511,6 +520,7 @@ impl Assembler<'_> {
             gtid_state: self.gtid_state.clone(),
             server_id: self.primary.server_id,
             binlog_basename: self.primary.binlog_basename.clone(),
+            xa: None,
         })
     }
 }

@@ -9,8 +9,12 @@ pub enum Statement {
     Rollback,
     /// SAVEPOINT, ROLLBACK TO, RELEASE SAVEPOINT: row images already reflect them.
     Savepoint,
-    /// XA START/END/PREPARE/COMMIT/ROLLBACK.
-    Xa,
+    /// XA START / XA END: bracket the changes of a prepared XA transaction.
+    XaBracket,
+    /// XA COMMIT of a prepared transaction, with its normalised xid.
+    XaCommit(String),
+    /// XA ROLLBACK of a prepared transaction, with its normalised xid.
+    XaRollback(String),
     /// Schema change to journal. `schema`/`table` name the object when the statement qualifies it.
     Ddl {
         schema: Option<String>,
@@ -132,7 +136,11 @@ pub fn classify(statement: &str) -> Statement {
         "ROLLBACK" if second == "TO" => Statement::Savepoint,
         "ROLLBACK" => Statement::Rollback,
         "SAVEPOINT" | "RELEASE" => Statement::Savepoint,
-        "XA" => Statement::Xa,
+        "XA" => match second.as_str() {
+            "COMMIT" => Statement::XaCommit(xa_xid(text, "COMMIT")),
+            "ROLLBACK" => Statement::XaRollback(xa_xid(text, "ROLLBACK")),
+            _ => Statement::XaBracket,
+        },
         "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" => Statement::StatementDml,
         "GRANT" | "REVOKE" => Statement::NotData("privileges"),
         "FLUSH" | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "CHECK" | "INSTALL" | "UNINSTALL" | "SET" | "DO" => {
@@ -156,6 +164,25 @@ pub fn classify(statement: &str) -> Statement {
         "CREATE" | "ALTER" | "DROP" | "RENAME" => ddl(&mut t),
         _ => Statement::Unknown,
     }
+}
+
+/// The xid of `XA COMMIT X'..',X'..',n`, normalised as [`xid_key`] builds it.
+fn xa_xid(text: &str, verb: &str) -> String {
+    let upper = text.to_ascii_uppercase();
+    let rest = upper.find(verb).map(|i| &upper[i + verb.len()..]).unwrap_or("");
+    rest.split_whitespace().next().unwrap_or("").to_owned()
+}
+
+/// The xid of an XA_PREPARE event's body (`one_phase u8, format_id u32, gtrid_len u32, bqual_len u32, data`),
+/// in the form the primary logs it in `XA COMMIT`: `X'<gtrid hex>',X'<bqual hex>',<format id>`.
+pub fn xid_key(body: &[u8]) -> Option<String> {
+    let u32_at = |at: usize| body.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let format = u32_at(1)?;
+    let gtrid = u32_at(5)? as usize;
+    let bqual = u32_at(9)? as usize;
+    let data = body.get(13..13 + gtrid + bqual)?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+    Some(format!("X'{}',X'{}',{}", hex(&data[..gtrid]), hex(&data[gtrid..]), format))
 }
 
 fn ddl(t: &mut Tokens<'_>) -> Statement {
@@ -215,6 +242,17 @@ mod tests {
     }
 
     #[test]
+    fn xa_prepare_bodies_give_the_commit_statement_xid() {
+        let mut body = vec![0u8];
+        body.extend(1u32.to_le_bytes());
+        body.extend(2u32.to_le_bytes());
+        body.extend(0u32.to_le_bytes());
+        body.extend(b"x1");
+        assert_eq!(xid_key(&body).as_deref(), Some("X'7831',X'',1"));
+        assert_eq!(xid_key(&body[..10]), None);
+    }
+
+    #[test]
     fn statements_are_classified() {
         let cases = [
             ("BEGIN", Statement::Begin),
@@ -222,7 +260,9 @@ mod tests {
             ("ROLLBACK", Statement::Rollback),
             ("ROLLBACK TO SAVEPOINT a", Statement::Savepoint),
             ("SAVEPOINT `a`", Statement::Savepoint),
-            ("XA COMMIT 'x'", Statement::Xa),
+            ("XA COMMIT X'7831',X'',1", Statement::XaCommit("X'7831',X'',1".into())),
+            ("XA ROLLBACK X'7a',X'',1", Statement::XaRollback("X'7A',X'',1".into())),
+            ("XA END X'7831',X'',1", Statement::XaBracket),
             ("insert into t values (1)", Statement::StatementDml),
             ("GRANT SELECT ON *.* TO x", Statement::NotData("privileges")),
             ("CREATE USER 'a'@'%'", Statement::NotData("account")),

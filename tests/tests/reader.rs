@@ -531,3 +531,55 @@ async fn a_silent_network_is_detected_by_heartbeat_and_the_reader_resumes_exactl
     let (ids, seqs) = journaled_ids(&reader).await;
     assert_exactly_once_in_order(&ids, &seqs, 3_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xa_transactions_are_journaled_at_commit_and_survive_a_crash_between_the_phases() {
+    let db = MariaDb::start(Role::Primary).await;
+    db.exec("CREATE DATABASE x; CREATE TABLE x.t (id INT PRIMARY KEY)").await;
+    let mut reader = Reader::start(&db, &journal_dir(&db), &[]).await;
+    let start = reader.info().await.last_offset;
+    db.exec(
+        "XA START 'one'; INSERT INTO x.t VALUES (1); XA END 'one'; XA PREPARE 'one'; XA COMMIT 'one';
+         XA START 'two'; INSERT INTO x.t VALUES (2); XA END 'two'; XA PREPARE 'two'; XA ROLLBACK 'two';
+         XA START 'three'; INSERT INTO x.t VALUES (3); XA END 'three'; XA COMMIT 'three' ONE PHASE;
+         XA START 'four'; INSERT INTO x.t VALUES (4), (5); XA END 'four'; XA PREPARE 'four';",
+    )
+    .await;
+    eventually(WAIT, "the XA PREPARE of 'four' to be read", || async {
+        let gtid = reader.info().await.source_position.map(|p| p.gtid).unwrap_or_default();
+        let primary: Vec<String> = db.query("SELECT @@gtid_binlog_pos").await;
+        (gtid == primary[0]).then_some(())
+    })
+    .await;
+    // The prepared changes are durable in the journal, not in the primary's memory alone.
+    reader.kill9();
+    db.exec("XA COMMIT 'four'").await;
+    reader.restart().await;
+    eventually(WAIT, "the XA COMMIT of 'four' journaled", || async {
+        let ids: Vec<i64> = row_changes(&reader.records().await)
+            .iter()
+            .filter_map(|r| match r.after[0].kind {
+                Some(proto::value::Kind::Int(id)) => Some(id),
+                _ => None,
+            })
+            .collect();
+        (ids.len() >= 4).then_some(())
+    })
+    .await;
+    let records: Vec<_> = reader.records().await.into_iter().filter(|r| r.offset > start).collect();
+    let ids: Vec<Vec<i64>> = records
+        .iter()
+        .map(|r| {
+            row_changes(std::slice::from_ref(r))
+                .iter()
+                .filter_map(|row| match row.after[0].kind {
+                    Some(proto::value::Kind::Int(id)) => Some(id),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(ids, vec![vec![1], vec![3], vec![4, 5]], "committed XA work once each, rolled-back XA work never");
+    let primary: Vec<i64> = db.query("SELECT id FROM x.t ORDER BY id").await;
+    assert_eq!(primary, vec![1, 3, 4, 5]);
+}

@@ -15,6 +15,7 @@ use std::borrow::Cow;
 
 use common::event::{Column, ColumnType, RowChange, TableChange, Value};
 use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, RowsEventData, TableMapEvent};
+use mysql_common::io::ParseBuf;
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::collations::{Collation, CollationId};
 use mysql_common::constants::ColumnType as My;
@@ -64,6 +65,8 @@ pub struct TableInfo {
     text: Vec<Text>,
     /// Per column: the names of ENUM or SET members.
     members: Vec<Vec<String>>,
+    /// Per column: the binlog type and metadata mysql_common's value decoder needs.
+    wire: Vec<(My, Vec<u8>)>,
 }
 
 impl TableInfo {
@@ -107,6 +110,7 @@ impl TableInfo {
         let mut columns = Vec::with_capacity(n);
         let mut text = Vec::with_capacity(n);
         let mut members = Vec::with_capacity(n);
+        let mut wire = Vec::with_capacity(n);
         for i in 0..n {
             let real = tme
                 .get_column_type(i)
@@ -165,13 +169,14 @@ impl TableInfo {
             });
             text.push(t);
             members.push(m);
+            wire.push((real, meta_bytes.to_vec()));
         }
         let primary_key =
             meta.iter_primary_key().map(|r| r.map(|i| i as u32)).collect::<Result<Vec<_>, _>>().map_err(io)?;
         if primary_key.iter().any(|&i| i as usize >= n) {
             return Err(fail("primary key refers to a column that does not exist".into()));
         }
-        Ok(Self { schema, table, columns, primary_key, text, members })
+        Ok(Self { schema, table, columns, primary_key, text, members, wire })
     }
 
     /// An empty run of changes to this table.
@@ -186,12 +191,11 @@ impl TableInfo {
     }
 
     /// Decodes every row of a rows event into `out`.
-    pub fn decode_rows(
-        &self,
-        tme: &TableMapEvent<'_>,
-        event: &RowsEventData<'_>,
-        out: &mut Vec<RowChange>,
-    ) -> Result<(), DecodeError> {
+    ///
+    /// Row images are read here rather than through mysql_common's row iterator, which re-parses the
+    /// table's optional metadata and rebuilds its column list for every row; values still go through
+    /// mysql_common's per-type decoder.
+    pub fn decode_rows(&self, event: &RowsEventData<'_>, out: &mut Vec<RowChange>) -> Result<(), DecodeError> {
         let kind = match event {
             RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Kind::Insert,
             RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Kind::Update,
@@ -200,9 +204,10 @@ impl TableInfo {
                 return Err(self.table_error("partial JSON updates are not supported: set binlog_row_value_options=''"))
             }
         };
-        let full = |bits: Option<Vec<bool>>| {
-            bits.map(|b| (0..self.columns.len()).find(|&i| !b.get(i).copied().unwrap_or(false)))
-        };
+        if event.num_columns() as usize != self.columns.len() {
+            return Err(self.table_error("rows event and table map disagree on the number of columns"));
+        }
+        let full = |bits: Option<Vec<bool>>| bits.map(|b| (0..self.columns.len()).find(|&i| !b.get(i).copied().unwrap_or(false)));
         let before = full(event.columns_before_image().map(|b| b.iter().by_vals().collect()));
         let after = full(event.columns_after_image().map(|b| b.iter().by_vals().collect()));
         for (missing, image) in [(before, "before"), (after, "after")] {
@@ -215,30 +220,41 @@ impl TableInfo {
                 });
             }
         }
-        for row in event.rows(tme) {
-            let (before, after) = row.map_err(DecodeError::Rows)?;
-            let before = before.map(|r| self.decode_image(r.unwrap())).transpose()?;
-            let after = after.map(|r| self.decode_image(r.unwrap())).transpose()?;
-            let change = match (kind, before, after) {
-                (Kind::Insert, _, Some(after)) => RowChange::Insert { after },
-                (Kind::Update, Some(before), Some(after)) => RowChange::Update { before, after },
-                (Kind::Delete, Some(before), _) => RowChange::Delete { before },
-                _ => return Err(self.table_error("a rows event without the row image its kind needs")),
+        let mut buf = ParseBuf(event.rows_data());
+        while !buf.is_empty() {
+            let change = match kind {
+                Kind::Insert => RowChange::Insert { after: self.read_image(&mut buf)? },
+                Kind::Update => {
+                    let before = self.read_image(&mut buf)?;
+                    RowChange::Update { before, after: self.read_image(&mut buf)? }
+                }
+                Kind::Delete => RowChange::Delete { before: self.read_image(&mut buf)? },
             };
             out.push(change);
         }
         Ok(())
     }
 
-    fn table_error(&self, what: &str) -> DecodeError {
-        DecodeError::Table { schema: self.schema.clone(), table: self.table.clone(), what: what.to_owned() }
+    /// One full row image: a null bitmap, then each non-null value.
+    fn read_image<'b>(&'b self, buf: &mut ParseBuf<'b>) -> Result<Vec<Value>, DecodeError> {
+        let n = self.columns.len();
+        let truncated = || DecodeError::Rows(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "row image"));
+        let nulls = buf.checked_eat(n.div_ceil(8)).ok_or_else(truncated)?;
+        let mut values = Vec::with_capacity(n);
+        for (i, (ty, meta)) in self.wire.iter().enumerate() {
+            if nulls[i / 8] & (1 << (i % 8)) != 0 {
+                values.push(Value::Null);
+                continue;
+            }
+            let v: BinlogValue<'_> =
+                buf.parse((*ty, meta.as_slice(), self.columns[i].unsigned, false)).map_err(DecodeError::Rows)?;
+            values.push(self.decode_value(i, v.into_owned())?);
+        }
+        Ok(values)
     }
 
-    fn decode_image(&self, values: Vec<BinlogValue<'static>>) -> Result<Vec<Value>, DecodeError> {
-        if values.len() != self.columns.len() {
-            return Err(self.table_error("row image does not match the table map's column count"));
-        }
-        values.into_iter().enumerate().map(|(i, v)| self.decode_value(i, v)).collect()
+    fn table_error(&self, what: &str) -> DecodeError {
+        DecodeError::Table { schema: self.schema.clone(), table: self.table.clone(), what: what.to_owned() }
     }
 
     fn decode_value(&self, i: usize, v: BinlogValue<'static>) -> Result<Value, DecodeError> {

@@ -103,7 +103,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
             }),
     );
 
-    let source = Source { config: config.clone(), writer: tx, status, shutdown: shutdown.clone() };
+    let source = Source {
+        config: config.clone(),
+        writer: tx,
+        budget: Arc::new(tokio::sync::Semaphore::new(source::IN_FLIGHT_BYTES as usize)),
+        status,
+        shutdown: shutdown.clone(),
+    };
     let result = source.run().await;
     if let Err(e) = &result {
         source::log_fatal(e);

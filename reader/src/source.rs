@@ -16,7 +16,7 @@ use backoff::backoff::Backoff;
 use common::event::{Body, TableChange};
 use common::position::{BinlogPosition, Gtid, GtidState, StartPosition};
 use futures_util::StreamExt;
-use mysql_async::binlog::events::{Event, EventData, TableMapEvent};
+use mysql_async::binlog::events::{Event, EventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder};
 use tokio::sync::{mpsc, oneshot};
@@ -33,7 +33,8 @@ use crate::statement::{self, classify, Statement};
 
 /// Messages to the journal writer.
 pub enum WriterMsg {
-    Commit(Committed),
+    /// A transaction and the share of the in-flight byte budget it holds until it is durable.
+    Commit(Committed, tokio::sync::OwnedSemaphorePermit),
     /// Answered once everything sent before it is durable, with the journal's resume state.
     Barrier(oneshot::Sender<Option<ResumeState>>),
 }
@@ -45,9 +46,14 @@ pub struct SourceStatus {
     pub backpressure: AtomicBool,
 }
 
+/// Binlog bytes of transactions decoded but not yet durable: bounds the reader's memory whatever the backlog.
+pub const IN_FLIGHT_BYTES: u32 = 16 << 20;
+
 pub struct Source {
     pub config: Arc<Config>,
     pub writer: mpsc::Sender<WriterMsg>,
+    /// Permits are binlog bytes (see [`IN_FLIGHT_BYTES`]).
+    pub budget: Arc<tokio::sync::Semaphore>,
     pub status: Arc<SourceStatus>,
     pub shutdown: CancellationToken,
 }
@@ -188,13 +194,20 @@ impl Source {
                 first_event = false;
                 self.status.connected.store(true, Ordering::Relaxed);
             }
-            let tme_lookup = |id: u64| stream.get_tme(id).cloned();
-            if let Some(committed) = asm.handle(&event, &mut file, tme_lookup)? {
-                // Awaiting here is the backpressure: a full writer channel stops reading from the primary.
+            if let Some((committed, bytes)) = asm.handle(&event, &mut file)? {
+                // Awaiting here is the backpressure: when the writer is behind, reading from the primary stops.
+                let permits = bytes.clamp(1, u64::from(IN_FLIGHT_BYTES)) as u32;
+                let permit = tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return Ok(()),
+                    p = self.budget.clone().acquire_many_owned(permits) => {
+                        p.map_err(|_| ReaderError::Task("journal writer stopped".into()))?
+                    }
+                };
                 tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => return Ok(()),
-                    r = self.writer.send(WriterMsg::Commit(committed)) => {
+                    r = self.writer.send(WriterMsg::Commit(committed, permit)) => {
                         r.map_err(|_| ReaderError::Task("journal writer stopped".into()))?
                     }
                 }
@@ -261,6 +274,8 @@ impl Source {
 
 /// A source transaction being assembled.
 struct Pending {
+    /// Binlog position where the transaction starts.
+    start_pos: u64,
     gtid: Option<Gtid>,
     standalone: bool,
     bodies: Vec<Body>,
@@ -302,8 +317,19 @@ impl Assembler<'_> {
         &mut self,
         event: &Event,
         file: &mut String,
-        tme_lookup: impl Fn(u64) -> Option<TableMapEvent<'static>>,
-    ) -> Result<Option<Committed>, ReaderError> {
+    ) -> Result<Option<(Committed, u64)>, ReaderError> {
+        let start = self.pending.as_ref().map(|p| p.start_pos);
+        let committed = self.handle_event(event, file)?;
+        let end = u64::from(event.header().log_pos());
+        // The transaction's binlog bytes stand in for its decoded size.
+        let bytes = match start {
+            Some(s) if end > s => end - s,
+            _ => event.header().event_size().into(),
+        };
+        Ok(committed.map(|c| (c, bytes)))
+    }
+
+    fn handle_event(&mut self, event: &Event, file: &mut String) -> Result<Option<Committed>, ReaderError> {
         let header = event.header();
         let kind = header.event_type_raw();
         let log_pos = u64::from(header.log_pos());
@@ -316,6 +342,7 @@ impl Assembler<'_> {
                     warn!(gtid = ?p.gtid, "transaction without an end event was dropped by the primary's binlog");
                 }
                 self.pending = Some(Pending {
+                    start_pos: log_pos.saturating_sub(header.event_size().into()),
                     gtid: Some(g.gtid),
                     standalone: g.flags & maria::FL_STANDALONE != 0,
                     bodies: Vec::new(),
@@ -393,14 +420,10 @@ impl Assembler<'_> {
                         })
                     }
                 };
-                let tme = tme_lookup(id).ok_or_else(|| ReaderError::Unsupported {
-                    position: here(),
-                    what: format!("table map {id} is not cached"),
-                })?;
                 let pending =
-                    self.pending.get_or_insert_with(|| Pending { gtid: None, standalone: false, bodies: vec![] });
+                    self.pending.get_or_insert_with(|| Pending { start_pos: log_pos, gtid: None, standalone: false, bodies: vec![] });
                 let change = pending.push_change(&info);
-                info.decode_rows(&tme, &rows, &mut change.rows)
+                info.decode_rows(&rows, &mut change.rows)
                     .map_err(|source| ReaderError::Decode { position: here(), source })?;
             }
             EventData::XidEvent(_) => return Ok(self.commit(file, log_pos, header.timestamp())),
@@ -421,7 +444,7 @@ impl Assembler<'_> {
                 match classify(&statement) {
                     Statement::Begin => {
                         if self.pending.is_none() {
-                            self.pending = Some(Pending { gtid: None, standalone: false, bodies: vec![] });
+                            self.pending = Some(Pending { start_pos: log_pos, gtid: None, standalone: false, bodies: vec![] });
                         }
                     }
                     Statement::Commit => return Ok(self.commit(file, log_pos, header.timestamp())),
@@ -469,6 +492,7 @@ impl Assembler<'_> {
                             None => !target.is_empty() && self.config.filter.schema(&target),
                         };
                         let pending = self.pending.get_or_insert_with(|| Pending {
+                            start_pos: log_pos,
                             gtid: None,
                             standalone: true,
                             bodies: vec![],

@@ -27,13 +27,17 @@ impl Writer {
     /// Runs until every sender is gone; blocking (run it on its own thread).
     pub fn run(mut self) -> Result<(), JournalError> {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut permits = Vec::with_capacity(MAX_GROUP);
         let mut barriers = Vec::new();
         while let Some(msg) = self.rx.blocking_recv() {
             self.wait_for_space();
             let mut next = Some(msg);
             while let Some(msg) = next.take() {
                 match msg {
-                    WriterMsg::Commit(c) => group.push(c),
+                    WriterMsg::Commit(c, permit) => {
+                        group.push(c);
+                        permits.push(permit);
+                    }
                     WriterMsg::Barrier(tx) => barriers.push(tx),
                 }
                 if group.len() < MAX_GROUP && barriers.is_empty() {
@@ -41,6 +45,8 @@ impl Writer {
                 }
             }
             self.journal.append(std::mem::take(&mut group))?;
+            // Durable: their memory may be used again.
+            permits.clear();
             for tx in barriers.drain(..) {
                 let _ = tx.send(self.journal.resume());
             }

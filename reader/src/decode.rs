@@ -15,10 +15,10 @@ use std::borrow::Cow;
 
 use common::event::{Column, ColumnType, RowChange, TableChange, Value};
 use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, RowsEventData, TableMapEvent};
-use mysql_common::io::ParseBuf;
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::collations::{Collation, CollationId};
 use mysql_common::constants::ColumnType as My;
+use mysql_common::io::ParseBuf;
 use mysql_common::Value as MyValue;
 
 /// A problem with the binlog's content that retrying cannot fix.
@@ -207,7 +207,9 @@ impl TableInfo {
         if event.num_columns() as usize != self.columns.len() {
             return Err(self.table_error("rows event and table map disagree on the number of columns"));
         }
-        let full = |bits: Option<Vec<bool>>| bits.map(|b| (0..self.columns.len()).find(|&i| !b.get(i).copied().unwrap_or(false)));
+        let full = |bits: Option<Vec<bool>>| {
+            bits.map(|b| (0..self.columns.len()).find(|&i| !b.get(i).copied().unwrap_or(false)))
+        };
         let before = full(event.columns_before_image().map(|b| b.iter().by_vals().collect()));
         let after = full(event.columns_after_image().map(|b| b.iter().by_vals().collect()));
         for (missing, image) in [(before, "before"), (after, "after")] {

@@ -1,11 +1,14 @@
-//! The durable journal: records with dense offsets, the resume position, and consumer acks, in sled.
+//! The durable journal: records with dense offsets, the resume position, and consumer acks.
 //!
-//! Layout: tree `journal` holds records under `r` + big-endian offset (numeric order) and metadata under `m/…`
-//! (the resume state, which also carries the last offset, and the retained byte count). Records and the
-//! resume state that follows them are written with one `apply_batch`, so a crash keeps both or neither;
-//! the durable head advances only after `flush`, so no subscriber ever sees a record a crash could take back.
-//! Tree `consumers` holds each consumer's acked offset. Trimming deletes records below every consumer's ack
-//! that are older than the retention time.
+//! Layout: encoded records are appended to segment files ([`crate::segments`]); sled tree `journal` holds
+//! each record's location under `r` + big-endian offset (numeric order), prepared XA changes under `x/…`,
+//! and metadata under `m/…` (the resume state, which also carries the last offset, and the retained byte
+//! count). A group of records is made durable in its segment first; then their index entries and the
+//! resume state after them are written with one `apply_batch`, so a crash keeps both or neither (segment
+//! bytes nobody indexes are cut off at open). The durable head advances only after the sled `flush`, so no
+//! subscriber ever sees a record a crash could take back. Tree `consumers` holds each consumer's acked
+//! offset. Trimming deletes index entries below every consumer's ack that are older than the retention
+//! time, then the segments nothing refers to any more.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +20,8 @@ use common::event::{Body, Record};
 use common::position::{BinlogPosition, Gtid, GtidState, JournalOffset};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::segments::{Location, Segments};
 
 const RESUME_KEY: &[u8] = b"m/resume";
 const BYTES_KEY: &[u8] = b"m/bytes";
@@ -30,6 +35,8 @@ const CACHE_BYTES: u64 = 64 << 20;
 pub enum JournalError {
     #[error("journal storage failed")]
     Storage(#[from] sled::Error),
+    #[error("journal segment files failed")]
+    Segment(#[from] std::io::Error),
     #[error("journal record at offset {offset} is unreadable")]
     Corrupt {
         offset: u64,
@@ -112,6 +119,7 @@ struct Bounds {
 /// the async runtime use `spawn_blocking` for anything that scans.
 pub struct Journal {
     db: sled::Db,
+    segments: Segments,
     tree: sled::Tree,
     consumers: sled::Tree,
     bounds: Mutex<Bounds>,
@@ -134,6 +142,10 @@ fn offset_of(key: &[u8]) -> Option<u64> {
 
 fn bincode_cfg() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+fn location(v: &[u8]) -> Result<Location, JournalError> {
+    Ok(bincode::serde::decode_from_slice(v, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?.0)
 }
 
 impl Journal {
@@ -159,8 +171,16 @@ impl Journal {
             Some(kv) => offset_of(&kv?.0).ok_or_else(|| JournalError::Meta("bad record key".into()))?,
             None => last + 1,
         };
+        let valid_end = match tree.scan_prefix([RECORD_PREFIX]).next_back() {
+            Some(kv) => {
+                let loc = location(&kv?.1)?;
+                Some((loc.segment, loc.pos + u64::from(loc.len)))
+            }
+            None => None,
+        };
+        let segments = Segments::open(&dir.join("segments"), valid_end)?;
         let (head, _) = watch::channel(last);
-        Ok(Arc::new(Self { db, tree, consumers, bounds: Mutex::new(Bounds { first, resume, bytes }), head }))
+        Ok(Arc::new(Self { db, segments, tree, consumers, bounds: Mutex::new(Bounds { first, resume, bytes }), head }))
     }
 
     fn bounds(&self) -> MutexGuard<'_, Bounds> {
@@ -195,10 +215,10 @@ impl Journal {
     pub fn append(&self, batch: Vec<Committed>) -> Result<(), JournalError> {
         let Some(last_txn) = batch.last() else { return Ok(()) };
         let now = now_ms();
-        let mut b = self.bounds();
-        let mut offset = b.resume.as_ref().map_or(0, |r| r.last_offset);
-        let mut bytes = b.bytes;
+        // Only the writer appends, so the offsets read here stay ours until the batch is applied.
+        let mut offset = self.bounds().resume.as_ref().map_or(0, |r| r.last_offset);
         let mut sled_batch = sled::Batch::default();
+        let mut encoded_records = Vec::new();
         // XA changes prepared earlier in this same batch (not in the tree yet).
         let mut staged: HashMap<String, Option<Vec<Body>>> = HashMap::new();
         for txn in &batch {
@@ -243,9 +263,16 @@ impl Journal {
                     body: body.clone(),
                 };
                 let encoded = codec::encode(&record).map_err(|source| JournalError::Corrupt { offset, source })?;
-                bytes += encoded.len() as u64;
-                sled_batch.insert(&record_key(offset), encoded);
+                encoded_records.push(encoded);
             }
+        }
+        let locations = self.segments.append(&encoded_records, now)?;
+        let first_new = offset + 1 - locations.len() as u64;
+        let mut added = 0u64;
+        for (i, loc) in locations.iter().enumerate() {
+            added += u64::from(loc.len);
+            let v = bincode::serde::encode_to_vec(loc, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
+            sled_batch.insert(&record_key(first_new + i as u64), v);
         }
         let resume = ResumeState {
             position: last_txn.source.clone(),
@@ -257,6 +284,8 @@ impl Journal {
         let encoded =
             bincode::serde::encode_to_vec(&resume, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
         sled_batch.insert(RESUME_KEY, encoded);
+        let mut b = self.bounds();
+        let bytes = b.bytes + added;
         sled_batch.insert(BYTES_KEY, &bytes.to_be_bytes());
         self.tree.apply_batch(sled_batch)?;
         b.resume = Some(resume);
@@ -275,18 +304,26 @@ impl Journal {
         if from < first || from > head + 1 {
             return Err(JournalError::OutOfRange { offset: from, first, last: head });
         }
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut wanted: Vec<(u64, Location)> = Vec::with_capacity(limit.min(1024));
         let mut bytes = 0;
         for kv in self.tree.range(record_key(from)..=record_key(head)).take(limit) {
             let (k, v) = kv?;
-            if !out.is_empty() && bytes + v.len() > max_bytes {
+            let loc = location(&v)?;
+            if !wanted.is_empty() && bytes + loc.len as usize > max_bytes {
                 break;
             }
-            bytes += v.len();
-            let offset = offset_of(&k).unwrap_or(0);
-            out.push(codec::decode(&v).map_err(|source| JournalError::Corrupt { offset, source })?);
+            bytes += loc.len as usize;
+            wanted.push((offset_of(&k).unwrap_or(0), loc));
         }
-        Ok(out)
+        let locations: Vec<Location> = wanted.iter().map(|(_, l)| *l).collect();
+        let raw = self.segments.read(&locations)?;
+        wanted
+            .iter()
+            .zip(raw)
+            .map(|((offset, _), bytes)| {
+                codec::decode(&bytes).map_err(|source| JournalError::Corrupt { offset: *offset, source })
+            })
+            .collect()
     }
 
     fn valid_name(name: &str) -> Result<(), JournalError> {
@@ -369,12 +406,12 @@ impl Journal {
         for kv in self.tree.range(record_key(first)..=record_key(min_acked)).take(max) {
             let (k, v) = kv?;
             let offset = offset_of(&k).unwrap_or(0);
-            let record = codec::decode(&v).map_err(|source| JournalError::Corrupt { offset, source })?;
-            if record.journaled_unix_ms > cutoff {
+            let loc = location(&v)?;
+            if loc.journaled_unix_ms > cutoff {
                 break;
             }
             batch.remove(k);
-            freed += v.len() as u64;
+            freed += u64::from(loc.len);
             removed += 1;
             new_first = offset + 1;
         }
@@ -387,6 +424,14 @@ impl Journal {
         self.tree.apply_batch(batch)?;
         b.bytes = bytes;
         b.first = new_first;
+        drop(b);
+        // Segments before the first remaining record's are no longer referenced.
+        let first_kept = match self.tree.get(record_key(new_first))? {
+            Some(v) => location(&v)?.segment,
+            None => self.segments.current_segment(),
+        };
+        self.db.flush()?;
+        self.segments.remove_before(first_kept)?;
         Ok(removed)
     }
 

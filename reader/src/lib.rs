@@ -14,6 +14,7 @@ pub mod filter;
 pub mod journal;
 pub mod mariadb_events;
 pub mod preflight;
+pub mod segments;
 pub mod server;
 pub mod source;
 pub mod statement;

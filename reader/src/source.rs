@@ -313,11 +313,7 @@ struct Assembler<'a> {
 }
 
 impl Assembler<'_> {
-    fn handle(
-        &mut self,
-        event: &Event,
-        file: &mut String,
-    ) -> Result<Option<(Committed, u64)>, ReaderError> {
+    fn handle(&mut self, event: &Event, file: &mut String) -> Result<Option<(Committed, u64)>, ReaderError> {
         let start = self.pending.as_ref().map(|p| p.start_pos);
         let committed = self.handle_event(event, file)?;
         let end = u64::from(event.header().log_pos());
@@ -420,8 +416,12 @@ impl Assembler<'_> {
                         })
                     }
                 };
-                let pending =
-                    self.pending.get_or_insert_with(|| Pending { start_pos: log_pos, gtid: None, standalone: false, bodies: vec![] });
+                let pending = self.pending.get_or_insert_with(|| Pending {
+                    start_pos: log_pos,
+                    gtid: None,
+                    standalone: false,
+                    bodies: vec![],
+                });
                 let change = pending.push_change(&info);
                 info.decode_rows(&rows, &mut change.rows)
                     .map_err(|source| ReaderError::Decode { position: here(), source })?;
@@ -444,7 +444,8 @@ impl Assembler<'_> {
                 match classify(&statement) {
                     Statement::Begin => {
                         if self.pending.is_none() {
-                            self.pending = Some(Pending { start_pos: log_pos, gtid: None, standalone: false, bodies: vec![] });
+                            self.pending =
+                                Some(Pending { start_pos: log_pos, gtid: None, standalone: false, bodies: vec![] });
                         }
                     }
                     Statement::Commit => return Ok(self.commit(file, log_pos, header.timestamp())),

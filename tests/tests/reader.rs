@@ -330,7 +330,10 @@ async fn primary_restart_during_a_load_misses_nothing() {
     db.restart().await;
     load(db.root_opts(), 5_001, 200, 25).await;
     db.stop();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(WAIT, "status to show the primary disconnected", || async {
+        (!reader.info().await.primary_connected).then_some(())
+    })
+    .await;
     db.restart().await;
     load(db.root_opts(), 10_001, 200, 25).await;
     eventually(WAIT, "all 15,000 rows journaled after two primary restarts", || async {

@@ -499,9 +499,11 @@ impl Assembler<'_> {
                             bodies: vec![],
                         });
                         if admitted {
-                            pending
-                                .bodies
-                                .push(Body::Ddl { schema: default_schema, statement: statement.into_owned() });
+                            // CREATE/DROP DATABASE name their database, and MariaDB logs that database as the
+                            // event's default schema even though it may not exist (yet) where it is applied.
+                            let schema =
+                                if table.is_none() && schema.is_some() { String::new() } else { default_schema };
+                            pending.bodies.push(Body::Ddl { schema, statement: statement.into_owned() });
                         }
                         // Table ids may be reused for the changed table.
                         self.tables.clear();

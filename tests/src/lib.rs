@@ -232,27 +232,128 @@ impl Drop for MariaDb {
     }
 }
 
-/// A running `replica-reader` process, killed on drop.
+/// A running binary of ours with its environment and a log file, killed on drop.
+pub struct Service {
+    binary: &'static str,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Service {
+    fn new(binary: &'static str, env: Vec<(String, String)>, log: PathBuf) -> Self {
+        Self { binary, env, log, child: None }
+    }
+
+    /// Starts the process (again) with the same settings.
+    pub fn spawn(&mut self) {
+        self.kill9();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(binary(self.binary))
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", self.binary));
+        self.child = Some(child);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The exit status if the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status (killed after 30 s).
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let c = self.child.as_ref()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        match self.wait_exit(Duration::from_secs(30)) {
+            Some(s) => Some(s),
+            None => {
+                self.kill9();
+                None
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.exited() {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn merge_env(mut base: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in extra {
+        base.retain(|(key, _)| key != k);
+        base.push(((*k).into(), (*v).into()));
+    }
+    base
+}
+
+/// A running `replica-reader`.
 pub struct Reader {
     pub grpc_port: u16,
     pub journal_dir: PathBuf,
-    pub log: PathBuf,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
+    pub service: Service,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
 }
 
 impl Reader {
     /// Starts a reader against `primary` with a journal in `journal_dir`; waits until gRPC answers.
     pub async fn start(primary: &MariaDb, journal_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut r = Self::configure(primary, journal_dir, env);
-        r.spawn();
+        let mut r = Self::start_unchecked(primary, journal_dir, env);
         r.wait_ready().await;
         r
     }
 
-    fn configure(primary: &MariaDb, journal_dir: &Path, env: &[(&str, &str)]) -> Self {
+    /// Starts a reader without waiting for gRPC (for runs expected to stop early).
+    pub fn start_unchecked(primary: &MariaDb, journal_dir: &Path, env: &[(&str, &str)]) -> Self {
         let grpc_port = free_port();
-        let mut all: Vec<(String, String)> = vec![
+        let base: Vec<(String, String)> = vec![
             ("MARIA_PRIMARY_HOST".into(), "127.0.0.1".into()),
             ("MARIA_PRIMARY_PORT".into(), primary.port.to_string()),
             ("MARIA_USER".into(), REPL_USER.into()),
@@ -264,38 +365,17 @@ impl Reader {
             ("REPLICA_RECONNECT_MAX".into(), "1s".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
-        for (k, v) in env {
-            all.retain(|(key, _)| key != k);
-            all.push(((*k).into(), (*v).into()));
-        }
         let log = journal_dir.with_extension(format!("{grpc_port}.log"));
-        Self { grpc_port, journal_dir: journal_dir.to_path_buf(), log, env: all, child: None }
-    }
-
-    /// Starts a reader without waiting for gRPC (for runs expected to stop early).
-    pub fn start_unchecked(primary: &MariaDb, journal_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut r = Self::configure(primary, journal_dir, env);
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("reader log file");
-        let child = Command::new(binary("replica-reader"))
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("replica-reader starts");
-        self.child = Some(child);
+        let mut service = Service::new("replica-reader", merge_env(base, env), log);
+        service.spawn();
+        Self { grpc_port, journal_dir: journal_dir.to_path_buf(), service }
     }
 
     async fn wait_ready(&mut self) {
         let url = self.url();
         eventually(Duration::from_secs(30), "replica-reader's gRPC to answer", || {
             let url = url.clone();
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self.service.exited();
             let log = self.log_text();
             async move {
                 if let Some(status) = exited {
@@ -308,11 +388,6 @@ impl Reader {
         .await;
     }
 
-    /// The process id, while running.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
@@ -320,10 +395,6 @@ impl Reader {
     pub async fn client(&self) -> JournalClient<tonic::transport::Channel> {
         // One record is one source transaction, which can be far larger than gRPC's 4 MiB default.
         JournalClient::connect(self.url()).await.expect("connect to replica-reader").max_decoding_message_size(1 << 30)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub async fn info(&self) -> proto::GetInfoResponse {
@@ -356,64 +427,54 @@ impl Reader {
         .await;
     }
 
-    /// kill -9.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM; returns the exit status.
-    pub fn terminate(&mut self) -> Option<ExitStatus> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-        Self::wait_child(&mut c, Duration::from_secs(30))
-    }
-
-    fn wait_child(c: &mut Child, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        c.wait().ok()
-    }
-
-    /// Waits for the process to exit by itself.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let mut c = self.child.take()?;
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child = Some(c);
-        None
+    /// Starts the process again with the same settings and journal, and waits for gRPC.
+    pub async fn restart(&mut self) {
+        self.service.spawn();
+        self.wait_ready().await;
     }
 
     /// Starts the process again without waiting for gRPC (for runs expected to fail early).
     pub async fn restart_expecting_exit(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-
-    /// Starts the process again with the same settings and journal.
-    pub async fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-        self.wait_ready().await;
+        self.service.spawn();
     }
 }
 
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.kill9();
+/// A running `replica-applier` for one secondary.
+pub struct Applier {
+    pub name: String,
+    pub service: Service,
+}
+
+impl std::ops::Deref for Applier {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl std::ops::DerefMut for Applier {
+    fn deref_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
+}
+
+impl Applier {
+    /// Starts an applier named `name` from `reader` into `secondary` (as root).
+    pub fn start(reader: &Reader, secondary: &MariaDb, name: &str, env: &[(&str, &str)]) -> Self {
+        let base: Vec<(String, String)> = vec![
+            ("REPLICA_READER_URL".into(), reader.url()),
+            ("MARIA_SECONDARY_HOST".into(), "127.0.0.1".into()),
+            ("MARIA_SECONDARY_PORT".into(), secondary.port.to_string()),
+            ("MARIA_SECONDARY_NAME".into(), name.into()),
+            ("MARIA_SECONDARY_USER".into(), "root".into()),
+            ("MARIA_SECONDARY_PASSWORD".into(), "".into()),
+            ("REPLICA_RETRY_MAX".into(), "1s".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        let log = secondary.dir.path().join(format!("applier-{name}-{}.log", free_port()));
+        let mut service = Service::new("replica-applier", merge_env(base, env), log);
+        service.spawn();
+        Self { name: name.into(), service }
     }
 }
 

@@ -1,0 +1,416 @@
+//! Applies journal records to the secondary, exactly once.
+//!
+//! Invariant: the checkpoint row in `replica_meta.checkpoint` names the last journal offset whose changes
+//! are committed on the secondary. Row changes of one or more consecutive records are applied in one
+//! secondary transaction that also moves the checkpoint, so a crash at any point leaves either all of them
+//! and the new checkpoint, or none and the old one; the applier then resumes at checkpoint + 1.
+//!
+//! DDL commits implicitly in MariaDB and cannot share that transaction. A DDL record is applied alone:
+//! first `ddl_pending` is set to its offset, then the statement runs, then the checkpoint moves to it. If
+//! the process dies after the statement but before the checkpoint, the DDL is run again at restart, and the
+//! "already exists / does not exist" errors are then taken to mean it had been applied.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use common::event::{Body, Record, RowChange, TableChange};
+use futures_util::FutureExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, TxOpts};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::drift;
+use crate::error::{codes, is_transient, needs_reconnect, ApplyError};
+use crate::sql;
+
+type TableKey = (String, String);
+
+/// Why one attempt at a group failed.
+enum Failure {
+    /// Retrying (after a reconnect where needed) can succeed.
+    Transient(mysql_async::Error),
+    /// Retrying the same statement cannot succeed.
+    Permanent { offset: u64, table: Option<TableKey>, statement: String, reason: String },
+}
+
+impl Failure {
+    fn sql(offset: u64, table: Option<&TableChange>, statement: &str, e: mysql_async::Error) -> Self {
+        if is_transient(&e) {
+            return Failure::Transient(e);
+        }
+        Failure::Permanent {
+            offset,
+            table: table.map(|t| (t.schema.clone(), t.table.clone())),
+            statement: statement.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+pub struct Applier {
+    config: Arc<Config>,
+    conn: Option<Conn>,
+    /// Last journal offset committed on the secondary.
+    pub applied: u64,
+    ddl_pending: Option<u64>,
+    /// Tables whose columns were checked against the secondary, with the column list checked.
+    verified: HashMap<TableKey, Vec<common::event::Column>>,
+    /// Tables whose changes are skipped, with the offset where that began.
+    quarantined: HashMap<TableKey, u64>,
+    failures: HashMap<TableKey, u32>,
+    applied_tx: watch::Sender<u64>,
+    shutdown: CancellationToken,
+}
+
+pub fn opts(config: &Config) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname(config.host.clone())
+        .tcp_port(config.port)
+        .user(Some(config.user.clone()))
+        .pass(Some(config.password.expose().to_owned()))
+        .prefer_socket(false)
+        .client_found_rows(true)
+        .stmt_cache_size(512)
+        .max_allowed_packet(Some(1 << 30))
+        // UTC (journal TIMESTAMPs are instants), zero dates allowed, explicit 0 ids kept, errors not warnings.
+        .setup(vec!["SET NAMES utf8mb4, time_zone = '+00:00', \
+             sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
+             foreign_key_checks = 0"
+            .to_owned()])
+}
+
+impl Applier {
+    /// Connects, creates `replica_meta` if needed and reads the checkpoint.
+    pub async fn start(
+        config: Arc<Config>,
+        applied_tx: watch::Sender<u64>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ApplyError> {
+        let mut conn = Conn::new(opts(&config)).await.map_err(ApplyError::Connect)?;
+        checkpoint::ensure_schema(&mut conn).await?;
+        let cp = match checkpoint::load(&mut conn, &config.name).await? {
+            Some(cp) => cp,
+            None => match config.start_offset {
+                Some(start) => {
+                    let applied = start.saturating_sub(1);
+                    checkpoint::save(&mut conn, &config.name, applied, "", "", 0).await.map_err(ApplyError::Sql)?;
+                    info!(consumer = %config.name, offset = start, "no checkpoint: starting at --start-offset");
+                    checkpoint::Checkpoint { applied_offset: applied, ddl_pending: None }
+                }
+                None => return Err(ApplyError::NoCheckpoint { name: config.name.clone() }),
+            },
+        };
+        let quarantined = checkpoint::quarantined(&mut conn, &config.name)
+            .await?
+            .into_iter()
+            .map(|(schema, table, since, error)| {
+                warn!(consumer = %config.name, schema = %schema, table = %table, offset = since, error = %error, "table is quarantined: its changes are skipped until it is re-copied");
+                ((schema, table), since)
+            })
+            .collect();
+        applied_tx.send_replace(cp.applied_offset);
+        Ok(Self {
+            config,
+            conn: Some(conn),
+            applied: cp.applied_offset,
+            ddl_pending: cp.ddl_pending,
+            verified: HashMap::new(),
+            quarantined,
+            failures: HashMap::new(),
+            applied_tx,
+            shutdown,
+        })
+    }
+
+    pub fn quarantined_tables(&self) -> HashSet<TableKey> {
+        self.quarantined.keys().cloned().collect()
+    }
+
+    async fn conn(&mut self) -> Result<&mut Conn, mysql_async::Error> {
+        if self.conn.is_none() {
+            let conn = Conn::new(opts(&self.config)).await?;
+            info!(consumer = %self.config.name, "connected to the secondary");
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed))
+    }
+
+    /// Checks the idle connection; a failure drops it so the next use reconnects.
+    pub async fn health_check(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            if let Err(e) = conn.ping().await {
+                warn!(consumer = %self.config.name, error = %e, "secondary health check failed; reconnecting");
+                self.conn = None;
+            }
+        }
+    }
+
+    /// Applies consecutive records (offsets `applied + 1 ..`), retrying transient errors until shutdown.
+    /// Returns Ok(false) if shutdown interrupted it (nothing of the group is committed then).
+    pub async fn apply(&mut self, group: &[Record]) -> Result<bool, ApplyError> {
+        let Some(last) = group.last() else { return Ok(true) };
+        let mut retry = backoff::ExponentialBackoff {
+            initial_interval: Duration::from_millis(50),
+            max_interval: self.config.retry_max,
+            max_elapsed_time: None,
+            ..Default::default()
+        };
+        loop {
+            let attempt = AssertUnwindSafe(self.try_group(group)).catch_unwind().await;
+            let failure = match attempt {
+                Ok(Ok(())) => {
+                    self.applied = last.offset.0;
+                    self.applied_tx.send_replace(self.applied);
+                    return Ok(true);
+                }
+                Ok(Err(f)) => f,
+                Err(panic) => {
+                    self.conn = None;
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Failure::Permanent {
+                        offset: group[0].offset.0,
+                        table: None,
+                        statement: String::new(),
+                        reason: format!("internal error (panic) while applying: {what}"),
+                    }
+                }
+            };
+            match failure {
+                Failure::Transient(e) => {
+                    if needs_reconnect(&e) {
+                        self.conn = None;
+                    }
+                    let pause = retry.next_backoff().unwrap_or(self.config.retry_max);
+                    warn!(consumer = %self.config.name, offset = group[0].offset.0, error = %e, retry_in = ?pause, "transient error; retrying");
+                    if !self.pause(pause).await {
+                        return Ok(false);
+                    }
+                }
+                Failure::Permanent { offset, table, statement, reason } => {
+                    if group.len() > 1 {
+                        // Find the record that fails: apply the group one record at a time.
+                        for record in group {
+                            if !Box::pin(self.apply(std::slice::from_ref(record))).await? {
+                                return Ok(false);
+                            }
+                        }
+                        return Ok(true);
+                    }
+                    let table_name = table.as_ref().map(|(s, t)| format!("{s}.{t}")).unwrap_or_else(|| "-".into());
+                    let Some(key) = table.filter(|_| self.config.skip_failing_tables) else {
+                        return Err(ApplyError::Permanent { offset, table: table_name, statement, reason });
+                    };
+                    let count = self.failures.entry(key.clone()).or_default();
+                    *count += 1;
+                    let count = *count;
+                    error!(consumer = %self.config.name, offset, schema = %key.0, table = %key.1, failures = count,
+                           max = self.config.max_table_failures, error = %reason, statement = %statement, "permanent error");
+                    if count >= self.config.max_table_failures {
+                        self.quarantine(key, offset, &reason).await?;
+                    } else {
+                        let pause = retry.next_backoff().unwrap_or(self.config.retry_max);
+                        if !self.pause(pause).await {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    async fn quarantine(&mut self, key: TableKey, offset: u64, reason: &str) -> Result<(), ApplyError> {
+        let name = self.config.name.clone();
+        let conn = self.conn().await.map_err(ApplyError::Sql)?;
+        checkpoint::quarantine(conn, &name, &key.0, &key.1, offset, reason).await.map_err(ApplyError::Sql)?;
+        error!(consumer = %name, offset, schema = %key.0, table = %key.1, error = %reason,
+               "table quarantined: its changes are skipped from this offset until it is re-copied");
+        self.quarantined.insert(key, offset);
+        Ok(())
+    }
+
+    async fn try_group(&mut self, group: &[Record]) -> Result<(), Failure> {
+        let first = group[0].offset.0;
+        if let [record] = group {
+            if let Body::Ddl { schema, statement } = &record.body {
+                return self.try_ddl(record, schema, statement).await;
+            }
+        }
+        // Shapes to check before the first change to a table.
+        let mut unverified: Vec<&TableChange> = Vec::new();
+        for record in group {
+            if let Body::Transaction(changes) = &record.body {
+                for c in changes {
+                    let key = (c.schema.clone(), c.table.clone());
+                    if !self.quarantined.contains_key(&key) && self.verified.get(&key) != Some(&c.columns) {
+                        unverified.push(c);
+                    }
+                }
+            }
+        }
+        let name = self.config.name.clone();
+        let conn = self.conn().await.map_err(Failure::Transient)?;
+        for c in &unverified {
+            if let Some(reason) = drift::check(conn, &c.schema, &c.table, &c.columns)
+                .await
+                .map_err(|e| Failure::sql(first, Some(c), "(schema check)", e))?
+            {
+                let offset = group
+                    .iter()
+                    .find(|r| matches!(&r.body, Body::Transaction(ch) if ch.iter().any(|x| std::ptr::eq(x, *c))))
+                    .map_or(first, |r| r.offset.0);
+                return Err(Failure::Permanent {
+                    offset,
+                    table: Some((c.schema.clone(), c.table.clone())),
+                    statement: "(schema check against information_schema.COLUMNS)".into(),
+                    reason,
+                });
+            }
+        }
+        for c in unverified {
+            self.verified.insert((c.schema.clone(), c.table.clone()), c.columns.clone());
+        }
+        let conn = self.conn.as_mut().ok_or_else(|| {
+            Failure::Transient(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed))
+        })?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(Failure::Transient)?;
+        for record in group {
+            let Body::Transaction(changes) = &record.body else { unreachable!("DDL records are grouped alone") };
+            for c in changes {
+                if self.quarantined.contains_key(&(c.schema.clone(), c.table.clone())) {
+                    continue;
+                }
+                apply_change(&mut tx, record.offset.0, c).await?;
+            }
+        }
+        let last = &group[group.len() - 1];
+        checkpoint::save(
+            &mut tx,
+            &name,
+            last.offset.0,
+            &last.gtid.map(|g| g.to_string()).unwrap_or_default(),
+            &last.source.file,
+            last.source.pos,
+        )
+        .await
+        .map_err(Failure::Transient)?;
+        tx.commit().await.map_err(Failure::Transient)?;
+        Ok(())
+    }
+
+    async fn try_ddl(&mut self, record: &Record, schema: &str, statement: &str) -> Result<(), Failure> {
+        let offset = record.offset.0;
+        let name = self.config.name.clone();
+        let replay = self.ddl_pending == Some(offset);
+        self.conn().await.map_err(Failure::Transient)?;
+        let conn = self.conn.as_mut().ok_or_else(|| {
+            Failure::Transient(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed))
+        })?;
+        if !replay {
+            checkpoint::mark_ddl(conn, &name, offset).await.map_err(Failure::Transient)?;
+            // From here a retry may find the DDL already applied.
+            self.ddl_pending = Some(offset);
+        }
+        if !schema.is_empty() {
+            conn.query_drop(format!("USE {}", sql::ident(schema)))
+                .await
+                .map_err(|e| Failure::sql(offset, None, &format!("USE {schema}"), e))?;
+        }
+        match conn.query_drop(statement).await {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) if replay && codes::DDL_ALREADY_DONE.contains(&e.code) => {
+                info!(consumer = %name, offset, error = %e.message, "DDL had been applied before a restart");
+            }
+            Err(e) => return Err(Failure::sql(offset, None, statement, e)),
+        }
+        let gtid = record.gtid.map(|g| g.to_string()).unwrap_or_default();
+        checkpoint::save(conn, &name, offset, &gtid, &record.source.file, record.source.pos)
+            .await
+            .map_err(Failure::Transient)?;
+        self.ddl_pending = None;
+        // Every table's shape may have changed.
+        self.verified.clear();
+        Ok(())
+    }
+}
+
+async fn apply_change(tx: &mut mysql_async::Transaction<'_>, offset: u64, c: &TableChange) -> Result<(), Failure> {
+    let mut i = 0;
+    while i < c.rows.len() {
+        match &c.rows[i] {
+            RowChange::Insert { .. } => {
+                let run = c.rows[i..].iter().take_while(|r| matches!(r, RowChange::Insert { .. })).count();
+                let mut done = 0;
+                while done < run {
+                    let n = sql::insert_chunk(run - done, c.columns.len());
+                    let stmt = sql::insert(c, n);
+                    let mut params = Vec::with_capacity(n * c.columns.len());
+                    for row in &c.rows[i + done..i + done + n] {
+                        if let RowChange::Insert { after } = row {
+                            params.extend(after.iter().map(sql::to_mysql));
+                        }
+                    }
+                    tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(c), &stmt, e))?;
+                    done += n;
+                }
+                i += run;
+            }
+            RowChange::Update { before, after } => {
+                let stmt = sql::update(c);
+                let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
+                params.extend(sql::key_params(c, before));
+                tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(c), &stmt, e))?;
+                expect_one(tx, offset, c, &stmt, "UPDATE")?;
+                i += 1;
+            }
+            RowChange::Delete { before } => {
+                let stmt = sql::delete(c);
+                tx.exec_drop(&stmt, sql::key_params(c, before))
+                    .await
+                    .map_err(|e| Failure::sql(offset, Some(c), &stmt, e))?;
+                expect_one(tx, offset, c, &stmt, "DELETE")?;
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An UPDATE or DELETE that finds no row means the secondary has drifted from the primary.
+fn expect_one(
+    tx: &mut mysql_async::Transaction<'_>,
+    offset: u64,
+    c: &TableChange,
+    stmt: &str,
+    what: &str,
+) -> Result<(), Failure> {
+    if tx.affected_rows() == 1 {
+        return Ok(());
+    }
+    Err(Failure::Permanent {
+        offset,
+        table: Some((c.schema.clone(), c.table.clone())),
+        statement: stmt.to_owned(),
+        reason: format!(
+            "{what} found {} rows where the primary changed one: the secondary has drifted",
+            tx.affected_rows()
+        ),
+    })
+}

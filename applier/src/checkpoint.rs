@@ -1,0 +1,95 @@
+//! The applier's state on the secondary itself (schema `replica_meta`): the checkpoint, written in the same
+//! transaction as the data it covers, and quarantined tables.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+use crate::error::ApplyError;
+
+pub const SCHEMA_SQL: &str = "CREATE DATABASE IF NOT EXISTS replica_meta;
+CREATE TABLE IF NOT EXISTS replica_meta.checkpoint (
+  consumer VARCHAR(128) NOT NULL PRIMARY KEY,
+  applied_offset BIGINT UNSIGNED NOT NULL,
+  gtid VARCHAR(1024) NOT NULL DEFAULT '',
+  source_file VARCHAR(512) NOT NULL DEFAULT '',
+  source_position BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  ddl_pending BIGINT UNSIGNED NULL COMMENT 'offset of a DDL that may have run without its checkpoint',
+  updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB;
+CREATE TABLE IF NOT EXISTS replica_meta.quarantine (
+  consumer VARCHAR(128) NOT NULL,
+  schema_name VARCHAR(64) NOT NULL,
+  table_name VARCHAR(64) NOT NULL,
+  since_offset BIGINT UNSIGNED NOT NULL,
+  error TEXT NOT NULL,
+  quarantined_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (consumer, schema_name, table_name)
+) ENGINE=InnoDB";
+
+/// This secondary's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub applied_offset: u64,
+    pub ddl_pending: Option<u64>,
+}
+
+pub async fn ensure_schema(conn: &mut Conn) -> Result<(), ApplyError> {
+    conn.query_drop(SCHEMA_SQL).await.map_err(ApplyError::Sql)
+}
+
+pub async fn load(conn: &mut Conn, consumer: &str) -> Result<Option<Checkpoint>, ApplyError> {
+    let row: Option<(u64, Option<u64>)> = conn
+        .exec_first("SELECT applied_offset, ddl_pending FROM replica_meta.checkpoint WHERE consumer = ?", (consumer,))
+        .await
+        .map_err(ApplyError::Sql)?;
+    Ok(row.map(|(applied_offset, ddl_pending)| Checkpoint { applied_offset, ddl_pending }))
+}
+
+/// Records that everything up to `offset` is applied; part of the caller's transaction.
+pub async fn save(
+    conn: &mut impl Queryable,
+    consumer: &str,
+    offset: u64,
+    gtid: &str,
+    file: &str,
+    position: u64,
+) -> Result<(), mysql_async::Error> {
+    conn.exec_drop(
+        "INSERT INTO replica_meta.checkpoint (consumer, applied_offset, gtid, source_file, source_position, ddl_pending)
+         VALUES (?, ?, ?, ?, ?, NULL)
+         ON DUPLICATE KEY UPDATE applied_offset = VALUES(applied_offset), gtid = VALUES(gtid),
+           source_file = VALUES(source_file), source_position = VALUES(source_position), ddl_pending = NULL",
+        (consumer, offset, gtid, file, position),
+    )
+    .await
+}
+
+/// Marks a DDL as possibly applied before it runs (DDL commits by itself, so it cannot share a transaction).
+pub async fn mark_ddl(conn: &mut Conn, consumer: &str, offset: u64) -> Result<(), mysql_async::Error> {
+    conn.exec_drop("UPDATE replica_meta.checkpoint SET ddl_pending = ? WHERE consumer = ?", (offset, consumer)).await
+}
+
+pub async fn quarantined(conn: &mut Conn, consumer: &str) -> Result<Vec<(String, String, u64, String)>, ApplyError> {
+    conn.exec(
+        "SELECT schema_name, table_name, since_offset, error FROM replica_meta.quarantine WHERE consumer = ?",
+        (consumer,),
+    )
+    .await
+    .map_err(ApplyError::Sql)
+}
+
+pub async fn quarantine(
+    conn: &mut Conn,
+    consumer: &str,
+    schema: &str,
+    table: &str,
+    offset: u64,
+    error: &str,
+) -> Result<(), mysql_async::Error> {
+    conn.exec_drop(
+        "INSERT INTO replica_meta.quarantine (consumer, schema_name, table_name, since_offset, error) VALUES (?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE since_offset = VALUES(since_offset), error = VALUES(error)",
+        (consumer, schema, table, offset, error),
+    )
+    .await
+}

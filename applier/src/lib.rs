@@ -1,0 +1,259 @@
+//! `replica-applier`: applies the reader's journal to one secondary, exactly once.
+//!
+//! Data flow: a subscription task streams records from the reader (resubscribing with backoff after any
+//! interruption, from the next offset it needs) into a small bounded channel; the apply loop groups
+//! consecutive records into one secondary transaction that also moves the checkpoint ([`apply`]); an ack
+//! task reports the applied offset to the reader at most every 100 ms. The secondary's checkpoint is the
+//! truth: acks only drive the reader's retention and monitoring.
+
+pub mod apply;
+pub mod checkpoint;
+pub mod config;
+pub mod drift;
+pub mod error;
+pub mod sql;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backoff::backoff::Backoff;
+use common::event::{Body, Record, Value};
+use common::proto::journal_client::JournalClient;
+use common::proto::{AckRequest, SubscribeRequest};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::apply::Applier;
+use crate::config::Config;
+use crate::error::ApplyError;
+
+/// Records buffered between the subscription and the apply loop.
+const RECORD_BUFFER: usize = 256;
+const ACK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runs the applier until `shutdown` (Ok) or a permanent error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApplyError> {
+    let config = Arc::new(config);
+    let (applied_tx, applied_rx) = watch::channel(0u64);
+    let mut applier = Applier::start(config.clone(), applied_tx, shutdown.clone()).await?;
+    info!(consumer = %config.name, offset = applier.applied, reader = %config.reader_url, "applier starting");
+
+    let (tx, mut rx) = mpsc::channel(RECORD_BUFFER);
+    let stream_stop = shutdown.child_token();
+    let subscription = tokio::spawn(subscribe_loop(config.clone(), applier.applied + 1, tx, stream_stop.clone()));
+    let acks = tokio::spawn(ack_loop(config.clone(), applied_rx, stream_stop.clone()));
+
+    let result = apply_loop(&config, &mut applier, &mut rx, &shutdown).await;
+    stream_stop.cancel();
+    let _ = subscription.await;
+    // The ack loop sends a final ack of what is committed before it ends.
+    let _ = tokio::time::timeout(Duration::from_secs(5), acks).await;
+    info!(consumer = %config.name, offset = applier.applied, "applier stopped");
+    result
+}
+
+/// A rough size of a record, for bounding transactions.
+fn weight(r: &Record) -> (usize, u64) {
+    match &r.body {
+        Body::Ddl { statement, .. } => (0, statement.len() as u64),
+        Body::Transaction(changes) => {
+            let rows = r.row_count();
+            let bytes = changes
+                .iter()
+                .flat_map(|c| &c.rows)
+                .flat_map(|row| match row {
+                    common::event::RowChange::Insert { after } => after.iter().chain([].iter()),
+                    common::event::RowChange::Delete { before } => before.iter().chain([].iter()),
+                    common::event::RowChange::Update { before, after } => before.iter().chain(after.iter()),
+                })
+                .map(|v| match v {
+                    Value::Text(s) | Value::Decimal(s) => s.len() as u64,
+                    Value::Bytes(b) => b.len() as u64,
+                    _ => 8,
+                })
+                .sum();
+            (rows, bytes)
+        }
+    }
+}
+
+async fn apply_loop(
+    config: &Config,
+    applier: &mut Applier,
+    rx: &mut mpsc::Receiver<Result<Record, ApplyError>>,
+    shutdown: &CancellationToken,
+) -> Result<(), ApplyError> {
+    let mut health = tokio::time::interval(config.health_interval);
+    health.tick().await;
+    let mut carry: Option<Record> = None;
+    loop {
+        let first = match carry.take() {
+            Some(r) => r,
+            None => tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = health.tick() => {
+                    applier.health_check().await;
+                    continue;
+                }
+                r = rx.recv() => match r {
+                    Some(r) => r?,
+                    None => return Ok(()),
+                },
+            },
+        };
+        let mut expected = applier.applied + 1;
+        check_offset(&first, expected)?;
+        expected += 1;
+        let is_ddl = matches!(first.body, Body::Ddl { .. });
+        let (mut rows, mut bytes) = weight(&first);
+        let mut group = vec![first];
+        let started = Instant::now();
+        while !is_ddl && rows < config.batch_rows && bytes < config.batch_bytes && started.elapsed() < config.batch_time
+        {
+            let Ok(next) = rx.try_recv() else { break };
+            let next = next?;
+            check_offset(&next, expected)?;
+            expected += 1;
+            if matches!(next.body, Body::Ddl { .. }) {
+                carry = Some(next);
+                break;
+            }
+            let (r, b) = weight(&next);
+            rows += r;
+            bytes += b;
+            group.push(next);
+        }
+        if !applier.apply(&group).await? {
+            return Ok(());
+        }
+        health.reset();
+    }
+}
+
+fn check_offset(r: &Record, expected: u64) -> Result<(), ApplyError> {
+    if r.offset.0 == expected {
+        Ok(())
+    } else {
+        Err(ApplyError::Gap { expected, got: r.offset.0 })
+    }
+}
+
+async fn connect(config: &Config) -> Result<JournalClient<tonic::transport::Channel>, ApplyError> {
+    let reader_err = |reason: String| ApplyError::Reader { url: config.reader_url.clone(), reason };
+    let endpoint = tonic::transport::Endpoint::from_shared(config.reader_url.clone())
+        .map_err(|e| reader_err(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let channel = endpoint.connect().await.map_err(|e| reader_err(e.to_string()))?;
+    // One record is one source transaction, which can be far larger than gRPC's 4 MiB default.
+    Ok(JournalClient::new(channel).max_decoding_message_size(usize::MAX))
+}
+
+/// Streams records from `next` on, resubscribing after interruptions, until `stop`.
+async fn subscribe_loop(
+    config: Arc<Config>,
+    mut next: u64,
+    tx: mpsc::Sender<Result<Record, ApplyError>>,
+    stop: CancellationToken,
+) {
+    let mut retry = backoff::ExponentialBackoff {
+        initial_interval: Duration::from_millis(100),
+        max_interval: config.retry_max,
+        max_elapsed_time: None,
+        ..Default::default()
+    };
+    loop {
+        let result: Result<(), ApplyError> = async {
+            let mut client = connect(&config).await?;
+            let mut stream = client
+                .subscribe(SubscribeRequest { consumer: config.name.clone(), from_offset: next })
+                .await
+                .map_err(ApplyError::Subscribe)?
+                .into_inner();
+            info!(consumer = %config.name, offset = next, "subscribed to the reader");
+            retry.reset();
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Ok(()),
+                    item = stream.next() => item,
+                };
+                let record = match item {
+                    None => {
+                        return Err(ApplyError::Reader {
+                            url: config.reader_url.clone(),
+                            reason: "stream ended".into(),
+                        })
+                    }
+                    Some(Err(status)) => return Err(ApplyError::Subscribe(status)),
+                    Some(Ok(r)) => Record::try_from(r)?,
+                };
+                next = record.offset.0 + 1;
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Ok(()),
+                    sent = tx.send(Ok(record)) => if sent.is_err() { return Ok(()) },
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(ApplyError::Subscribe(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::OutOfRange | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated
+                ) =>
+            {
+                let _ = tx.send(Err(ApplyError::Subscribe(status))).await;
+                return;
+            }
+            Err(e @ ApplyError::Wire(_)) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            Err(e) => {
+                let pause = retry.next_backoff().unwrap_or(config.retry_max);
+                warn!(consumer = %config.name, offset = next, error = %e, retry_in = ?pause, "reader stream interrupted; resubscribing");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Acks the applied offset to the reader, coalesced; a final ack when stopping.
+async fn ack_loop(config: Arc<Config>, mut applied: watch::Receiver<u64>, stop: CancellationToken) {
+    let mut client: Option<JournalClient<tonic::transport::Channel>> = None;
+    let mut acked = 0;
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(ACK_INTERVAL) => false,
+        };
+        let offset = *applied.borrow_and_update();
+        if offset > acked {
+            if client.is_none() {
+                client = connect(&config).await.ok();
+            }
+            if let Some(c) = client.as_mut() {
+                match c.ack(AckRequest { consumer: config.name.clone(), offset }).await {
+                    Ok(_) => acked = offset,
+                    Err(e) => {
+                        debug!(consumer = %config.name, offset, error = %e, "ack failed; will retry");
+                        client = None;
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! SQL for row changes: quoted identifiers, prepared statements with bound parameters, and journal values
+//! turned back into exactly what the primary stored.
+
+use common::event::{utc_from_unix, Column, ColumnType, TableChange, Value};
+use mysql_async::Value as My;
+
+/// Most rows in one multi-row INSERT; inserts are cut into power-of-two chunks so a table needs at most a
+/// handful of distinct prepared statements.
+pub const MAX_INSERT_ROWS: usize = 128;
+/// MariaDB's limit on placeholders in one statement.
+const MAX_PLACEHOLDERS: usize = 65_535;
+
+/// `name` as a quoted identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+pub fn table_name(c: &TableChange) -> String {
+    format!("{}.{}", ident(&c.schema), ident(&c.table))
+}
+
+/// Rows per INSERT chunk for `remaining` rows of a table with `columns` columns.
+pub fn insert_chunk(remaining: usize, columns: usize) -> usize {
+    let cap = (MAX_PLACEHOLDERS / columns.max(1)).clamp(1, MAX_INSERT_ROWS);
+    let n = remaining.min(cap);
+    // Largest power of two not above n.
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
+/// The placeholder for a column's value. Binary-collation columns get `CAST(? AS BINARY)`: a bound string
+/// otherwise arrives in the connection's charset, and types such as UUID and INET6 (which the binlog shows as
+/// BINARY(n)) would parse it as text instead of taking the stored bytes.
+fn placeholder(col: &Column) -> &'static str {
+    let binary = col.collation == 63 && matches!(col.ty, ColumnType::Char | ColumnType::VarChar | ColumnType::Blob);
+    if binary {
+        "CAST(? AS BINARY)"
+    } else {
+        "?"
+    }
+}
+
+pub fn insert(c: &TableChange, rows: usize) -> String {
+    let cols: Vec<String> = c.columns.iter().map(|col| ident(&col.name)).collect();
+    let one = format!("({})", c.columns.iter().map(placeholder).collect::<Vec<_>>().join(","));
+    format!("INSERT INTO {} ({}) VALUES {}", table_name(c), cols.join(","), vec![one; rows].join(","))
+}
+
+/// The columns that locate a row: the primary key, or every column when the table has none.
+pub fn key_columns(c: &TableChange) -> Vec<usize> {
+    if c.primary_key.is_empty() {
+        (0..c.columns.len()).collect()
+    } else {
+        c.primary_key.iter().map(|&i| i as usize).collect()
+    }
+}
+
+fn where_clause(c: &TableChange) -> String {
+    let parts: Vec<String> = key_columns(c)
+        .into_iter()
+        .map(|i| format!("{} <=> {}", ident(&c.columns[i].name), placeholder(&c.columns[i])))
+        .collect();
+    // Without a key, several identical rows may match: change exactly one, as the source did.
+    let limit = if c.primary_key.is_empty() { " LIMIT 1" } else { "" };
+    format!("WHERE {}{}", parts.join(" AND "), limit)
+}
+
+pub fn update(c: &TableChange) -> String {
+    let set: Vec<String> = c.columns.iter().map(|col| format!("{} = {}", ident(&col.name), placeholder(col))).collect();
+    format!("UPDATE {} SET {} {}", table_name(c), set.join(", "), where_clause(c))
+}
+
+pub fn delete(c: &TableChange) -> String {
+    format!("DELETE FROM {} {}", table_name(c), where_clause(c))
+}
+
+/// Parameters locating a row: its key values from the before image.
+pub fn key_params(c: &TableChange, before: &[Value]) -> Vec<My> {
+    key_columns(c).into_iter().map(|i| to_mysql(&before[i])).collect()
+}
+
+/// A journal value as a parameter that stores exactly the primary's value (sessions use UTC).
+pub fn to_mysql(v: &Value) -> My {
+    match v {
+        Value::Null => My::NULL,
+        Value::Int(x) => My::Int(*x),
+        Value::UInt(x) => My::UInt(*x),
+        Value::Float(x) => My::Float(*x),
+        Value::Double(x) => My::Double(*x),
+        Value::Decimal(s) | Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
+        Value::Bytes(b) => My::Bytes(b.clone()),
+        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
+        Value::DateTime { year, month, day, hour, minute, second, micros } => {
+            My::Date(*year, *month, *day, *hour, *minute, *second, *micros)
+        }
+        Value::Time { negative, hours, minutes, seconds, micros } => {
+            My::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros)
+        }
+        Value::Timestamp { seconds, micros } => to_mysql(&utc_from_unix(*seconds, *micros)),
+        Value::Year(y) => My::Int(i64::from(*y)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(pk: Vec<u32>) -> TableChange {
+        let col = |name: &str| Column {
+            name: name.into(),
+            ty: ColumnType::Int,
+            unsigned: false,
+            nullable: true,
+            binlog_type: 3,
+            binlog_meta: 0,
+            collation: 0,
+        };
+        TableChange {
+            schema: "s".into(),
+            table: "t`x".into(),
+            columns: vec![col("id"), col("v")],
+            primary_key: pk,
+            rows: vec![],
+        }
+    }
+
+    #[test]
+    fn statements_quote_identifiers_and_locate_rows_by_key() {
+        assert_eq!(insert(&table(vec![0]), 2), "INSERT INTO `s`.`t``x` (`id`,`v`) VALUES (?,?),(?,?)");
+        assert_eq!(update(&table(vec![0])), "UPDATE `s`.`t``x` SET `id` = ?, `v` = ? WHERE `id` <=> ?");
+        assert_eq!(delete(&table(vec![])), "DELETE FROM `s`.`t``x` WHERE `id` <=> ? AND `v` <=> ? LIMIT 1");
+    }
+
+    #[test]
+    fn inserts_are_cut_into_power_of_two_chunks() {
+        assert_eq!(insert_chunk(100, 2), 64);
+        assert_eq!(insert_chunk(3, 2), 2);
+        assert_eq!(insert_chunk(1, 2), 1);
+        assert_eq!(insert_chunk(1000, 1000), 64);
+    }
+
+    #[test]
+    fn timestamps_and_times_bind_as_the_primary_stored_them() {
+        assert_eq!(
+            to_mysql(&Value::Timestamp { seconds: 946_684_800, micros: 500_000 }),
+            My::Date(2000, 1, 1, 0, 0, 0, 500_000)
+        );
+        assert_eq!(
+            to_mysql(&Value::Time { negative: true, hours: 838, minutes: 59, seconds: 59, micros: 0 }),
+            My::Time(true, 34, 22, 59, 59, 0)
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! replica-applier against real servers: a primary, the reader, and real secondaries.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use tests::{Applier, MariaDb, Reader, Role};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A reader on a fresh primary and `n` empty secondaries.
+async fn pipeline(n: usize) -> (MariaDb, Reader, Vec<MariaDb>) {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let mut secondaries = Vec::new();
+    for i in 0..n {
+        secondaries.push(MariaDb::start_with(Role::Secondary, 10 + i as u32, &[]).await);
+    }
+    (primary, reader, secondaries)
+}
+
+/// The secondary's checkpoint for `name` (0 if none yet).
+async fn applied(secondary: &MariaDb, name: &str) -> u64 {
+    let mut c = secondary.conn().await;
+    c.exec_first::<u64, _, _>("SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = ?", (name,))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// Waits until `name` has applied everything the reader journaled so far.
+async fn caught_up(reader: &Reader, secondary: &MariaDb, applier: &Applier) {
+    let head = reader.info().await.last_offset;
+    let deadline = std::time::Instant::now() + WAIT;
+    while applied(secondary, &applier.name).await < head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not apply up to offset {head} (at {}):\n{}",
+            applier.name,
+            applied(secondary, &applier.name).await,
+            applier.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every row of every table in `schema`, ordered by all columns.
+async fn dump(db: &MariaDb, schema: &str) -> Vec<(String, Vec<Vec<mysql_async::Value>>)> {
+    let mut c = db.conn().await;
+    let tables: Vec<String> = c
+        .exec("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME", (schema,))
+        .await
+        .expect("tables");
+    let mut out = Vec::new();
+    for t in tables {
+        let cols: Vec<String> = c
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (schema, &t),
+            )
+            .await
+            .expect("columns");
+        let order: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
+        let rows: Vec<mysql_async::Row> =
+            c.query(format!("SELECT * FROM `{schema}`.`{t}` ORDER BY {}", order.join(","))).await.expect("dump");
+        out.push((t, rows.into_iter().map(|r| r.unwrap()).collect()));
+    }
+    out
+}
+
+async fn assert_same_data(primary: &MariaDb, secondary: &MariaDb, schema: &str) {
+    let p = dump(primary, schema).await;
+    let s = dump(secondary, schema).await;
+    assert_eq!(p.len(), s.len(), "same tables");
+    for ((pt, prows), (st, srows)) in p.iter().zip(&s) {
+        assert_eq!(pt, st);
+        assert_eq!(prows.len(), srows.len(), "{schema}.{pt}: row count");
+        for (i, (a, b)) in prows.iter().zip(srows).enumerate() {
+            assert_eq!(a, b, "{schema}.{pt}: row {i} differs");
+        }
+    }
+}
+
+/// `pt-table-sync --print` from Debian's percona-toolkit: compares the data and prints the SQL that would make
+/// the secondary match, without executing it; nothing means identical. (With `--dry-run` it compares nothing
+/// and always prints nothing, so it is not used.)
+fn pt_table_sync(primary: &MariaDb, secondary: &MariaDb, schema: &str) -> String {
+    let out = std::process::Command::new("pt-table-sync")
+        .args(["--print", "--databases", schema])
+        .arg(format!("h=127.0.0.1,P={},u=root", primary.port))
+        .arg(format!("h=127.0.0.1,P={},u=root", secondary.port))
+        .output()
+        .expect("pt-table-sync runs (apt-get install percona-toolkit)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Exit status 2 means "differences found", which the caller judges from the output.
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "pt-table-sync failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect::<Vec<_>>().join("\n")
+}
+
+const MIXED_SCHEMA: &str = "
+CREATE DATABASE mix;
+CREATE TABLE mix.orders (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(40), total DECIMAL(12,2), note TEXT);
+CREATE TABLE mix.lines (order_id INT, line INT, sku VARCHAR(20), qty INT, PRIMARY KEY (order_id, line));
+CREATE TABLE mix.log (at DATETIME(6), msg VARCHAR(100), n INT);
+CREATE TABLE mix.all_types (
+    id INT PRIMARY KEY, ti TINYINT, tiu TINYINT UNSIGNED, mi MEDIUMINT, miu MEDIUMINT UNSIGNED, bi BIGINT,
+    biu BIGINT UNSIGNED, de DECIMAL(65,30), f FLOAT, d DOUBLE, b1 BIT(1), b64 BIT(64), c CHAR(10), vc VARCHAR(100),
+    l1 VARCHAR(50) CHARACTER SET latin1, bin BINARY(16), vb VARBINARY(20), bl BLOB, lt LONGTEXT, e ENUM('a','b','ü'),
+    s SET('x','y','z'), dt DATE, tm TIME(6), dtt DATETIME(6), ts TIMESTAMP(6) NULL, y YEAR, j JSON, g GEOMETRY,
+    u UUID, ip6 INET6
+) DEFAULT CHARSET=utf8mb4;";
+
+const MIXED_LOAD: &str = "
+SET SESSION sql_mode = '';
+INSERT INTO mix.orders (customer, total, note) VALUES ('ann', 10.50, 'first'), ('bob', 99.99, NULL), ('cy', 0, '');
+INSERT INTO mix.lines VALUES (1, 1, 'A-1', 2), (1, 2, 'B-7', 1), (2, 1, 'A-1', 10);
+INSERT INTO mix.log VALUES ('2024-01-01 00:00:00', 'dup', 1), ('2024-01-01 00:00:00', 'dup', 1), (NULL, NULL, NULL);
+BEGIN;
+  UPDATE mix.orders SET total = total + 1 WHERE id = 1;
+  INSERT INTO mix.lines VALUES (3, 1, 'C-3', 5);
+  DELETE FROM mix.lines WHERE order_id = 1 AND line = 2;
+  UPDATE mix.log SET n = 2 WHERE msg = 'dup' LIMIT 1;
+COMMIT;
+INSERT INTO mix.all_types VALUES
+ (1, -128, 0, -8388608, 0, -9223372036854775808, 0, '-99999999999999999999999999999999999.999999999999999999999999999999',
+  -3.40282e38, -1.7976931348623157e308, b'0', b'0', 'a', '', 'é', 0x00, '', '', '', 'a', '', '0000-00-00',
+  '-838:59:59.000000', '1000-01-01 00:00:00.000000', '1970-01-01 00:00:01.000000', 0, '[]', ST_GeomFromText('POINT(0 0)'),
+  '00000000-0000-0000-0000-000000000000', '::'),
+ (2, 127, 255, 8388607, 16777215, 9223372036854775807, 18446744073709551615,
+  '99999999999999999999999999999999999.999999999999999999999999999999', 3.40282e38, 1.7976931348623157e308, b'1',
+  0xFFFFFFFFFFFFFFFF, '😀ab', CONCAT(REPEAT('x', 50), '😀'), 'ÿ€Œ', 0x01020300000000000000000000000000, 0x00ff00,
+  REPEAT(0x00ff, 5000), REPEAT('ü😀', 10000), 'ü', 'x,y,z', '9999-12-31', '838:59:59.999999',
+  '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.999999', 2155, '{\"k\": [1, 2.5, null]}',
+  ST_GeomFromText('LINESTRING(0 0, 1.5 2.25)'), '123e4567-e89b-12d3-a456-426614174000', '2001:db8::ff00:42:8300'),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+UPDATE mix.all_types SET mi = -1, ts = '2000-01-01 00:00:00.5', e = 'ü', y = 0 WHERE id = 3;
+DELETE FROM mix.all_types WHERE id = 1;
+ALTER TABLE mix.orders ADD COLUMN status ENUM('new','paid') NOT NULL DEFAULT 'new';
+INSERT INTO mix.orders (customer, total, note, status) VALUES ('dee', 5, 'after ddl', 'paid');
+UPDATE mix.orders SET status = 'paid' WHERE id IN (1, 2);
+DELETE FROM mix.log WHERE n IS NULL;
+INSERT INTO mix.log SELECT NOW(6), CONCAT('bulk ', seq), seq FROM mix.seq_1_to_500;
+UPDATE mix.lines SET qty = qty * 2;
+CREATE TABLE mix.later (id INT PRIMARY KEY, v VARCHAR(10));
+INSERT INTO mix.later VALUES (1, 'x'), (2, 'y');
+RENAME TABLE mix.later TO mix.renamed;
+UPDATE mix.renamed SET v = 'z' WHERE id = 2;
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_workload_leaves_both_secondaries_identical_to_the_primary() {
+    let (primary, reader, secondaries) = pipeline(2).await;
+    let a = Applier::start(&reader, &secondaries[0], "east", &[("REPLICA_START_OFFSET", "1")]);
+    let b =
+        Applier::start(&reader, &secondaries[1], "west", &[("REPLICA_START_OFFSET", "1"), ("REPLICA_BATCH_ROWS", "7")]);
+    primary.exec(MIXED_SCHEMA).await;
+    primary.exec(MIXED_LOAD).await;
+    for (secondary, applier) in secondaries.iter().zip([&a, &b]) {
+        caught_up(&reader, secondary, applier).await;
+        assert_same_data(&primary, secondary, "mix").await;
+        let diff = pt_table_sync(&primary, secondary, "mix");
+        assert!(diff.is_empty(), "pt-table-sync found differences on {}:\n{diff}", applier.name);
+    }
+    assert!(!a.log_text().contains("ERROR") && !b.log_text().contains("ERROR"), "{}{}", a.log_text(), b.log_text());
+    // The comparison can see a difference: damage one row by hand.
+    secondaries[1].exec("SET SESSION sql_log_bin = 0; UPDATE mix.lines SET qty = 999 WHERE order_id = 3").await;
+    let diff = pt_table_sync(&primary, &secondaries[1], "mix");
+    assert!(diff.contains("qty"), "pt-table-sync reports the damaged row: {diff}");
+}

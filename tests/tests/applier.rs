@@ -173,3 +173,187 @@ async fn a_mixed_workload_leaves_both_secondaries_identical_to_the_primary() {
     let diff = pt_table_sync(&primary, &secondaries[1], "mix");
     assert!(diff.contains("qty"), "pt-table-sync reports the damaged row: {diff}");
 }
+
+/// Inserts `txns` transactions of `per` rows into `schema.table` (columns a INT, b VARCHAR), with repeats.
+async fn load_rows(opts: mysql_async::OptsBuilder, table: &str, first: u64, txns: u64, per: u64) {
+    let mut conn = mysql_async::Conn::new(opts).await.expect("load connection");
+    for t in 0..txns {
+        let values: Vec<String> =
+            (0..per).map(|i| format!("({}, 'v{}')", (first + t * per + i) % 1000, i % 3)).collect();
+        conn.query_drop(format!("INSERT INTO {table} VALUES {}", values.join(","))).await.expect("load insert");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_of_the_applier_repeats_and_loses_nothing_on_a_table_without_a_key() {
+    let (primary, reader, secondaries) = pipeline(1).await;
+    let secondary = &secondaries[0];
+    let mut a =
+        Applier::start(&reader, secondary, "crashy", &[("REPLICA_START_OFFSET", "1"), ("REPLICA_BATCH_ROWS", "50")]);
+    primary.exec("CREATE DATABASE k; CREATE TABLE k.nokey (a INT, b VARCHAR(20))").await;
+    let load = tokio::spawn(load_rows(primary.root_opts(), "k.nokey", 0, 3_000, 5));
+    let mut kills = 0;
+    while kills < 10 {
+        tokio::time::sleep(Duration::from_millis(150 + (kills * 37) % 200)).await;
+        a.kill9();
+        a.spawn();
+        kills += 1;
+    }
+    load.await.expect("load");
+    primary.exec("DELETE FROM k.nokey WHERE a < 100 LIMIT 200; UPDATE k.nokey SET b = 'u' WHERE a = 500 LIMIT 3").await;
+    caught_up(&reader, secondary, &a).await;
+    let rows: Vec<u64> = secondary.query("SELECT COUNT(*) FROM k.nokey").await;
+    assert_eq!(rows[0], 15_000 - 200, "every row once: a repeated insert would show as an extra duplicate");
+    assert_same_data(&primary, secondary, "k").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_table_stops_the_applier_or_is_quarantined_with_skip_failing_tables() {
+    let (primary, reader, secondaries) = pipeline(1).await;
+    let secondary = &secondaries[0];
+    let mut a = Applier::start(&reader, secondary, "s1", &[("REPLICA_START_OFFSET", "1")]);
+    primary
+        .exec("CREATE DATABASE p; CREATE TABLE p.good (id INT PRIMARY KEY); CREATE TABLE p.bad (id INT PRIMARY KEY)")
+        .await;
+    primary.exec("INSERT INTO p.good VALUES (1); INSERT INTO p.bad VALUES (1)").await;
+    caught_up(&reader, secondary, &a).await;
+    secondary.exec("DROP TABLE p.bad").await;
+    primary.exec("INSERT INTO p.bad VALUES (2)").await;
+    let failed_at = reader.info().await.last_offset;
+    let status = a.wait_exit(WAIT).unwrap_or_else(|| panic!("the applier stops:\n{}", a.log_text()));
+    assert!(!status.success(), "a permanent error is a failure exit");
+    let log = a.log_text();
+    for part in [
+        &format!("permanent error at journal offset {failed_at} on p.bad"),
+        "statement: INSERT INTO `p`.`bad`",
+        "doesn't exist",
+    ] {
+        assert!(log.contains(part), "the message names {part:?}:\n{log}");
+    }
+
+    let a = Applier::start(
+        &reader,
+        secondary,
+        "s1",
+        &[("REPLICA_SKIP_FAILING_TABLES", "true"), ("REPLICA_MAX_TABLE_FAILURES", "2")],
+    );
+    primary.exec("INSERT INTO p.good VALUES (2), (3); INSERT INTO p.bad VALUES (3)").await;
+    caught_up(&reader, secondary, &a).await;
+    let good: Vec<i32> = secondary.query("SELECT id FROM p.good ORDER BY id").await;
+    assert_eq!(good, vec![1, 2, 3], "the other tables keep flowing");
+    let q: Vec<(String, String, u64)> =
+        secondary.query("SELECT schema_name, table_name, since_offset FROM replica_meta.quarantine").await;
+    assert_eq!(q, vec![("p".to_owned(), "bad".to_owned(), failed_at)], "the quarantine is recorded");
+    assert!(a.log_text().contains("table quarantined"), "and logged:\n{}", a.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_lock_on_the_secondary_makes_the_applier_wait_and_retry() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &["--innodb-lock-wait-timeout=1"]).await;
+    let a = Applier::start(&reader, &secondary, "waiter", &[("REPLICA_START_OFFSET", "1")]);
+    primary
+        .exec("CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY, v INT); INSERT INTO r.t VALUES (1, 1)")
+        .await;
+    caught_up(&reader, &secondary, &a).await;
+    let mut locker = secondary.conn().await;
+    locker.query_drop("BEGIN").await.expect("begin");
+    locker.query_drop("SELECT * FROM r.t WHERE id = 1 FOR UPDATE").await.expect("lock the row");
+    primary.exec("UPDATE r.t SET v = 2 WHERE id = 1").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !a.log_text().contains("transient error; retrying") {
+        assert!(std::time::Instant::now() < deadline, "the lock wait is retried:\n{}", a.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v: Vec<i32> = secondary.query("SELECT v FROM r.t").await;
+    assert_eq!(v, vec![1], "nothing applied while the row is locked");
+    locker.query_drop("ROLLBACK").await.expect("release");
+    caught_up(&reader, &secondary, &a).await;
+    let v: Vec<i32> = secondary.query("SELECT v FROM r.t").await;
+    assert_eq!(v, vec![2], "applied once the lock is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_applier_replays_what_it_missed_while_the_other_stays_current() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[("REPLICA_RETENTION", "0s")]).await;
+    let s_a = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let s_b = MariaDb::start_with(Role::Secondary, 11, &[]).await;
+    let mut a = Applier::start(&reader, &s_a, "a", &[("REPLICA_START_OFFSET", "1")]);
+    let b = Applier::start(&reader, &s_b, "b", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec("CREATE DATABASE ind; CREATE TABLE ind.t (id BIGINT PRIMARY KEY, v VARCHAR(20))").await;
+    caught_up(&reader, &s_a, &a).await;
+    caught_up(&reader, &s_b, &b).await;
+    assert_eq!(a.terminate().and_then(|s| s.code()), Some(0), "SIGTERM stops the applier cleanly");
+    let a_acked = applied(&s_a, "a").await;
+
+    let load = tokio::spawn({
+        let opts = primary.root_opts();
+        async move {
+            let mut c = mysql_async::Conn::new(opts).await.expect("conn");
+            for t in 0..1_000u64 {
+                let values: Vec<String> = (0..100).map(|i| format!("({}, 'x')", t * 100 + i)).collect();
+                c.query_drop(format!("INSERT INTO ind.t VALUES {}", values.join(","))).await.expect("insert");
+            }
+        }
+    });
+    let mut lags = Vec::new();
+    let mut b_progress = Vec::new();
+    while !load.is_finished() {
+        let info = reader.info().await;
+        let lag = info.consumers.iter().find(|c| c.name == "a").map(|c| c.lag_records).unwrap_or(0);
+        lags.push(lag);
+        b_progress.push(applied(&s_b, "b").await);
+        assert!(info.first_offset <= a_acked + 1, "the journal keeps what the stopped applier has not acked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    load.await.expect("load");
+    assert!(lags.windows(2).any(|w| w[1] > w[0]), "A's lag grows while it is down: {lags:?}");
+    assert!(
+        b_progress.windows(2).filter(|w| w[1] > w[0]).count() >= b_progress.len() / 2,
+        "B keeps applying: {b_progress:?}"
+    );
+    caught_up(&reader, &s_b, &b).await;
+    assert!(reader.info().await.first_offset <= a_acked + 1, "still held for A after B acked everything");
+
+    a.spawn();
+    caught_up(&reader, &s_a, &a).await;
+    for s in [&s_a, &s_b] {
+        let n: Vec<u64> = s.query("SELECT COUNT(*) FROM ind.t").await;
+        assert_eq!(n, vec![100_000]);
+        assert_same_data(&primary, s, "ind").await;
+    }
+    let head = reader.info().await.last_offset;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let info = reader.info().await;
+        let lag = info.consumers.iter().find(|c| c.name == "a").map(|c| c.lag_records).unwrap_or(u64::MAX);
+        if lag == 0 && info.first_offset > head.min(a_acked + 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A's lag shrinks to 0 and the journal head advances: {info:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reader_and_secondary_restarts_during_a_load_converge_exactly() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let mut reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let mut secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let a = Applier::start(&reader, &secondary, "r", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec("CREATE DATABASE rr; CREATE TABLE rr.nokey (a INT, b VARCHAR(20))").await;
+    let load = tokio::spawn(load_rows(primary.root_opts(), "rr.nokey", 0, 2_000, 5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.kill9();
+    reader.restart().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    secondary.restart().await;
+    load.await.expect("load");
+    caught_up(&reader, &secondary, &a).await;
+    let n: Vec<u64> = secondary.query("SELECT COUNT(*) FROM rr.nokey").await;
+    assert_eq!(n, vec![10_000]);
+    assert_same_data(&primary, &secondary, "rr").await;
+    assert!(a.log_text().contains("resubscribing") || a.log_text().contains("retrying"), "{}", a.log_text());
+}

@@ -28,6 +28,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::drift;
 use crate::error::{codes, is_transient, needs_reconnect, ApplyError};
+use crate::net::NetTable;
 use crate::sql;
 
 type TableKey = (String, String);
@@ -291,14 +292,31 @@ impl Applier {
             Failure::Transient(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed))
         })?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(Failure::Transient)?;
+        // Tables with a primary key are applied as net changes after the keyless ones, which go row by row in
+        // order; changes to different tables do not interact (foreign key checks are off, as on a replica).
+        let mut nets: Vec<NetTable> = Vec::new();
         for record in group {
             let Body::Transaction(changes) = &record.body else { unreachable!("DDL records are grouped alone") };
             for c in changes {
                 if self.quarantined.contains_key(&(c.schema.clone(), c.table.clone())) {
                     continue;
                 }
-                apply_change(&mut tx, record.offset.0, c).await?;
+                if c.primary_key.is_empty() {
+                    apply_change(&mut tx, record.offset.0, c).await?;
+                    continue;
+                }
+                let i = match nets.iter().position(|n| n.schema == c.schema && n.table == c.table) {
+                    Some(i) => i,
+                    None => {
+                        nets.push(NetTable::new(c, record.offset.0));
+                        nets.len() - 1
+                    }
+                };
+                nets[i].add(c);
             }
+        }
+        for net in &nets {
+            apply_net(&mut tx, net).await?;
         }
         let last = &group[group.len() - 1];
         checkpoint::save(
@@ -349,6 +367,41 @@ impl Applier {
         self.verified.clear();
         Ok(())
     }
+}
+
+async fn apply_net(tx: &mut mysql_async::Transaction<'_>, net: &NetTable) -> Result<(), Failure> {
+    let shape = net.shape();
+    let offset = net.first_offset;
+    let deletes = net.deletes();
+    let mut done = 0;
+    while done < deletes.len() {
+        let n = sql::insert_chunk(deletes.len() - done, shape.primary_key.len());
+        let stmt = sql::delete_keys(&shape, n);
+        let params: Vec<_> = deletes[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
+        tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(&shape), &stmt, e))?;
+        if tx.affected_rows() != n as u64 {
+            return Err(Failure::Permanent {
+                offset,
+                table: Some((shape.schema.clone(), shape.table.clone())),
+                statement: stmt,
+                reason: format!(
+                    "{} of {n} rows the primary changed were found: the secondary has drifted",
+                    tx.affected_rows()
+                ),
+            });
+        }
+        done += n;
+    }
+    let inserts = net.inserts();
+    let mut done = 0;
+    while done < inserts.len() {
+        let n = sql::insert_chunk(inserts.len() - done, shape.columns.len());
+        let stmt = sql::insert(&shape, n);
+        let params: Vec<_> = inserts[done..done + n].iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
+        tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(&shape), &stmt, e))?;
+        done += n;
+    }
+    Ok(())
 }
 
 async fn apply_change(tx: &mut mysql_async::Transaction<'_>, offset: u64, c: &TableChange) -> Result<(), Failure> {

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod drift;
 pub mod error;
+pub mod net;
 pub mod sql;
 
 use std::sync::Arc;

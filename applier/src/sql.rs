@@ -69,6 +69,14 @@ pub fn update(c: &TableChange) -> String {
     format!("UPDATE {} SET {} {}", table_name(c), set.join(", "), where_clause(c))
 }
 
+/// `DELETE ... WHERE (key) IN ((?..), ...)` for `rows` primary keys.
+pub fn delete_keys(c: &TableChange, rows: usize) -> String {
+    let cols: Vec<&Column> = c.primary_key.iter().map(|&i| &c.columns[i as usize]).collect();
+    let names: Vec<String> = cols.iter().map(|col| ident(&col.name)).collect();
+    let one = format!("({})", cols.iter().map(|col| placeholder(col)).collect::<Vec<_>>().join(","));
+    format!("DELETE FROM {} WHERE ({}) IN ({})", table_name(c), names.join(","), vec![one; rows].join(","))
+}
+
 pub fn delete(c: &TableChange) -> String {
     format!("DELETE FROM {} {}", table_name(c), where_clause(c))
 }
@@ -128,6 +136,7 @@ mod tests {
         assert_eq!(insert(&table(vec![0]), 2), "INSERT INTO `s`.`t``x` (`id`,`v`) VALUES (?,?),(?,?)");
         assert_eq!(update(&table(vec![0])), "UPDATE `s`.`t``x` SET `id` = ?, `v` = ? WHERE `id` <=> ?");
         assert_eq!(delete(&table(vec![])), "DELETE FROM `s`.`t``x` WHERE `id` <=> ? AND `v` <=> ? LIMIT 1");
+        assert_eq!(delete_keys(&table(vec![1, 0]), 2), "DELETE FROM `s`.`t``x` WHERE (`v`,`id`) IN ((?,?),(?,?))");
     }
 
     #[test]

@@ -28,8 +28,14 @@ async fn applied(secondary: &MariaDb, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until `name` has applied everything the reader journaled so far.
-async fn caught_up(reader: &Reader, secondary: &MariaDb, applier: &Applier) {
+/// Waits until the reader has journaled everything the primary committed so far, and `applier` has applied it.
+async fn caught_up(primary: &MariaDb, reader: &Reader, secondary: &MariaDb, applier: &Applier) {
+    let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while reader.info().await.source_position.map(|p| p.gtid).as_deref() != Some(end[0].as_str()) {
+        assert!(std::time::Instant::now() < deadline, "the reader did not reach {}:\n{}", end[0], reader.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let head = reader.info().await.last_offset;
     let deadline = std::time::Instant::now() + WAIT;
     while applied(secondary, &applier.name).await < head {
@@ -162,7 +168,7 @@ async fn a_mixed_workload_leaves_both_secondaries_identical_to_the_primary() {
     primary.exec(MIXED_SCHEMA).await;
     primary.exec(MIXED_LOAD).await;
     for (secondary, applier) in secondaries.iter().zip([&a, &b]) {
-        caught_up(&reader, secondary, applier).await;
+        caught_up(&primary, &reader, secondary, applier).await;
         assert_same_data(&primary, secondary, "mix").await;
         let diff = pt_table_sync(&primary, secondary, "mix");
         assert!(diff.is_empty(), "pt-table-sync found differences on {}:\n{diff}", applier.name);
@@ -201,7 +207,7 @@ async fn kill9_of_the_applier_repeats_and_loses_nothing_on_a_table_without_a_key
     }
     load.await.expect("load");
     primary.exec("DELETE FROM k.nokey WHERE a < 100 LIMIT 200; UPDATE k.nokey SET b = 'u' WHERE a = 500 LIMIT 3").await;
-    caught_up(&reader, secondary, &a).await;
+    caught_up(&primary, &reader, secondary, &a).await;
     let rows: Vec<u64> = secondary.query("SELECT COUNT(*) FROM k.nokey").await;
     assert_eq!(rows[0], 15_000 - 200, "every row once: a repeated insert would show as an extra duplicate");
     assert_same_data(&primary, secondary, "k").await;
@@ -216,7 +222,7 @@ async fn a_dropped_table_stops_the_applier_or_is_quarantined_with_skip_failing_t
         .exec("CREATE DATABASE p; CREATE TABLE p.good (id INT PRIMARY KEY); CREATE TABLE p.bad (id INT PRIMARY KEY)")
         .await;
     primary.exec("INSERT INTO p.good VALUES (1); INSERT INTO p.bad VALUES (1)").await;
-    caught_up(&reader, secondary, &a).await;
+    caught_up(&primary, &reader, secondary, &a).await;
     secondary.exec("DROP TABLE p.bad").await;
     primary.exec("INSERT INTO p.bad VALUES (2)").await;
     let failed_at = reader.info().await.last_offset;
@@ -238,7 +244,7 @@ async fn a_dropped_table_stops_the_applier_or_is_quarantined_with_skip_failing_t
         &[("REPLICA_SKIP_FAILING_TABLES", "true"), ("REPLICA_MAX_TABLE_FAILURES", "2")],
     );
     primary.exec("INSERT INTO p.good VALUES (2), (3); INSERT INTO p.bad VALUES (3)").await;
-    caught_up(&reader, secondary, &a).await;
+    caught_up(&primary, &reader, secondary, &a).await;
     let good: Vec<i32> = secondary.query("SELECT id FROM p.good ORDER BY id").await;
     assert_eq!(good, vec![1, 2, 3], "the other tables keep flowing");
     let q: Vec<(String, String, u64)> =
@@ -256,7 +262,7 @@ async fn a_row_lock_on_the_secondary_makes_the_applier_wait_and_retry() {
     primary
         .exec("CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY, v INT); INSERT INTO r.t VALUES (1, 1)")
         .await;
-    caught_up(&reader, &secondary, &a).await;
+    caught_up(&primary, &reader, &secondary, &a).await;
     let mut locker = secondary.conn().await;
     locker.query_drop("BEGIN").await.expect("begin");
     locker.query_drop("SELECT * FROM r.t WHERE id = 1 FOR UPDATE").await.expect("lock the row");
@@ -269,7 +275,7 @@ async fn a_row_lock_on_the_secondary_makes_the_applier_wait_and_retry() {
     let v: Vec<i32> = secondary.query("SELECT v FROM r.t").await;
     assert_eq!(v, vec![1], "nothing applied while the row is locked");
     locker.query_drop("ROLLBACK").await.expect("release");
-    caught_up(&reader, &secondary, &a).await;
+    caught_up(&primary, &reader, &secondary, &a).await;
     let v: Vec<i32> = secondary.query("SELECT v FROM r.t").await;
     assert_eq!(v, vec![2], "applied once the lock is gone");
 }
@@ -283,8 +289,8 @@ async fn a_stopped_applier_replays_what_it_missed_while_the_other_stays_current(
     let mut a = Applier::start(&reader, &s_a, "a", &[("REPLICA_START_OFFSET", "1")]);
     let b = Applier::start(&reader, &s_b, "b", &[("REPLICA_START_OFFSET", "1")]);
     primary.exec("CREATE DATABASE ind; CREATE TABLE ind.t (id BIGINT PRIMARY KEY, v VARCHAR(20))").await;
-    caught_up(&reader, &s_a, &a).await;
-    caught_up(&reader, &s_b, &b).await;
+    caught_up(&primary, &reader, &s_a, &a).await;
+    caught_up(&primary, &reader, &s_b, &b).await;
     assert_eq!(a.terminate().and_then(|s| s.code()), Some(0), "SIGTERM stops the applier cleanly");
     let a_acked = applied(&s_a, "a").await;
 
@@ -314,11 +320,11 @@ async fn a_stopped_applier_replays_what_it_missed_while_the_other_stays_current(
         b_progress.windows(2).filter(|w| w[1] > w[0]).count() >= b_progress.len() / 2,
         "B keeps applying: {b_progress:?}"
     );
-    caught_up(&reader, &s_b, &b).await;
+    caught_up(&primary, &reader, &s_b, &b).await;
     assert!(reader.info().await.first_offset <= a_acked + 1, "still held for A after B acked everything");
 
     a.spawn();
-    caught_up(&reader, &s_a, &a).await;
+    caught_up(&primary, &reader, &s_a, &a).await;
     for s in [&s_a, &s_b] {
         let n: Vec<u64> = s.query("SELECT COUNT(*) FROM ind.t").await;
         assert_eq!(n, vec![100_000]);
@@ -351,9 +357,33 @@ async fn reader_and_secondary_restarts_during_a_load_converge_exactly() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     secondary.restart().await;
     load.await.expect("load");
-    caught_up(&reader, &secondary, &a).await;
+    caught_up(&primary, &reader, &secondary, &a).await;
     let n: Vec<u64> = secondary.query("SELECT COUNT(*) FROM rr.nokey").await;
     assert_eq!(n, vec![10_000]);
     assert_same_data(&primary, &secondary, "rr").await;
     assert!(a.log_text().contains("resubscribing") || a.log_text().contains("retrying"), "{}", a.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_drift_stops_the_applier_showing_both_column_lists() {
+    let (primary, reader, secondaries) = pipeline(1).await;
+    let secondary = &secondaries[0];
+    let mut a = Applier::start(&reader, secondary, "drift", &[("REPLICA_START_OFFSET", "1")]);
+    primary
+        .exec("CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY, v INT); INSERT INTO d.t VALUES (1, 1)")
+        .await;
+    caught_up(&primary, &reader, secondary, &a).await;
+    assert_eq!(a.terminate().and_then(|s| s.code()), Some(0));
+    secondary.exec("ALTER TABLE d.t ADD COLUMN extra VARCHAR(5)").await;
+    a.spawn();
+    primary.exec("INSERT INTO d.t VALUES (2, 2)").await;
+    let status = a.wait_exit(WAIT).unwrap_or_else(|| panic!("the applier stops:\n{}", a.log_text()));
+    assert!(!status.success());
+    let log = a.log_text();
+    assert!(
+        log.contains("schema drift on d.t: the primary logged (id int, v int) but the secondary has (id int(11), v int(11), extra varchar(5))"),
+        "{log}"
+    );
+    let n: Vec<u64> = secondary.query("SELECT COUNT(*) FROM d.t").await;
+    assert_eq!(n, vec![1], "nothing applied past the drift");
 }

@@ -1,0 +1,147 @@
+//! Net changes: the row changes of one secondary transaction to a table with a primary key, folded per key.
+//!
+//! Each touched key keeps whether it existed before the transaction (its first change was an UPDATE or
+//! DELETE) and its final image (or none if deleted). Applying "delete every key that existed, then insert
+//! every final image" leaves exactly the primary's rows: untouched rows are as on the primary, and every
+//! touched row ends in its final state, so no unique constraint can be violated that the primary did not
+//! violate. It turns thousands of single-row statements into a few multi-row ones. The DELETE must remove
+//! exactly the keys that existed; any other count means the secondary has drifted.
+
+use std::collections::HashMap;
+
+use common::event::{Column, RowChange, TableChange, Value};
+
+pub struct NetTable {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<u32>,
+    /// First journal offset that touched the table in this transaction (for error messages).
+    pub first_offset: u64,
+    /// Keys in first-touch order.
+    order: Vec<String>,
+    entries: HashMap<String, Entry>,
+}
+
+struct Entry {
+    key_values: Vec<Value>,
+    existed: bool,
+    final_image: Option<Vec<Value>>,
+}
+
+impl NetTable {
+    pub fn new(c: &TableChange, offset: u64) -> Self {
+        Self {
+            schema: c.schema.clone(),
+            table: c.table.clone(),
+            columns: c.columns.clone(),
+            primary_key: c.primary_key.clone(),
+            first_offset: offset,
+            order: Vec::new(),
+            entries: HashMap::new(),
+        }
+    }
+
+    fn key(&self, image: &[Value]) -> (String, Vec<Value>) {
+        let values: Vec<Value> = self.primary_key.iter().map(|&i| image[i as usize].clone()).collect();
+        (format!("{values:?}"), values)
+    }
+
+    fn touch(&mut self, image: &[Value], existed: bool) -> &mut Entry {
+        let (k, key_values) = self.key(image);
+        if !self.entries.contains_key(&k) {
+            self.order.push(k.clone());
+        }
+        self.entries.entry(k).or_insert(Entry { key_values, existed, final_image: None })
+    }
+
+    pub fn add(&mut self, c: &TableChange) {
+        for row in &c.rows {
+            match row {
+                RowChange::Insert { after } => self.touch(after, false).final_image = Some(after.clone()),
+                RowChange::Delete { before } => self.touch(before, true).final_image = None,
+                RowChange::Update { before, after } => {
+                    if self.key(before).0 != self.key(after).0 {
+                        self.touch(before, true).final_image = None;
+                        self.touch(after, false).final_image = Some(after.clone());
+                    } else {
+                        self.touch(before, true).final_image = Some(after.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Key values of the rows that must exist now and are deleted first.
+    pub fn deletes(&self) -> Vec<&[Value]> {
+        self.order
+            .iter()
+            .filter_map(|k| self.entries.get(k))
+            .filter(|e| e.existed)
+            .map(|e| e.key_values.as_slice())
+            .collect()
+    }
+
+    /// Final images to insert.
+    pub fn inserts(&self) -> Vec<&[Value]> {
+        self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image.as_deref()).collect()
+    }
+
+    /// The shape the SQL builders take.
+    pub fn shape(&self) -> TableChange {
+        TableChange {
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            columns: self.columns.clone(),
+            primary_key: self.primary_key.clone(),
+            rows: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::event::ColumnType;
+
+    fn table(rows: Vec<RowChange>) -> TableChange {
+        let col = |name: &str| Column {
+            name: name.into(),
+            ty: ColumnType::Int,
+            unsigned: false,
+            nullable: false,
+            binlog_type: 3,
+            binlog_meta: 0,
+            collation: 0,
+        };
+        TableChange {
+            schema: "s".into(),
+            table: "t".into(),
+            columns: vec![col("id"), col("v")],
+            primary_key: vec![0],
+            rows,
+        }
+    }
+
+    fn row(id: i64, v: i64) -> Vec<Value> {
+        vec![Value::Int(id), Value::Int(v)]
+    }
+
+    #[test]
+    fn changes_fold_to_deletes_of_existing_keys_and_final_images() {
+        let c = table(vec![
+            RowChange::Update { before: row(1, 1), after: row(1, 2) },
+            RowChange::Update { before: row(1, 2), after: row(1, 3) },
+            RowChange::Insert { after: row(5, 5) },
+            RowChange::Delete { before: row(5, 5) },
+            RowChange::Delete { before: row(2, 2) },
+            RowChange::Insert { after: row(2, 9) },
+            RowChange::Update { before: row(3, 3), after: row(4, 3) },
+        ]);
+        let mut net = NetTable::new(&c, 1);
+        net.add(&c);
+        let ids = |v: Vec<&[Value]>| v.iter().map(|r| r[0].clone()).collect::<Vec<_>>();
+        assert_eq!(ids(net.deletes()), vec![Value::Int(1), Value::Int(2), Value::Int(3)]);
+        assert_eq!(net.inserts(), vec![row(1, 3).as_slice(), row(2, 9).as_slice(), row(4, 3).as_slice()]);
+    }
+}

@@ -1,0 +1,175 @@
+//! Benchmark: bring an empty secondary from the first binlog position to the end of a sysbench backlog with
+//! replica-reader + replica-applier, next to MariaDB's own replication from the same position
+//! (`slave_parallel_threads=0`, then 4), in the same run on the same machine.
+//!
+//! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench applier_throughput`
+//! Size: `BENCH_ROWS` prepared rows (default 100,000) plus `BENCH_EVENTS` oltp_write_only events (default 40,000).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn sysbench(db: &MariaDb, args: &[&str]) {
+    let status = Command::new("sysbench")
+        .args([
+            "oltp_write_only",
+            "--db-driver=mysql",
+            "--mysql-host=127.0.0.1",
+            "--mysql-user=root",
+            "--mysql-db=sbtest",
+        ])
+        .arg(format!("--mysql-port={}", db.port))
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("sysbench runs (apt-get install sysbench)");
+    assert!(status.success(), "sysbench {args:?} failed");
+}
+
+async fn checksum(db: &MariaDb) -> Vec<(String, Option<i64>)> {
+    db.query("CHECKSUM TABLE sbtest.sbtest1").await
+}
+
+/// Native replication from the first binlog, timed until the replica has executed everything.
+async fn native(
+    primary: &MariaDb,
+    start: &(String, u64),
+    server_id: u32,
+    threads: u32,
+    end_gtid: &str,
+) -> (Duration, MariaDb) {
+    let replica = MariaDb::start_with(Role::Secondary, server_id, &[]).await;
+    replica
+        .exec(&format!(
+            "SET GLOBAL slave_parallel_threads = {threads}; SET GLOBAL slave_parallel_mode = 'optimistic';
+             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}',
+             MASTER_PASSWORD = '{REPL_PASS}', MASTER_LOG_FILE = '{}', MASTER_LOG_POS = {}, MASTER_USE_GTID = no",
+            primary.port, start.0, start.1
+        ))
+        .await;
+    let t = Instant::now();
+    replica.exec("START SLAVE").await;
+    loop {
+        let pos: Vec<String> = replica.query("SELECT @@gtid_slave_pos").await;
+        if pos[0] == end_gtid {
+            break;
+        }
+        let status: Vec<mysql_async::Row> = replica.query("SHOW SLAVE STATUS").await;
+        if let Some(row) = status.first() {
+            let err: Option<String> = row.get("Last_SQL_Error");
+            let io: Option<String> = row.get("Last_IO_Error");
+            let err = err.unwrap_or_default() + &io.unwrap_or_default();
+            assert!(err.is_empty(), "native replica failed: {err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(1800), "native replica did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (t.elapsed(), replica)
+}
+
+#[tokio::main]
+async fn main() {
+    let rows = env_u64("BENCH_ROWS", 100_000);
+    let events = env_u64("BENCH_EVENTS", 40_000);
+    let primary = MariaDb::start_with(Role::Primary, 1, &["--innodb-buffer-pool-size=512M"]).await;
+    // Both pipelines start here, after the harness's own setup (users), at the same binlog position.
+    let start: Vec<(String, u64)> = primary
+        .query::<mysql_async::Row>("SHOW MASTER STATUS")
+        .await
+        .into_iter()
+        .map(|r| (r.get::<String, _>(0).expect("file"), r.get::<u64, _>(1).expect("pos")))
+        .collect();
+    let start = start[0].clone();
+    primary.exec("CREATE DATABASE sbtest").await;
+    sysbench(&primary, &["--tables=1", &format!("--table-size={rows}"), "prepare"]);
+    sysbench(
+        &primary,
+        &[
+            "--tables=1",
+            &format!("--table-size={rows}"),
+            &format!("--events={events}"),
+            "--time=0",
+            "--threads=2",
+            "run",
+        ],
+    );
+    let end_gtid: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
+    let end_gtid = end_gtid[0].clone();
+    let out = Command::new("mariadb-binlog")
+        .args(["--no-defaults", "--read-from-remote-server", "--host=127.0.0.1", "--user=root", "--to-last-log", "-v"])
+        .args(["--base64-output=decode-rows"])
+        .arg(format!("--port={}", primary.port))
+        .arg(format!("--start-position={}", start.1))
+        .arg(&start.0)
+        .output()
+        .expect("mariadb-binlog");
+    let row_changes = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("### INSERT INTO") || l.starts_with("### UPDATE") || l.starts_with("### DELETE FROM"))
+        .count();
+    println!("backlog: {row_changes} row changes, GTID {end_gtid}");
+    let want = checksum(&primary).await;
+
+    // replica-reader + replica-applier, both started at the first binlog event.
+    let secondary = MariaDb::start_with(Role::Secondary, 20, &[]).await;
+    let t = Instant::now();
+    let reader = Reader::start(
+        &primary,
+        &primary.dir.path().join("journal"),
+        &[("REPLICA_START_POSITION", &format!("{}:{}", start.0, start.1)), ("RUST_LOG", "warn")],
+    )
+    .await;
+    let applier = Applier::start(&reader, &secondary, "bench", &[("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "warn")]);
+    let mut conn = secondary.conn().await;
+    loop {
+        // The source GTID of the last applied transaction, from the secondary's own checkpoint.
+        let applied: Option<String> =
+            conn.query_first("SELECT gtid FROM replica_meta.checkpoint WHERE consumer = 'bench'").await.ok().flatten();
+        if applied.as_deref() == Some(end_gtid.as_str()) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(1800), "replica-applier did not finish:\n{}", applier.log_text());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ours = t.elapsed();
+    assert_eq!(checksum(&secondary).await, want, "the secondary matches the primary");
+    drop(applier);
+    drop(reader);
+
+    let (native0, r0) = native(&primary, &start, 30, 0, &end_gtid).await;
+    assert_eq!(checksum(&r0).await, want);
+    drop(r0);
+    let (native4, r4) = native(&primary, &start, 31, 4, &end_gtid).await;
+    assert_eq!(checksum(&r4).await, want);
+    drop(r4);
+
+    let rate = |d: Duration| row_changes as f64 / d.as_secs_f64();
+    println!();
+    println!(
+        "| pipeline (empty secondary, first binlog position → end) | seconds | row changes/s | vs native 0 threads |"
+    );
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| replica-reader + replica-applier | {:.2} | {:.0} | {:.2}x |",
+        ours.as_secs_f64(),
+        rate(ours),
+        native0.as_secs_f64() / ours.as_secs_f64()
+    );
+    println!(
+        "| MariaDB replication, slave_parallel_threads=0 | {:.2} | {:.0} | 1.00x |",
+        native0.as_secs_f64(),
+        rate(native0)
+    );
+    println!(
+        "| MariaDB replication, slave_parallel_threads=4 | {:.2} | {:.0} | {:.2}x |",
+        native4.as_secs_f64(),
+        rate(native4),
+        native0.as_secs_f64() / native4.as_secs_f64()
+    );
+}

@@ -387,3 +387,14 @@ async fn schema_drift_stops_the_applier_showing_both_column_lists() {
     let n: Vec<u64> = secondary.query("SELECT COUNT(*) FROM d.t").await;
     assert_eq!(n, vec![1], "nothing applied past the drift");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_checkpoint_the_applier_refuses_to_guess() {
+    let (_primary, reader, secondaries) = pipeline(1).await;
+    let mut a = Applier::start(&reader, &secondaries[0], "fresh", &[]);
+    let status = a.wait_exit(WAIT).unwrap_or_else(|| panic!("the applier stops:\n{}", a.log_text()));
+    assert!(!status.success());
+    assert!(a.log_text().contains("needs an initial copy"), "{}", a.log_text());
+    let tables: Vec<String> = secondaries[0].query("SHOW TABLES FROM replica_meta").await;
+    assert_eq!(tables, vec!["checkpoint", "quarantine"], "its state tables exist for the copy to fill");
+}

@@ -20,33 +20,14 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(common::lifecycle::cancel_on_signal(shutdown.clone()));
     match applier::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let mut chain = String::new();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                chain.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            tracing::error!(error = %format!("{e}{chain}"), "applier stopped");
-            eprintln!("replica-applier: {e}{chain}");
+            let report = common::lifecycle::error_chain(&e);
+            tracing::error!(error = %report, "stopped");
+            eprintln!("replica-applier: {report}");
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown requested: finishing the open transaction");
-    shutdown.cancel();
 }

@@ -5,11 +5,13 @@
 //! - [`codec`]: the versioned bincode encoding of records in the journal
 //! - [`proto`] and [`convert`]: the gRPC wire types and the one mapping to and from the domain
 //! - [`config`] and [`logging`]: secrets, shared options, tracing/GELF setup
+//! - [`lifecycle`]: shutdown signals and error reports for the binaries
 
 pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod event;
+pub mod lifecycle;
 pub mod logging;
 pub mod position;
 pub mod proto;

@@ -112,9 +112,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
         shutdown: shutdown.clone(),
     };
     let result = source.run().await;
-    if let Err(e) = &result {
-        source::log_fatal(e);
-    }
     shutdown.cancel();
     // The source's sender is gone: the writer drains what it was sent, flushes and stops.
     let writer_result = tokio::task::spawn_blocking(move || writer_thread.join())

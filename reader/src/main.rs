@@ -19,32 +19,14 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(common::lifecycle::cancel_on_signal(shutdown.clone()));
     match reader::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let mut chain = String::new();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                chain.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("replica-reader: {e}{chain}");
+            let report = common::lifecycle::error_chain(&e);
+            tracing::error!(error = %report, "stopped");
+            eprintln!("replica-reader: {report}");
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown requested: draining");
-    shutdown.cancel();
 }

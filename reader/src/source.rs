@@ -21,7 +21,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::decode::TableInfo;
@@ -550,8 +550,4 @@ impl Assembler<'_> {
             xa: None,
         })
     }
-}
-
-pub(crate) fn log_fatal(e: &ReaderError) {
-    error!(error = %e, "reader stopped");
 }

@@ -5,32 +5,12 @@
 //! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench applier_throughput`
 //! Size: `BENCH_ROWS` prepared rows (default 100,000) plus `BENCH_EVENTS` oltp_write_only events (default 40,000).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
+use tests::bench::{env_u64, sysbench_backlog};
 use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn sysbench(db: &MariaDb, args: &[&str]) {
-    let status = Command::new("sysbench")
-        .args([
-            "oltp_write_only",
-            "--db-driver=mysql",
-            "--mysql-host=127.0.0.1",
-            "--mysql-user=root",
-            "--mysql-db=sbtest",
-        ])
-        .arg(format!("--mysql-port={}", db.port))
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .expect("sysbench runs (apt-get install sysbench)");
-    assert!(status.success(), "sysbench {args:?} failed");
-}
 
 async fn checksum(db: &MariaDb) -> Vec<(String, Option<i64>)> {
     db.query("CHECKSUM TABLE sbtest.sbtest1").await
@@ -87,18 +67,7 @@ async fn main() {
         .collect();
     let start = start[0].clone();
     primary.exec("CREATE DATABASE sbtest").await;
-    sysbench(&primary, &["--tables=1", &format!("--table-size={rows}"), "prepare"]);
-    sysbench(
-        &primary,
-        &[
-            "--tables=1",
-            &format!("--table-size={rows}"),
-            &format!("--events={events}"),
-            "--time=0",
-            "--threads=2",
-            "run",
-        ],
-    );
+    sysbench_backlog(&primary, rows, events);
     let end_gtid: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
     let end_gtid = end_gtid[0].clone();
     let out = Command::new("mariadb-binlog")

@@ -8,29 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::proto::{GetInfoRequest, ReadRequest};
+use tests::bench::{env_u64, sysbench_backlog};
 use tests::{MariaDb, Reader, Role};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn sysbench(db: &MariaDb, args: &[&str]) {
-    let port = db.port.to_string();
-    let status = Command::new("sysbench")
-        .args([
-            "oltp_write_only",
-            "--db-driver=mysql",
-            "--mysql-host=127.0.0.1",
-            "--mysql-user=root",
-            "--mysql-db=sbtest",
-        ])
-        .arg(format!("--mysql-port={port}"))
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .expect("sysbench runs (apt-get install sysbench)");
-    assert!(status.success(), "sysbench {args:?} failed");
-}
 
 fn mariadb_binlog(db: &MariaDb, first: &str) -> Command {
     let mut c = Command::new("mariadb-binlog");
@@ -61,18 +40,7 @@ async fn main() {
     let db = MariaDb::start_with(Role::Primary, 1, &["--innodb-buffer-pool-size=1G", "--max-binlog-size=256M"]).await;
     db.exec("CREATE DATABASE sbtest").await;
     let t = Instant::now();
-    sysbench(&db, &["--tables=1", &format!("--table-size={rows}"), "prepare"]);
-    sysbench(
-        &db,
-        &[
-            "--tables=1",
-            &format!("--table-size={rows}"),
-            &format!("--events={events}"),
-            "--time=0",
-            "--threads=2",
-            "run",
-        ],
-    );
+    sysbench_backlog(&db, rows, events);
     let logs: Vec<(String, u64)> = db.query("SHOW BINARY LOGS").await;
     let first = logs[0].0.clone();
     let binlog_bytes: u64 = logs.iter().map(|l| l.1).sum();

@@ -599,3 +599,40 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// Helpers shared by the benchmarks.
+pub mod bench {
+    use std::process::{Command, Stdio};
+
+    use super::MariaDb;
+
+    /// A numeric setting from the environment, or `default`.
+    pub fn env_u64(name: &str, default: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// A sysbench backlog in database `sbtest` (which must exist): `oltp_write_only` prepare of `rows` rows
+    /// in one table, then `events` write-only transactions from two threads.
+    pub fn sysbench_backlog(db: &MariaDb, rows: u64, events: u64) {
+        let size = format!("--table-size={rows}");
+        sysbench(db, &["--tables=1", &size, "prepare"]);
+        sysbench(db, &["--tables=1", &size, &format!("--events={events}"), "--time=0", "--threads=2", "run"]);
+    }
+
+    fn sysbench(db: &MariaDb, args: &[&str]) {
+        let status = Command::new("sysbench")
+            .args([
+                "oltp_write_only",
+                "--db-driver=mysql",
+                "--mysql-host=127.0.0.1",
+                "--mysql-user=root",
+                "--mysql-db=sbtest",
+            ])
+            .arg(format!("--mysql-port={}", db.port))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("sysbench runs (apt-get install sysbench)");
+        assert!(status.success(), "sysbench {args:?} failed");
+    }
+}

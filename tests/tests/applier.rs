@@ -28,15 +28,23 @@ async fn applied(secondary: &MariaDb, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until the reader has journaled everything the primary committed so far, and `applier` has applied it.
-async fn caught_up(primary: &MariaDb, reader: &Reader, secondary: &MariaDb, applier: &Applier) {
+/// Waits until the reader has journaled everything the primary committed so far; returns the last offset.
+async fn journaled(primary: &MariaDb, reader: &Reader) -> u64 {
     let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
     let deadline = std::time::Instant::now() + WAIT;
-    while reader.info().await.source_position.map(|p| p.gtid).as_deref() != Some(end[0].as_str()) {
+    loop {
+        let info = reader.info().await;
+        if info.source_position.map(|p| p.gtid).as_deref() == Some(end[0].as_str()) {
+            return info.last_offset;
+        }
         assert!(std::time::Instant::now() < deadline, "the reader did not reach {}:\n{}", end[0], reader.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let head = reader.info().await.last_offset;
+}
+
+/// Waits until the reader has journaled everything the primary committed so far, and `applier` has applied it.
+async fn caught_up(primary: &MariaDb, reader: &Reader, secondary: &MariaDb, applier: &Applier) {
+    let head = journaled(primary, reader).await;
     let deadline = std::time::Instant::now() + WAIT;
     while applied(secondary, &applier.name).await < head {
         assert!(
@@ -225,7 +233,7 @@ async fn a_dropped_table_stops_the_applier_or_is_quarantined_with_skip_failing_t
     caught_up(&primary, &reader, secondary, &a).await;
     secondary.exec("DROP TABLE p.bad").await;
     primary.exec("INSERT INTO p.bad VALUES (2)").await;
-    let failed_at = reader.info().await.last_offset;
+    let failed_at = journaled(&primary, &reader).await;
     let status = a.wait_exit(WAIT).unwrap_or_else(|| panic!("the applier stops:\n{}", a.log_text()));
     assert!(!status.success(), "a permanent error is a failure exit");
     let log = a.log_text();

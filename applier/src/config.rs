@@ -81,6 +81,9 @@ pub struct Cli {
     /// Interval of the secondary connection health check
     #[arg(long, env = "REPLICA_HEALTH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub health_interval: Duration,
+    /// Print the effective configuration (secrets redacted) and exit
+    #[arg(long)]
+    pub print_config: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }

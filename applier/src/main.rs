@@ -6,7 +6,12 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if let Err(e) = common::config::load_dotenv() {
+        eprintln!("replica-applier: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let cli = Cli::parse();
+    let print_config = cli.print_config;
     if let Err(e) = common::logging::init(&cli.log, "replica-applier") {
         eprintln!("replica-applier: {e}");
         return std::process::ExitCode::from(2);
@@ -19,6 +24,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if print_config {
+        // Secrets print as "<redacted>".
+        println!("{config:#?}");
+        return std::process::ExitCode::SUCCESS;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(common::lifecycle::cancel_on_signal(shutdown.clone()));
     match applier::run(config, shutdown).await {

@@ -62,6 +62,9 @@ pub struct Cli {
     /// Longest pause between reconnection attempts to the primary
     #[arg(long, env = "REPLICA_RECONNECT_MAX", default_value = "30s", value_parser = parse_duration)]
     pub reconnect_max: Duration,
+    /// Print the effective configuration (secrets redacted) and exit
+    #[arg(long)]
+    pub print_config: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }

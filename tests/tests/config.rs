@@ -1,0 +1,40 @@
+//! Configuration of the real binaries: a `.env` of the original service, and `--print-config` never
+//! showing a secret.
+
+use std::process::Command;
+
+fn print_config(binary: &str, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(tests::binary(binary))
+        .env_clear()
+        .current_dir(dir)
+        .arg("--print-config")
+        .args(args)
+        .output()
+        .expect("binary runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{binary} --print-config failed: {text}");
+    text
+}
+
+#[test]
+fn an_original_dot_env_configures_both_binaries_and_secrets_stay_hidden() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "MARIA_PRIMARY_HOST=db1\nMARIA_PRIMARY_PORT=3399\nMARIA_USER=rep\nMARIA_PASS=primary-secret-31\n\
+         MARIA_SECONDARY_HOSTS=h1,h2\nMARIA_SECONDARY_PORTS=3307,3308\nMARIA_SECONDARY_NAMES=east,west\n\
+         MARIA_SECONDARY_PASSWORDS=east-secret-41,west-secret-42\n",
+    )
+    .expect("write .env");
+    let reader = print_config("replica-reader", dir.path(), &[]);
+    assert!(reader.contains("primary_host: \"db1\"") && reader.contains("primary_port: 3399"), "{reader}");
+    let applier = print_config("replica-applier", dir.path(), &["--secondary", "west"]);
+    assert!(
+        applier.contains("host: \"h2\"") && applier.contains("port: 3308") && applier.contains("user: \"rep\""),
+        "{applier}"
+    );
+    for secret in ["primary-secret-31", "east-secret-41", "west-secret-42"] {
+        assert!(!reader.contains(secret) && !applier.contains(secret), "{secret} printed");
+    }
+    assert!(applier.contains("<redacted>"));
+}

@@ -1,0 +1,62 @@
+//! Logging of the real reader: GELF to a local UDP listener with stable field names, and a Graylog outage
+//! that does not hold replication back.
+
+use std::time::{Duration, Instant};
+
+use common::proto::SubscribeRequest;
+use tests::{free_port, MariaDb, Reader, Role};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gelf_messages_reach_graylog_with_stable_fields_and_an_outage_blocks_nothing() {
+    let db = MariaDb::start(Role::Primary).await;
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp listener");
+    udp.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let endpoint = udp.local_addr().expect("addr").to_string();
+    let reader = Reader::start(
+        &db,
+        &db.dir.path().join("journal"),
+        &[
+            ("GRAYLOG_ENABLED", "true"),
+            ("GRAYLOG_ENDPOINT", &endpoint),
+            ("GRAYLOG_PROTOCOL", "udp"),
+            ("GRAYLOG_SOURCE", "reader-under-test"),
+        ],
+    )
+    .await;
+    let _stream = reader
+        .client()
+        .await
+        .subscribe(SubscribeRequest { consumer: "gelf-consumer".into(), from_offset: 0 })
+        .await
+        .expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 65_536];
+    let message = loop {
+        assert!(Instant::now() < deadline, "no GELF message with the consumer field arrived");
+        let Ok(n) = udp.recv(&mut buf) else { continue };
+        let text = String::from_utf8_lossy(&buf[..n]).trim_end_matches('\0').to_owned();
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        if json["_consumer"] == "gelf-consumer" {
+            break json;
+        }
+    };
+    assert_eq!(message["host"], "reader-under-test");
+    assert_eq!(message["_service"], "replica-reader");
+    assert!(message["_offset"].is_number(), "offset is a field of its own: {message}");
+    assert!(message["short_message"].as_str().is_some_and(|m| m.contains("subscriber connected")), "{message}");
+
+    // Graylog unreachable over TCP: the reader still journals.
+    let db2 = MariaDb::start(Role::Primary).await;
+    let closed = format!("127.0.0.1:{}", free_port());
+    let reader2 = Reader::start(
+        &db2,
+        &db2.dir.path().join("journal"),
+        &[("GRAYLOG_ENABLED", "true"), ("GRAYLOG_ENDPOINT", &closed), ("GRAYLOG_PROTOCOL", "tcp")],
+    )
+    .await;
+    db2.exec("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY)").await;
+    for i in 0..200 {
+        db2.exec(&format!("INSERT INTO g.t VALUES ({i})")).await;
+    }
+    reader2.wait_for_offset(202, Duration::from_secs(60)).await;
+}

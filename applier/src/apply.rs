@@ -28,6 +28,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::drift;
 use crate::error::{codes, is_transient, needs_reconnect, ApplyError};
+use crate::metrics::ApplierMetrics;
 use crate::net::NetTable;
 use crate::sql;
 
@@ -68,6 +69,7 @@ pub struct Applier {
     failures: HashMap<TableKey, u32>,
     applied_tx: watch::Sender<u64>,
     shutdown: CancellationToken,
+    pub metrics: ApplierMetrics,
 }
 
 pub fn opts(config: &Config) -> OptsBuilder {
@@ -127,6 +129,7 @@ impl Applier {
             failures: HashMap::new(),
             applied_tx,
             shutdown,
+            metrics: ApplierMetrics::default(),
         })
     }
 
@@ -167,6 +170,7 @@ impl Applier {
             let attempt = AssertUnwindSafe(self.try_group(group)).catch_unwind().await;
             let failure = match attempt {
                 Ok(Ok(())) => {
+                    self.metrics.applied(group);
                     self.applied = last.offset.0;
                     self.applied_tx.send_replace(self.applied);
                     return Ok(true);
@@ -189,6 +193,7 @@ impl Applier {
             };
             match failure {
                 Failure::Transient(e) => {
+                    self.metrics.retried();
                     if needs_reconnect(&e) {
                         self.conn = None;
                     }
@@ -208,6 +213,7 @@ impl Applier {
                         }
                         return Ok(true);
                     }
+                    self.metrics.failed();
                     let table_name = table.as_ref().map(|(s, t)| format!("{s}.{t}")).unwrap_or_else(|| "-".into());
                     let Some(key) = table.filter(|_| self.config.skip_failing_tables) else {
                         return Err(ApplyError::Permanent { offset, table: table_name, statement, reason });
@@ -244,6 +250,7 @@ impl Applier {
         error!(consumer = %name, offset, schema = %key.0, table = %key.1, error = %reason,
                "table quarantined: its changes are skipped from this offset until it is re-copied");
         self.quarantined.insert(key, offset);
+        self.metrics.quarantined(self.quarantined.len());
         Ok(())
     }
 

@@ -81,6 +81,9 @@ pub struct Cli {
     /// Interval of the secondary connection health check
     #[arg(long, env = "REPLICA_HEALTH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub health_interval: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when empty)
+    #[arg(long, env = "REPLICA_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Print the effective configuration (secrets redacted) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -105,6 +108,7 @@ pub struct Config {
     pub batch_time: Duration,
     pub retry_max: Duration,
     pub health_interval: Duration,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -162,6 +166,7 @@ impl TryFrom<Cli> for Config {
             batch_time: c.batch_time,
             retry_max: c.retry_max,
             health_interval: c.health_interval,
+            metrics_addr: c.metrics_addr,
         })
     }
 }

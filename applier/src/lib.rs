@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod drift;
 pub mod error;
+pub mod metrics;
 pub mod net;
 pub mod sql;
 
@@ -48,6 +49,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let mut applier = Applier::start(config.clone(), applied_tx, shutdown.clone()).await?;
     info!(consumer = %config.name, offset = applier.applied, reader = %config.reader_url, "applier starting");
 
+    applier.metrics.quarantined(applier.quarantined_tables().len());
+    if let Some(addr) = config.metrics_addr {
+        let serve = common::metrics::serve(addr, Arc::new(applier.metrics.registry()), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                warn!(error = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
     let (tx, mut rx) = mpsc::channel(RECORD_BUFFER);
     let stream_stop = shutdown.child_token();
     let budget = Arc::new(tokio::sync::Semaphore::new(BUFFER_BYTES as usize));

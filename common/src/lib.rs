@@ -6,6 +6,7 @@
 //! - [`proto`] and [`convert`]: the gRPC wire types and the one mapping to and from the domain
 //! - [`config`] and [`logging`]: secrets, shared options, tracing/GELF setup
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
+//! - [`metrics`]: the Prometheus endpoint
 
 pub mod codec;
 pub mod config;
@@ -13,5 +14,6 @@ pub mod convert;
 pub mod event;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod position;
 pub mod proto;

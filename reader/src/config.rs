@@ -62,6 +62,9 @@ pub struct Cli {
     /// Longest pause between reconnection attempts to the primary
     #[arg(long, env = "REPLICA_RECONNECT_MAX", default_value = "30s", value_parser = parse_duration)]
     pub reconnect_max: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when empty)
+    #[arg(long, env = "REPLICA_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Print the effective configuration (secrets redacted) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -86,6 +89,7 @@ pub struct Config {
     pub journal_max_bytes: u64,
     pub heartbeat: Duration,
     pub reconnect_max: Duration,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl TryFrom<Cli> for Config {
@@ -114,6 +118,7 @@ impl TryFrom<Cli> for Config {
             journal_max_bytes: c.journal_max_bytes,
             heartbeat: c.heartbeat,
             reconnect_max: c.reconnect_max,
+            metrics_addr: c.metrics_addr,
         })
     }
 }

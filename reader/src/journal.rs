@@ -326,6 +326,12 @@ impl Journal {
             .collect()
     }
 
+    /// When the record at `offset` was journaled, if it is retained.
+    pub fn journaled_unix_ms(&self, offset: u64) -> Option<i64> {
+        let v = self.tree.get(record_key(offset)).ok()??;
+        location(&v).ok().map(|l| l.journaled_unix_ms)
+    }
+
     fn valid_name(name: &str) -> Result<(), JournalError> {
         if name.is_empty() || name.len() > 128 {
             return Err(JournalError::BadConsumerName(name.to_owned()));

@@ -13,6 +13,7 @@ pub mod error;
 pub mod filter;
 pub mod journal;
 pub mod mariadb_events;
+pub mod metrics;
 pub mod preflight;
 pub mod segments;
 pub mod server;
@@ -70,6 +71,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(trim_loop(journal.clone(), config.retention, shutdown.clone()));
+
+    if let Some(addr) = config.metrics_addr {
+        let (registry, updater) = metrics::register(&status.counters);
+        updater(journal.clone(), status.clone(), shutdown.clone());
+        let serve = common::metrics::serve(addr, Arc::new(registry), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = serve.await {
+                warn!(error = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     tasks.spawn(health_loop(health, status.clone(), shutdown.clone()));

@@ -44,6 +44,7 @@ pub enum WriterMsg {
 pub struct SourceStatus {
     pub connected: AtomicBool,
     pub backpressure: AtomicBool,
+    pub counters: crate::metrics::Counters,
 }
 
 /// Binlog bytes of transactions decoded but not yet durable: bounds the reader's memory whatever the backlog.
@@ -82,6 +83,7 @@ impl Source {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
+                    self.status.counters.reconnects.inc();
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff.reset();
                     }

@@ -12,6 +12,13 @@ use tracing::{info, warn};
 use crate::journal::{Journal, JournalError};
 use crate::source::{SourceStatus, WriterMsg};
 
+fn body_rows(b: &common::event::Body) -> u64 {
+    match b {
+        common::event::Body::Transaction(changes) => changes.iter().map(|c| c.rows.len() as u64).sum(),
+        common::event::Body::Ddl { .. } => 0,
+    }
+}
+
 /// Most transactions written in one atomic batch.
 const MAX_GROUP: usize = 2048;
 
@@ -44,7 +51,10 @@ impl Writer {
                     next = self.rx.try_recv().ok();
                 }
             }
+            let (txns, rows) = (group.len() as u64, group.iter().flat_map(|c| &c.bodies).map(body_rows).sum::<u64>());
             self.journal.append(std::mem::take(&mut group))?;
+            self.status.counters.transactions.inc_by(txns);
+            self.status.counters.rows.inc_by(rows);
             // Durable: their memory may be used again.
             permits.clear();
             for tx in barriers.drain(..) {

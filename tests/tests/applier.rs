@@ -406,3 +406,54 @@ async fn without_a_checkpoint_the_applier_refuses_to_guess() {
     let tables: Vec<String> = secondaries[0].query("SHOW TABLES FROM replica_meta").await;
     assert_eq!(tables, vec!["checkpoint", "quarantine"], "its state tables exist for the copy to fill");
 }
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_processes_serve_prometheus_metrics_of_the_pipeline() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let (reader_port, applier_port) = (tests::free_port(), tests::free_port());
+    let reader_addr = format!("127.0.0.1:{reader_port}");
+    let reader =
+        Reader::start(&primary, &primary.dir.path().join("journal"), &[("REPLICA_METRICS_ADDR", &reader_addr)]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let applier_addr = format!("127.0.0.1:{applier_port}");
+    let a = Applier::start(
+        &reader,
+        &secondary,
+        "m",
+        &[("REPLICA_START_OFFSET", "1"), ("REPLICA_METRICS_ADDR", &applier_addr)],
+    );
+    primary.exec("CREATE DATABASE m; CREATE TABLE m.t (id INT PRIMARY KEY, v INT); INSERT INTO m.t VALUES (1,1),(2,2),(3,3); UPDATE m.t SET v = 9 WHERE id = 2").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the reader refreshes its gauges every second
+    let r = scrape(reader_port);
+    for line in [
+        "replica_journal_last_offset 4",
+        "replica_primary_connected 1",
+        "replica_consumer_acked_offset{consumer=\"m\"} 4",
+        "replica_consumer_lag_records{consumer=\"m\"} 0",
+        "replica_consumer_lag_seconds{consumer=\"m\"} 0",
+        "replica_journal_rows_total 4",
+        "replica_journal_transactions_total 4",
+    ] {
+        assert!(r.contains(line), "reader metrics have {line:?}:\n{r}");
+    }
+    let m = scrape(applier_port);
+    for line in [
+        "replica_applier_applied_offset 4",
+        "replica_applier_rows_total{kind=\"insert\",schema=\"m\",table=\"t\"} 3",
+        "replica_applier_rows_total{kind=\"update\",schema=\"m\",table=\"t\"} 1",
+        "replica_applier_quarantined_tables 0",
+        "replica_applier_lag_seconds ",
+    ] {
+        assert!(m.contains(line), "applier metrics have {line:?}:\n{m}");
+    }
+}

@@ -73,9 +73,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
     tasks.spawn(trim_loop(journal.clone(), config.retention, shutdown.clone()));
 
     if let Some(addr) = config.metrics_addr {
-        let (registry, updater) = metrics::register(&status.counters);
-        updater(journal.clone(), status.clone(), shutdown.clone());
-        let serve = common::metrics::serve(addr, Arc::new(registry), shutdown.clone());
+        let mut gauges = metrics::ReaderMetrics::new(&status.counters);
+        let serve = common::metrics::serve(addr, Arc::new(gauges.take_registry()), shutdown.clone());
+        tasks.spawn(gauges.run(journal.clone(), status.clone(), shutdown.clone()));
         tasks.spawn(async move {
             if let Err(e) = serve.await {
                 warn!(error = %e, %addr, "metrics endpoint failed");

@@ -1,43 +1,6 @@
-//! `replica-applier` binary: parse configuration, start logging, run until SIGTERM/SIGINT, map errors to exit codes.
-
-use applier::config::{Cli, Config};
-use clap::Parser;
-use tokio_util::sync::CancellationToken;
+//! `replica-applier` binary: the shared startup (`common::lifecycle::main`) around [`applier::run`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    if let Err(e) = common::config::load_dotenv() {
-        eprintln!("replica-applier: {e}");
-        return std::process::ExitCode::from(2);
-    }
-    let cli = Cli::parse();
-    let print_config = cli.print_config;
-    if let Err(e) = common::logging::init(&cli.log, "replica-applier") {
-        eprintln!("replica-applier: {e}");
-        return std::process::ExitCode::from(2);
-    }
-    let config = match Config::try_from(cli) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "invalid configuration");
-            eprintln!("replica-applier: invalid configuration: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    if print_config {
-        // Secrets print as "<redacted>".
-        println!("{config:#?}");
-        return std::process::ExitCode::SUCCESS;
-    }
-    let shutdown = CancellationToken::new();
-    tokio::spawn(common::lifecycle::cancel_on_signal(shutdown.clone()));
-    match applier::run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            let report = common::lifecycle::error_chain(&e);
-            tracing::error!(error = %report, "stopped");
-            eprintln!("replica-applier: {report}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::lifecycle::main::<applier::config::Cli, _, _, _>("replica-applier", applier::run).await
 }

@@ -122,3 +122,13 @@ impl TryFrom<Cli> for Config {
         })
     }
 }
+
+impl common::lifecycle::Command for Cli {
+    type Config = Config;
+    fn log(&self) -> &LogArgs {
+        &self.log
+    }
+    fn print_config(&self) -> bool {
+        self.print_config
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`config`] and [`logging`]: secrets, shared options, tracing/GELF setup
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
 //! - [`metrics`]: the Prometheus endpoint
+//! - [`reference`]: the README configuration reference, generated from clap
 
 pub mod codec;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod logging;
 pub mod metrics;
 pub mod position;
 pub mod proto;
+pub mod reference;

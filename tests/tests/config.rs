@@ -38,3 +38,27 @@ fn an_original_dot_env_configures_both_binaries_and_secrets_stay_hidden() {
     }
     assert!(applier.contains("<redacted>"));
 }
+
+/// The README's configuration tables are generated from the clap definitions; this fails when they are out of
+/// date. `REPLICA_UPDATE_README=1 cargo test -p tests --test config` rewrites them.
+#[test]
+fn the_readme_configuration_reference_matches_the_binaries() {
+    use clap::CommandFactory;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("README.md");
+    let mut updated = readme.clone();
+    for (name, cmd) in
+        [("reader-config", reader::config::Cli::command()), ("applier-config", applier::config::Cli::command())]
+    {
+        updated = common::reference::splice(&updated, name, &common::reference::markdown(&cmd))
+            .unwrap_or_else(|| panic!("README.md has no <!-- {name}:start --> / <!-- {name}:end --> markers"));
+    }
+    if std::env::var("REPLICA_UPDATE_README").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &updated).expect("write README.md");
+        return;
+    }
+    assert!(
+        updated == readme,
+        "the README's configuration reference is out of date: run REPLICA_UPDATE_README=1 cargo test -p tests --test config"
+    );
+}

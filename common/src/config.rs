@@ -98,6 +98,9 @@ pub enum GelfProtocol {
 /// Logging options, shared by both binaries (the original service's `GRAYLOG_*` names).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
+    /// TOML configuration file (keys are option names; flags and environment variables take precedence)
+    #[arg(long, env = "REPLICA_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Log filter, e.g. `info` or `reader=debug,info`
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,

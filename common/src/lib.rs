@@ -4,13 +4,14 @@
 //! - [`position`]: journal offsets, binlog positions, MariaDB GTIDs
 //! - [`codec`]: the versioned bincode encoding of records in the journal
 //! - [`proto`] and [`convert`]: the gRPC wire types and the one mapping to and from the domain
-//! - [`config`] and [`logging`]: secrets, shared options, tracing/GELF setup
+//! - [`config`], [`config_file`] and [`logging`]: secrets, shared options, the TOML file, tracing/GELF setup
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
 //! - [`metrics`]: the Prometheus endpoint
 //! - [`reference`]: the README configuration reference, generated from clap
 
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod convert;
 pub mod event;
 pub mod lifecycle;

@@ -37,7 +37,7 @@ pub trait Command: clap::Parser {
     fn print_config(&self) -> bool;
 }
 
-/// The whole life of a binary: `.env`, command line, logging, validation, `--print-config`, then `run` until
+/// The whole life of a binary: `.env`, the TOML file, command line, logging, validation, `--print-config`, then `run` until
 /// SIGTERM/SIGINT. Exit codes: 0 after a clean stop, 1 when `run` fails, 2 for bad configuration.
 pub async fn main<C, F, Fut, E>(name: &'static str, run: F) -> std::process::ExitCode
 where
@@ -50,6 +50,12 @@ where
     if let Err(e) = crate::config::load_dotenv() {
         eprintln!("{name}: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(path) = crate::config_file::path_from_args() {
+        if let Err(e) = crate::config_file::apply(&path, &C::command()) {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
     }
     let cli = C::parse();
     let print_config = cli.print_config();

@@ -62,3 +62,42 @@ fn the_readme_configuration_reference_matches_the_binaries() {
         "the README's configuration reference is out of date: run REPLICA_UPDATE_README=1 cargo test -p tests --test config"
     );
 }
+
+#[test]
+fn a_toml_file_sets_options_below_flags_and_environment_and_rejects_mistakes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("reader.toml");
+    std::fs::write(
+        &file,
+        "primary_host = \"from-file\"\nprimary-port = 4000\nretention = \"2h\"\nheartbeat = \"2s\"\ngraylog_enabled = false\n",
+    )
+    .expect("write toml");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(tests::binary("replica-reader"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .expect("runs");
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let config = file.display().to_string();
+    let (code, text) =
+        run(&["--config", &config, "--print-config", "--retention", "3h"], &[("MARIA_PRIMARY_PORT", "5000")]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("primary_host: \"from-file\""), "file beats default: {text}");
+    assert!(text.contains("primary_port: 5000"), "environment beats file: {text}");
+    assert!(text.contains("retention: 10800s"), "flag beats file: {text}");
+    assert!(text.contains("heartbeat: 2s"), "{text}");
+
+    std::fs::write(&file, "primary_hots = \"typo\"\n").expect("write toml");
+    let (code, text) = run(&["--print-config"], &[("REPLICA_CONFIG", &config)]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("unknown key \"primary_hots\"") && text.contains("allowed keys are"), "{text}");
+
+    std::fs::write(&file, "primary_port = \"not-a-port\"\n").expect("write toml");
+    let (code, text) = run(&["--config", &config, "--print-config"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("not-a-port") && text.contains("--primary-port"), "{text}");
+}

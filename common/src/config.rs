@@ -95,7 +95,7 @@ pub enum GelfProtocol {
     Tcp,
 }
 
-/// Logging options, shared by both binaries (the original service's `GRAYLOG_*` names).
+/// Options shared by both binaries: the TOML config file and logging (the original service's `GRAYLOG_*` names).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
     /// TOML configuration file (keys are option names; flags and environment variables take precedence)

@@ -373,7 +373,9 @@ impl Reader {
 
     async fn wait_ready(&mut self) {
         let url = self.url();
-        eventually(Duration::from_secs(30), "replica-reader's gRPC to answer", || {
+        // Streaming, not just serving: the start position ("current") is fixed when the source connects, and a
+        // test that writes before that would see its first statements missed.
+        eventually(Duration::from_secs(30), "replica-reader to serve gRPC and stream from the primary", || {
             let url = url.clone();
             let exited = self.service.exited();
             let log = self.log_text();
@@ -382,7 +384,8 @@ impl Reader {
                     panic!("replica-reader exited with {status}:\n{log}");
                 }
                 let mut c = JournalClient::connect(url).await.ok()?;
-                c.get_info(GetInfoRequest {}).await.ok().map(|_| ())
+                let info = c.get_info(GetInfoRequest {}).await.ok()?.into_inner();
+                info.primary_connected.then_some(())
             }
         })
         .await;

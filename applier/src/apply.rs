@@ -312,7 +312,7 @@ impl Applier {
                     apply_change(&mut tx, record.offset.0, c).await?;
                     continue;
                 }
-                let i = match nets.iter().position(|n| n.schema == c.schema && n.table == c.table) {
+                let i = match nets.iter().position(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
                     Some(i) => i,
                     None => {
                         nets.push(NetTable::new(c, record.offset.0));
@@ -377,15 +377,15 @@ impl Applier {
 }
 
 async fn apply_net(tx: &mut mysql_async::Transaction<'_>, net: &NetTable) -> Result<(), Failure> {
-    let shape = net.shape();
+    let shape = &net.shape;
     let offset = net.first_offset;
     let deletes = net.deletes();
     let mut done = 0;
     while done < deletes.len() {
         let n = sql::insert_chunk(deletes.len() - done, shape.primary_key.len());
-        let stmt = sql::delete_keys(&shape, n);
+        let stmt = sql::delete_keys(shape, n);
         let params: Vec<_> = deletes[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
-        tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(&shape), &stmt, e))?;
+        tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(shape), &stmt, e))?;
         if tx.affected_rows() != n as u64 {
             return Err(Failure::Permanent {
                 offset,
@@ -403,9 +403,9 @@ async fn apply_net(tx: &mut mysql_async::Transaction<'_>, net: &NetTable) -> Res
     let mut done = 0;
     while done < inserts.len() {
         let n = sql::insert_chunk(inserts.len() - done, shape.columns.len());
-        let stmt = sql::insert(&shape, n);
+        let stmt = sql::insert(shape, n);
         let params: Vec<_> = inserts[done..done + n].iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
-        tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(&shape), &stmt, e))?;
+        tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(shape), &stmt, e))?;
         done += n;
     }
     Ok(())

@@ -38,8 +38,15 @@ const RECORD_BUFFER: usize = 2048;
 /// Approximate bytes of records received but not yet applied.
 const BUFFER_BYTES: u32 = 64 << 20;
 
-/// A record with its share of the receive budget, released once it is applied.
-type Received = (Record, tokio::sync::OwnedSemaphorePermit);
+/// A record, its weight, and its share of the receive budget, released once it is applied.
+type Received = (Record, Weight, tokio::sync::OwnedSemaphorePermit);
+
+/// Row changes and approximate bytes of a record, for bounding transactions and buffers.
+#[derive(Debug, Clone, Copy)]
+struct Weight {
+    rows: usize,
+    bytes: u64,
+}
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs the applier until `shutdown` (Ok) or a permanent error.
@@ -74,28 +81,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     result
 }
 
-/// A rough size of a record, for bounding transactions.
-fn weight(r: &Record) -> (usize, u64) {
+fn weight(r: &Record) -> Weight {
     match &r.body {
-        Body::Ddl { statement, .. } => (0, statement.len() as u64),
-        Body::Transaction(changes) => {
-            let rows = r.row_count();
-            let bytes = changes
+        Body::Ddl { statement, .. } => Weight { rows: 0, bytes: statement.len() as u64 },
+        Body::Transaction(changes) => Weight {
+            rows: r.row_count(),
+            bytes: changes
                 .iter()
                 .flat_map(|c| &c.rows)
-                .flat_map(|row| match row {
-                    common::event::RowChange::Insert { after } => after.iter().chain([].iter()),
-                    common::event::RowChange::Delete { before } => before.iter().chain([].iter()),
-                    common::event::RowChange::Update { before, after } => before.iter().chain(after.iter()),
-                })
+                .flat_map(|row| row.values())
                 .map(|v| match v {
                     Value::Text(s) | Value::Decimal(s) => s.len() as u64,
                     Value::Bytes(b) => b.len() as u64,
                     _ => 8,
                 })
-                .sum();
-            (rows, bytes)
-        }
+                .sum(),
+        },
     }
 }
 
@@ -107,10 +108,10 @@ async fn apply_loop(
 ) -> Result<(), ApplyError> {
     let mut health = tokio::time::interval(config.health_interval);
     health.tick().await;
-    let mut carry: Option<Record> = None;
+    let mut carry: Option<(Record, Weight)> = None;
     loop {
         let mut permits = Vec::new();
-        let first = match carry.take() {
+        let (first, first_weight) = match carry.take() {
             Some(r) => r,
             None => tokio::select! {
                 biased;
@@ -121,9 +122,9 @@ async fn apply_loop(
                 }
                 r = rx.recv() => match r {
                     Some(r) => {
-                        let (record, permit) = r?;
+                        let (record, w, permit) = r?;
                         permits.push(permit);
-                        record
+                        (record, w)
                     }
                     None => return Ok(()),
                 },
@@ -133,23 +134,22 @@ async fn apply_loop(
         check_offset(&first, expected)?;
         expected += 1;
         let is_ddl = matches!(first.body, Body::Ddl { .. });
-        let (mut rows, mut bytes) = weight(&first);
+        let (mut rows, mut bytes) = (first_weight.rows, first_weight.bytes);
         let mut group = vec![first];
         let started = Instant::now();
         while !is_ddl && rows < config.batch_rows && bytes < config.batch_bytes && started.elapsed() < config.batch_time
         {
             let Ok(next) = rx.try_recv() else { break };
-            let (next, permit) = next?;
+            let (next, w, permit) = next?;
             permits.push(permit);
             check_offset(&next, expected)?;
             expected += 1;
             if matches!(next.body, Body::Ddl { .. }) {
-                carry = Some(next);
+                carry = Some((next, w));
                 break;
             }
-            let (r, b) = weight(&next);
-            rows += r;
-            bytes += b;
+            rows += w.rows;
+            bytes += w.bytes;
             group.push(next);
         }
         if !applier.apply(&group).await? {
@@ -221,7 +221,8 @@ async fn subscribe_loop(
                     Some(Ok(r)) => Record::try_from(r)?,
                 };
                 next = record.offset.0 + 1;
-                let share = weight(&record).1.clamp(1, u64::from(BUFFER_BYTES)) as u32;
+                let w = weight(&record);
+                let share = w.bytes.clamp(1, u64::from(BUFFER_BYTES)) as u32;
                 let permit = tokio::select! {
                     biased;
                     _ = stop.cancelled() => return Ok(()),
@@ -233,7 +234,7 @@ async fn subscribe_loop(
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => return Ok(()),
-                    sent = tx.send(Ok((record, permit))) => if sent.is_err() { return Ok(()) },
+                    sent = tx.send(Ok((record, w, permit))) => if sent.is_err() { return Ok(()) },
                 }
             }
         }

@@ -9,13 +9,11 @@
 
 use std::collections::HashMap;
 
-use common::event::{Column, RowChange, TableChange, Value};
+use common::event::{RowChange, TableChange, Value};
 
 pub struct NetTable {
-    pub schema: String,
-    pub table: String,
-    pub columns: Vec<Column>,
-    pub primary_key: Vec<u32>,
+    /// The table's shape (no rows), as the SQL builders take it.
+    pub shape: TableChange,
     /// First journal offset that touched the table in this transaction (for error messages).
     pub first_offset: u64,
     /// Keys in first-touch order.
@@ -32,10 +30,13 @@ struct Entry {
 impl NetTable {
     pub fn new(c: &TableChange, offset: u64) -> Self {
         Self {
-            schema: c.schema.clone(),
-            table: c.table.clone(),
-            columns: c.columns.clone(),
-            primary_key: c.primary_key.clone(),
+            shape: TableChange {
+                schema: c.schema.clone(),
+                table: c.table.clone(),
+                columns: c.columns.clone(),
+                primary_key: c.primary_key.clone(),
+                rows: Vec::new(),
+            },
             first_offset: offset,
             order: Vec::new(),
             entries: HashMap::new(),
@@ -43,7 +44,7 @@ impl NetTable {
     }
 
     fn key(&self, image: &[Value]) -> (String, Vec<Value>) {
-        let values: Vec<Value> = self.primary_key.iter().map(|&i| image[i as usize].clone()).collect();
+        let values: Vec<Value> = self.shape.primary_key.iter().map(|&i| image[i as usize].clone()).collect();
         (format!("{values:?}"), values)
     }
 
@@ -86,23 +87,12 @@ impl NetTable {
     pub fn inserts(&self) -> Vec<&[Value]> {
         self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image.as_deref()).collect()
     }
-
-    /// The shape the SQL builders take.
-    pub fn shape(&self) -> TableChange {
-        TableChange {
-            schema: self.schema.clone(),
-            table: self.table.clone(),
-            columns: self.columns.clone(),
-            primary_key: self.primary_key.clone(),
-            rows: Vec::new(),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::event::ColumnType;
+    use common::event::{Column, ColumnType};
 
     fn table(rows: Vec<RowChange>) -> TableChange {
         let col = |name: &str| Column {

@@ -148,6 +148,18 @@ pub enum RowChange {
     Delete { before: Vec<Value> },
 }
 
+impl RowChange {
+    /// Every value of the change: the before image, then the after image.
+    pub fn values(&self) -> impl Iterator<Item = &Value> {
+        let (before, after): (&[Value], &[Value]) = match self {
+            RowChange::Insert { after } => (&[], after),
+            RowChange::Update { before, after } => (before, after),
+            RowChange::Delete { before } => (before, &[]),
+        };
+        before.iter().chain(after)
+    }
+}
+
 /// A column value, exact: what the primary returns for a SELECT of the column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {

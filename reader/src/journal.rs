@@ -441,12 +441,6 @@ impl Journal {
         Ok(removed)
     }
 
-    /// Consumer states with lag, for status reports.
-    pub fn consumer_lags(&self) -> Result<HashMap<String, (ConsumerState, u64)>, JournalError> {
-        let head = self.head();
-        Ok(self.consumers()?.into_iter().map(|(n, s)| (n, (s, head.saturating_sub(s.acked)))).collect())
-    }
-
     pub fn flush(&self) -> Result<(), JournalError> {
         self.db.flush()?;
         Ok(())

@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("replica_descriptor.bin"))
-        .compile_protos(&["../proto/replica/v1/journal.proto"], &["../proto"])?;
+        .compile_protos(&["../proto/replica/v1/journal.proto", "../proto/replica/v1/applier.proto"], &["../proto"])?;
     println!("cargo:rerun-if-changed=../proto");
     Ok(())
 }

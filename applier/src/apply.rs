@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint;
 use crate::config::Config;
+use crate::copy::{CopyShared, Progress};
 use crate::drift;
 use crate::error::{codes, is_transient, needs_reconnect, ApplyError};
 use crate::metrics::ApplierMetrics;
@@ -33,6 +34,24 @@ use crate::net::NetTable;
 use crate::sql;
 
 type TableKey = (String, String);
+
+/// How records touching a table are applied while it is being copied (see [`crate::copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Not copied yet and copied in one read (or about to be re-created): its changes are skipped.
+    Skip,
+    /// Partly copied: a missing row is not drift, since it may not be copied yet.
+    Lenient,
+}
+
+pub(crate) fn mode_of(p: &Progress) -> Option<CopyMode> {
+    match p.state.as_str() {
+        "pending" => Some(CopyMode::Skip),
+        "copying" if p.key_kind == "none" || p.key_kind.is_empty() => Some(CopyMode::Skip),
+        "copying" => Some(CopyMode::Lenient),
+        _ => None,
+    }
+}
 
 /// Why one attempt at a group failed.
 enum Failure {
@@ -57,19 +76,26 @@ impl Failure {
 }
 
 pub struct Applier {
-    config: Arc<Config>,
-    conn: Option<Conn>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) conn: Option<Conn>,
     /// Last journal offset committed on the secondary.
     pub applied: u64,
-    ddl_pending: Option<u64>,
+    pub(crate) ddl_pending: Option<u64>,
     /// Tables whose columns were checked against the secondary, with the column list checked.
-    verified: HashMap<TableKey, Vec<common::event::Column>>,
+    pub(crate) verified: HashMap<TableKey, Vec<common::event::Column>>,
+    /// Generated columns of verified tables (indexes into the record's columns), left out of writes.
+    pub(crate) generated: HashMap<TableKey, Vec<usize>>,
     /// Tables whose changes are skipped, with the offset where that began.
-    quarantined: HashMap<TableKey, u64>,
-    failures: HashMap<TableKey, u32>,
-    applied_tx: watch::Sender<u64>,
-    shutdown: CancellationToken,
+    pub(crate) quarantined: HashMap<TableKey, u64>,
+    pub(crate) failures: HashMap<TableKey, u32>,
+    pub(crate) applied_tx: watch::Sender<u64>,
+    pub(crate) shutdown: CancellationToken,
     pub metrics: ApplierMetrics,
+    /// Tables being copied, and how their changes are applied meanwhile.
+    pub(crate) modes: HashMap<TableKey, CopyMode>,
+    pub shared: Arc<CopyShared>,
+    /// The secondary has no checkpoint (or `--resync`): an initial copy must begin.
+    pub needs_copy: bool,
 }
 
 pub fn opts(config: &Config) -> OptsBuilder {
@@ -89,6 +115,25 @@ pub fn opts(config: &Config) -> OptsBuilder {
             .to_owned()])
 }
 
+/// Takes this consumer's named lock on a new connection before it reads or writes anything. A connection of
+/// a killed predecessor may still be committing on the server; the lock is released only when that
+/// connection is gone, so the checkpoint read next includes its last commit. It also keeps two appliers
+/// with the same name off one secondary.
+async fn lock_consumer(conn: &mut Conn, name: &str) -> Result<(), mysql_async::Error> {
+    let got: Option<Option<i64>> =
+        conn.exec_first("SELECT GET_LOCK(CONCAT('replica-applier:', SHA1(?)), 60)", (name,)).await?;
+    if got == Some(Some(1)) {
+        return Ok(());
+    }
+    Err(mysql_async::Error::Other(
+        format!(
+            "another session holds this secondary's lock for consumer {name:?} (another replica-applier with the same \
+             name?); waited 60 s"
+        )
+        .into(),
+    ))
+}
+
 impl Applier {
     /// Connects, creates `replica_meta` if needed and reads the checkpoint.
     pub async fn start(
@@ -97,7 +142,10 @@ impl Applier {
         shutdown: CancellationToken,
     ) -> Result<Self, ApplyError> {
         let mut conn = Conn::new(opts(&config)).await.map_err(ApplyError::Connect)?;
+        lock_consumer(&mut conn, &config.name).await.map_err(ApplyError::Connect)?;
         checkpoint::ensure_schema(&mut conn).await?;
+        let shared = Arc::new(CopyShared::default());
+        let mut needs_copy = config.resync;
         let cp = match checkpoint::load(&mut conn, &config.name).await? {
             Some(cp) => cp,
             None => match config.start_offset {
@@ -107,14 +155,40 @@ impl Applier {
                     info!(consumer = %config.name, offset = start, "no checkpoint: starting at --start-offset");
                     checkpoint::Checkpoint { applied_offset: applied, ddl_pending: None }
                 }
-                None => return Err(ApplyError::NoCheckpoint { name: config.name.clone() }),
+                None => {
+                    info!(consumer = %config.name, "no checkpoint on the secondary: an initial copy begins");
+                    needs_copy = true;
+                    checkpoint::Checkpoint { applied_offset: 0, ddl_pending: None }
+                }
             },
         };
+        let mut modes = HashMap::new();
+        if !needs_copy {
+            for state in checkpoint::copy_states(&mut conn, &config.name).await? {
+                let key = (state.schema.clone(), state.table.clone());
+                let progress = Progress {
+                    state: state.state,
+                    key_kind: state.key_kind,
+                    last_key: state.last_key,
+                    rows_copied: state.rows_copied,
+                    rows_estimated: state.rows_estimated,
+                    chunks: state.chunks,
+                };
+                if let Some(mode) = mode_of(&progress) {
+                    modes.insert(key.clone(), mode);
+                    shared.enqueue(key.clone());
+                    info!(consumer = %config.name, schema = %key.0, table = %key.1, rows_copied = progress.rows_copied,
+                          "resuming the copy of a table from its last chunk");
+                }
+                shared.update(&key, |p| *p = progress);
+            }
+        }
         let quarantined = checkpoint::quarantined(&mut conn, &config.name)
             .await?
             .into_iter()
             .map(|(schema, table, since, error)| {
                 warn!(consumer = %config.name, schema = %schema, table = %table, offset = since, error = %error, "table is quarantined: its changes are skipped until it is re-copied");
+                shared.quarantined.lock().unwrap_or_else(|p| p.into_inner()).insert((schema.clone(), table.clone()), (since, error));
                 ((schema, table), since)
             })
             .collect();
@@ -125,11 +199,15 @@ impl Applier {
             applied: cp.applied_offset,
             ddl_pending: cp.ddl_pending,
             verified: HashMap::new(),
+            generated: HashMap::new(),
             quarantined,
             failures: HashMap::new(),
             applied_tx,
             shutdown,
             metrics: ApplierMetrics::default(),
+            modes,
+            shared,
+            needs_copy,
         })
     }
 
@@ -137,9 +215,10 @@ impl Applier {
         self.quarantined.keys().cloned().collect()
     }
 
-    async fn conn(&mut self) -> Result<&mut Conn, mysql_async::Error> {
+    pub(crate) async fn conn(&mut self) -> Result<&mut Conn, mysql_async::Error> {
         if self.conn.is_none() {
-            let conn = Conn::new(opts(&self.config)).await?;
+            let mut conn = Conn::new(opts(&self.config)).await?;
+            lock_consumer(&mut conn, &self.config.name).await?;
             info!(consumer = %self.config.name, "connected to the secondary");
             self.conn = Some(conn);
         }
@@ -243,12 +322,17 @@ impl Applier {
         }
     }
 
-    async fn quarantine(&mut self, key: TableKey, offset: u64, reason: &str) -> Result<(), ApplyError> {
+    pub(crate) async fn quarantine(&mut self, key: TableKey, offset: u64, reason: &str) -> Result<(), ApplyError> {
         let name = self.config.name.clone();
         let conn = self.conn().await.map_err(ApplyError::Sql)?;
         checkpoint::quarantine(conn, &name, &key.0, &key.1, offset, reason).await.map_err(ApplyError::Sql)?;
         error!(consumer = %name, offset, schema = %key.0, table = %key.1, error = %reason,
                "table quarantined: its changes are skipped from this offset until it is re-copied");
+        self.shared
+            .quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), (offset, reason.to_owned()));
         self.quarantined.insert(key, offset);
         self.metrics.quarantined(self.quarantined.len());
         Ok(())
@@ -267,7 +351,10 @@ impl Applier {
             if let Body::Transaction(changes) = &record.body {
                 for c in changes {
                     let key = (c.schema.clone(), c.table.clone());
-                    if !self.quarantined.contains_key(&key) && self.verified.get(&key) != Some(&c.columns) {
+                    if !self.quarantined.contains_key(&key)
+                        && self.modes.get(&key) != Some(&CopyMode::Skip)
+                        && self.verified.get(&key) != Some(&c.columns)
+                    {
                         unverified.push(c);
                     }
                 }
@@ -292,7 +379,16 @@ impl Applier {
                 });
             }
         }
-        for c in unverified {
+        let mut generated = Vec::with_capacity(unverified.len());
+        for c in &unverified {
+            generated.push(
+                drift::generated(conn, &c.schema, &c.table, &c.columns)
+                    .await
+                    .map_err(|e| Failure::sql(first, Some(c), "(generated columns)", e))?,
+            );
+        }
+        for (c, generated) in unverified.into_iter().zip(generated) {
+            self.generated.insert((c.schema.clone(), c.table.clone()), generated);
             self.verified.insert((c.schema.clone(), c.table.clone()), c.columns.clone());
         }
         let conn = self.conn.as_mut().ok_or_else(|| {
@@ -305,11 +401,25 @@ impl Applier {
         for record in group {
             let Body::Transaction(changes) = &record.body else { unreachable!("DDL records are grouped alone") };
             for c in changes {
-                if self.quarantined.contains_key(&(c.schema.clone(), c.table.clone())) {
+                let key = (c.schema.clone(), c.table.clone());
+                if self.quarantined.contains_key(&key) {
                     continue;
                 }
+                let lenient = match self.modes.get(&key) {
+                    Some(CopyMode::Skip) => continue,
+                    Some(CopyMode::Lenient) => true,
+                    None => false,
+                };
+                let stripped;
+                let c = match self.generated.get(&key) {
+                    Some(drop) if !drop.is_empty() => {
+                        stripped = sql::without_columns(c, drop);
+                        &stripped
+                    }
+                    _ => c,
+                };
                 if c.primary_key.is_empty() {
-                    apply_change(&mut tx, record.offset.0, c).await?;
+                    apply_change(&mut tx, record.offset.0, c, lenient).await?;
                     continue;
                 }
                 let i = match nets.iter().position(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
@@ -323,7 +433,8 @@ impl Applier {
             }
         }
         for net in &nets {
-            apply_net(&mut tx, net).await?;
+            let lenient = self.modes.contains_key(&(net.shape.schema.clone(), net.shape.table.clone()));
+            apply_net(&mut tx, net, lenient).await?;
         }
         let last = &group[group.len() - 1];
         checkpoint::save(
@@ -376,7 +487,8 @@ impl Applier {
     }
 }
 
-async fn apply_net(tx: &mut mysql_async::Transaction<'_>, net: &NetTable) -> Result<(), Failure> {
+/// `lenient`: the table is being copied, so a key may be missing (not copied yet) without drift.
+async fn apply_net(tx: &mut mysql_async::Transaction<'_>, net: &NetTable, lenient: bool) -> Result<(), Failure> {
     let shape = &net.shape;
     let offset = net.first_offset;
     let deletes = net.deletes();
@@ -386,7 +498,7 @@ async fn apply_net(tx: &mut mysql_async::Transaction<'_>, net: &NetTable) -> Res
         let stmt = sql::delete_keys(shape, n);
         let params: Vec<_> = deletes[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
         tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(shape), &stmt, e))?;
-        if tx.affected_rows() != n as u64 {
+        if tx.affected_rows() != n as u64 && !lenient {
             return Err(Failure::Permanent {
                 offset,
                 table: Some((shape.schema.clone(), shape.table.clone())),
@@ -411,7 +523,30 @@ async fn apply_net(tx: &mut mysql_async::Transaction<'_>, net: &NetTable) -> Res
     Ok(())
 }
 
-async fn apply_change(tx: &mut mysql_async::Transaction<'_>, offset: u64, c: &TableChange) -> Result<(), Failure> {
+/// Row by row, for tables without a primary key. `lenient` (the table is being copied, by a unique key): a row
+/// may be missing, and the after image replaces any row with the same unique key.
+async fn apply_change(
+    tx: &mut mysql_async::Transaction<'_>,
+    offset: u64,
+    c: &TableChange,
+    lenient: bool,
+) -> Result<(), Failure> {
+    if lenient {
+        for row in &c.rows {
+            if let RowChange::Update { before, .. } | RowChange::Delete { before } = row {
+                let stmt = sql::delete(c);
+                tx.exec_drop(&stmt, sql::key_params(c, before))
+                    .await
+                    .map_err(|e| Failure::sql(offset, Some(c), &stmt, e))?;
+            }
+            if let RowChange::Insert { after } | RowChange::Update { after, .. } = row {
+                let stmt = sql::replace(c, 1);
+                let params: Vec<_> = after.iter().map(sql::to_mysql).collect();
+                tx.exec_drop(&stmt, params).await.map_err(|e| Failure::sql(offset, Some(c), &stmt, e))?;
+            }
+        }
+        return Ok(());
+    }
     let mut i = 0;
     while i < c.rows.len() {
         match &c.rows[i] {

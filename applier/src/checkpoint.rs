@@ -24,6 +24,20 @@ CREATE TABLE IF NOT EXISTS replica_meta.quarantine (
   error TEXT NOT NULL,
   quarantined_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   PRIMARY KEY (consumer, schema_name, table_name)
+) ENGINE=InnoDB;
+CREATE TABLE IF NOT EXISTS replica_meta.copy_state (
+  consumer VARCHAR(128) NOT NULL,
+  schema_name VARCHAR(64) NOT NULL,
+  table_name VARCHAR(64) NOT NULL,
+  state VARCHAR(16) NOT NULL COMMENT 'pending, copying, done or gone',
+  key_kind VARCHAR(16) NOT NULL DEFAULT '' COMMENT 'primary, unique or none',
+  last_key LONGTEXT NULL COMMENT 'JSON key of the last row copied; NULL before the first chunk',
+  rows_copied BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  rows_estimated BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  chunks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  boundary_offset BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'journal offset the last chunk reflects',
+  updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (consumer, schema_name, table_name)
 ) ENGINE=InnoDB";
 
 /// This secondary's checkpoint.
@@ -90,6 +104,92 @@ pub async fn quarantine(
         "INSERT INTO replica_meta.quarantine (consumer, schema_name, table_name, since_offset, error) VALUES (?, ?, ?, ?, ?)
          ON DUPLICATE KEY UPDATE since_offset = VALUES(since_offset), error = VALUES(error)",
         (consumer, schema, table, offset, error),
+    )
+    .await
+}
+
+/// One table's copy, as kept in `replica_meta.copy_state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyState {
+    pub schema: String,
+    pub table: String,
+    pub state: String,
+    pub key_kind: String,
+    pub last_key: Option<Vec<common::event::Value>>,
+    pub rows_copied: u64,
+    pub rows_estimated: u64,
+    pub chunks: u64,
+}
+
+pub async fn copy_states(conn: &mut Conn, consumer: &str) -> Result<Vec<CopyState>, ApplyError> {
+    type Row = (String, String, String, String, Option<String>, u64, u64, u64);
+    let rows: Vec<Row> = conn
+        .exec(
+            "SELECT schema_name, table_name, state, key_kind, last_key, rows_copied, rows_estimated, chunks
+             FROM replica_meta.copy_state WHERE consumer = ? ORDER BY schema_name, table_name",
+            (consumer,),
+        )
+        .await
+        .map_err(ApplyError::Sql)?;
+    rows.into_iter()
+        .map(|(schema, table, state, key_kind, last_key, rows_copied, rows_estimated, chunks)| {
+            let last_key = match last_key {
+                Some(k) => Some(serde_json::from_str(&k).map_err(|e| ApplyError::State {
+                    what: format!("replica_meta.copy_state last_key of {schema}.{table}"),
+                    reason: e.to_string(),
+                })?),
+                None => None,
+            };
+            Ok(CopyState { schema, table, state, key_kind, last_key, rows_copied, rows_estimated, chunks })
+        })
+        .collect()
+}
+
+/// Writes one table's copy state; part of the caller's transaction.
+pub async fn save_copy_state(
+    conn: &mut impl Queryable,
+    consumer: &str,
+    s: &CopyState,
+    boundary: u64,
+) -> Result<(), mysql_async::Error> {
+    let last_key = s.last_key.as_ref().map(|k| serde_json::to_string(k).unwrap_or_default());
+    conn.exec_drop(
+        "REPLACE INTO replica_meta.copy_state
+           (consumer, schema_name, table_name, state, key_kind, last_key, rows_copied, rows_estimated, chunks, boundary_offset)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            consumer,
+            &s.schema,
+            &s.table,
+            &s.state,
+            &s.key_kind,
+            last_key,
+            s.rows_copied,
+            s.rows_estimated,
+            s.chunks,
+            boundary,
+        ),
+    )
+    .await
+}
+
+/// Forgets every copy state, quarantine and the checkpoint of `consumer` (a full re-copy starts).
+pub async fn reset(conn: &mut impl Queryable, consumer: &str) -> Result<(), mysql_async::Error> {
+    for table in ["copy_state", "quarantine", "checkpoint"] {
+        conn.exec_drop(format!("DELETE FROM replica_meta.{table} WHERE consumer = ?"), (consumer,)).await?;
+    }
+    Ok(())
+}
+
+pub async fn unquarantine(
+    conn: &mut impl Queryable,
+    consumer: &str,
+    schema: &str,
+    table: &str,
+) -> Result<(), mysql_async::Error> {
+    conn.exec_drop(
+        "DELETE FROM replica_meta.quarantine WHERE consumer = ? AND schema_name = ? AND table_name = ?",
+        (consumer, schema, table),
     )
     .await
 }

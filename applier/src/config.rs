@@ -60,6 +60,21 @@ pub struct Cli {
     /// First journal offset to apply when the secondary has no checkpoint (otherwise an initial copy is needed)
     #[arg(long, env = "REPLICA_START_OFFSET")]
     pub start_offset: Option<u64>,
+    /// Re-copy everything from the primary (through the reader), replacing the secondary's tables
+    #[arg(long, env = "REPLICA_RESYNC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub resync: bool,
+    /// Rows per chunk of the initial copy (the original service's TRANSFER_BATCH_SIZE)
+    #[arg(long, env = "TRANSFER_BATCH_SIZE", default_value_t = 10_000)]
+    pub copy_chunk_rows: u32,
+    /// Tables copied at once
+    #[arg(long, env = "REPLICA_COPY_WORKERS", default_value_t = 2)]
+    pub copy_workers: usize,
+    /// Most rows per second the copy reads from the primary (0: no limit)
+    #[arg(long, env = "REPLICA_COPY_ROWS_PER_SECOND", default_value_t = 0)]
+    pub copy_rows_per_second: u64,
+    /// Serve the admin gRPC service (replica.v1.Applier: status, pause/resume, resync) at ADDR (off when empty)
+    #[arg(long, env = "REPLICA_ADMIN_ADDR")]
+    pub admin_addr: Option<std::net::SocketAddr>,
     /// Quarantine a table after repeated permanent errors instead of stopping
     #[arg(long, env = "REPLICA_SKIP_FAILING_TABLES", default_value_t = false, action = clap::ArgAction::Set)]
     pub skip_failing_tables: bool,
@@ -101,6 +116,11 @@ pub struct Config {
     pub user: String,
     pub password: Secret,
     pub start_offset: Option<u64>,
+    pub resync: bool,
+    pub copy_chunk_rows: u32,
+    pub copy_workers: usize,
+    pub copy_rows_per_second: u64,
+    pub admin_addr: Option<std::net::SocketAddr>,
     pub skip_failing_tables: bool,
     pub max_table_failures: u32,
     pub batch_rows: usize,
@@ -148,6 +168,12 @@ impl TryFrom<Cli> for Config {
         if name.is_empty() || name.len() > 128 {
             return Err(format!("secondary name {name:?} must be 1 to 128 characters"));
         }
+        if c.copy_chunk_rows == 0 || c.copy_workers == 0 {
+            return Err("TRANSFER_BATCH_SIZE and REPLICA_COPY_WORKERS must be above 0".into());
+        }
+        if c.resync && c.start_offset.is_some() {
+            return Err("--resync and --start-offset exclude each other: a re-copy starts where its snapshot is".into());
+        }
         if c.batch_rows == 0 || c.batch_bytes == 0 {
             return Err("REPLICA_BATCH_ROWS and REPLICA_BATCH_BYTES must be above 0".into());
         }
@@ -159,6 +185,11 @@ impl TryFrom<Cli> for Config {
             user: user.unwrap_or(c.user),
             password: password.unwrap_or(c.password),
             start_offset: c.start_offset,
+            resync: c.resync,
+            copy_chunk_rows: c.copy_chunk_rows,
+            copy_workers: c.copy_workers,
+            copy_rows_per_second: c.copy_rows_per_second,
+            admin_addr: c.admin_addr,
             skip_failing_tables: c.skip_failing_tables,
             max_table_failures: c.max_table_failures.max(1),
             batch_rows: c.batch_rows,

@@ -4,35 +4,8 @@
 use common::event::{Column, ColumnType};
 use mysql_async::prelude::Queryable;
 
-/// The type family MariaDB's `information_schema.COLUMNS.DATA_TYPE` belongs to, as the binlog describes it.
 fn family(data_type: &str) -> ColumnType {
-    use ColumnType::*;
-    match data_type {
-        "tinyint" => TinyInt,
-        "smallint" => SmallInt,
-        "mediumint" => MediumInt,
-        "int" | "integer" => Int,
-        "bigint" => BigInt,
-        "float" => Float,
-        "double" | "real" => Double,
-        "decimal" | "numeric" => Decimal,
-        "date" => Date,
-        "time" => Time,
-        "datetime" => DateTime,
-        "timestamp" => Timestamp,
-        "year" => Year,
-        "char" | "binary" | "uuid" | "inet4" | "inet6" => Char,
-        "varchar" | "varbinary" => VarChar,
-        "tinytext" | "text" | "mediumtext" | "longtext" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "json" => {
-            Blob
-        }
-        "enum" => Enum,
-        "set" => Set,
-        "bit" => Bit,
-        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
-        | "geometrycollection" => Geometry,
-        _ => Other,
-    }
+    ColumnType::from_data_type(data_type)
 }
 
 /// `None` if the secondary's table matches the record's columns, else a message showing both column lists.
@@ -86,4 +59,27 @@ pub async fn check(
         ),
         show(rows.iter().map(|(n, _, t)| format!("{n} {t}")).collect()),
     )))
+}
+
+/// Indexes (into `columns`) of the secondary's generated columns: MariaDB logs their values, but a write
+/// must leave them out.
+pub async fn generated(
+    conn: &mut impl Queryable,
+    schema: &str,
+    table: &str,
+    columns: &[Column],
+) -> Result<Vec<usize>, mysql_async::Error> {
+    let names: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND IS_GENERATED = 'ALWAYS'",
+            (schema, table),
+        )
+        .await?;
+    Ok(columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| names.iter().any(|n| n.eq_ignore_ascii_case(&c.name)))
+        .map(|(i, _)| i)
+        .collect())
 }

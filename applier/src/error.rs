@@ -36,10 +36,14 @@ pub enum ApplyError {
     #[error("journal offset {got} arrived where {expected} was expected: the stream skipped or repeated records")]
     Gap { expected: u64, got: u64 },
     #[error(
-        "secondary {name:?} has no checkpoint in replica_meta.checkpoint: it needs an initial copy before it can \
-         stream (or start at a known journal offset with --start-offset N)"
+        "the secondary already has rows in {tables}: an initial copy would mix them with the primary's. Empty or \
+         drop those tables, or start with --resync to replace them with the primary's"
     )]
-    NoCheckpoint { name: String },
+    NonEmptyTarget { tables: String },
+    #[error("unreadable applier state in {what}: {reason}")]
+    State { what: String, reason: String },
+    #[error("the reader could not serve the initial copy: {0}")]
+    Copy(tonic::Status),
     #[error("permanent error at journal offset {offset} on {table}: {reason}\n  statement: {statement}")]
     Permanent { offset: u64, table: String, statement: String, reason: String },
     #[error("malformed record from the reader")]

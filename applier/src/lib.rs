@@ -6,15 +6,20 @@
 //! task reports the applied offset to the reader at most every 100 ms. The secondary's checkpoint is the
 //! truth: acks only drive the reader's retention and monitoring.
 
+pub mod admin;
 pub mod apply;
 pub mod checkpoint;
 pub mod config;
+pub mod copy;
 pub mod drift;
 pub mod error;
 pub mod metrics;
 pub mod net;
+pub mod place;
 pub mod sql;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +32,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admin::AdminCmd;
 use crate::apply::Applier;
 use crate::config::Config;
+use crate::copy::{CopyItem, CopyShared};
 use crate::error::ApplyError;
 
 /// Records buffered between the subscription and the apply loop: enough for large groups of small
@@ -54,7 +61,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let config = Arc::new(config);
     let (applied_tx, applied_rx) = watch::channel(0u64);
     let mut applier = Applier::start(config.clone(), applied_tx, shutdown.clone()).await?;
+    if applier.needs_copy {
+        applier.begin_copy().await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
     info!(consumer = %config.name, offset = applier.applied, reader = %config.reader_url, "applier starting");
+    let shared = applier.shared.clone();
+    shared.received.store(applier.applied, Ordering::SeqCst);
+    let (items_tx, mut items_rx) = mpsc::channel(16);
+    let (admin_tx, mut admin_rx) = mpsc::channel(16);
+    if let Some(addr) = config.admin_addr {
+        let state = admin::AdminState {
+            config: config.clone(),
+            shared: shared.clone(),
+            commands: admin_tx,
+            applied: applied_rx.clone(),
+            metrics: applier.metrics.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ApplyError::Task(format!("cannot listen on {addr} (REPLICA_ADMIN_ADDR): {e}")))?;
+        info!(addr = %listener.local_addr().map_err(|e| ApplyError::Task(e.to_string()))?, "admin gRPC listening");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, state, stop).await {
+                warn!(error = %e, "admin gRPC service failed");
+            }
+        });
+    }
+    let copy_stop = shutdown.child_token();
+    let workers = tokio::spawn(copy::run_workers(config.clone(), shared.clone(), items_tx, copy_stop.clone()));
 
     applier.metrics.quarantined(applier.quarantined_tables().len());
     if let Some(addr) = config.metrics_addr {
@@ -68,11 +106,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let (tx, mut rx) = mpsc::channel(RECORD_BUFFER);
     let stream_stop = shutdown.child_token();
     let budget = Arc::new(tokio::sync::Semaphore::new(BUFFER_BYTES as usize));
-    let subscription =
-        tokio::spawn(subscribe_loop(config.clone(), applier.applied + 1, tx, budget, stream_stop.clone()));
+    let subscription = tokio::spawn(subscribe_loop(
+        config.clone(),
+        applier.applied + 1,
+        tx,
+        budget,
+        shared.clone(),
+        stream_stop.clone(),
+    ));
     let acks = tokio::spawn(ack_loop(config.clone(), applied_rx, stream_stop.clone()));
 
-    let result = apply_loop(&config, &mut applier, &mut rx, &shutdown).await;
+    let result = apply_loop(&config, &mut applier, &mut rx, &mut items_rx, &mut admin_rx, &shutdown).await;
+    copy_stop.cancel();
+    let _ = workers.await;
     stream_stop.cancel();
     let _ = subscription.await;
     // The ack loop sends a final ack of what is committed before it ends.
@@ -104,32 +150,63 @@ async fn apply_loop(
     config: &Config,
     applier: &mut Applier,
     rx: &mut mpsc::Receiver<Result<Received, ApplyError>>,
+    items: &mut mpsc::Receiver<CopyItem>,
+    admin: &mut mpsc::Receiver<AdminCmd>,
     shutdown: &CancellationToken,
 ) -> Result<(), ApplyError> {
+    let shared: Arc<CopyShared> = applier.shared.clone();
+    let mut floors = shared.floors_changed.subscribe();
     let mut health = tokio::time::interval(config.health_interval);
     health.tick().await;
-    let mut carry: Option<(Record, Weight)> = None;
+    let mut carry: Option<Received> = None;
+    // Copy items by (boundary, id), waiting for the checkpoint to reach their boundary.
+    let mut waiting: BTreeMap<(u64, u64), CopyItem> = BTreeMap::new();
+    let (mut items_open, mut admin_open) = (true, true);
     loop {
-        let mut permits = Vec::new();
-        let (first, first_weight) = match carry.take() {
-            Some(r) => r,
-            None => tokio::select! {
+        while let Some(entry) = waiting.first_entry() {
+            let (boundary, id) = *entry.key();
+            if boundary > applier.applied {
+                break;
+            }
+            let item = entry.remove();
+            if boundary < applier.applied {
+                warn!(consumer = %config.name, boundary, applied = applier.applied, "copy item arrived behind the checkpoint; it is fetched again");
+                place::reply_stale(item, "the chunk arrived behind the checkpoint");
+            } else {
+                applier.place(item).await?;
+            }
+            shared.clear_floor(id);
+        }
+        // Never past the boundary of a chunk being fetched (see copy.rs).
+        let limit = shared.limit();
+        if carry.as_ref().is_none_or(|(r, _, _)| r.offset.0 > limit) {
+            tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = health.tick() => {
-                    applier.health_check().await;
-                    continue;
-                }
-                r = rx.recv() => match r {
-                    Some(r) => {
-                        let (record, w, permit) = r?;
-                        permits.push(permit);
-                        (record, w)
-                    }
+                item = items.recv(), if items_open => match item {
+                    Some(item) => match item.id_and_boundary() {
+                        Some((id, boundary)) => {
+                            waiting.insert((boundary, id), item);
+                        }
+                        None => applier.place(item).await?,
+                    },
+                    None => items_open = false,
+                },
+                cmd = admin.recv(), if admin_open => match cmd {
+                    Some(cmd) => admin::handle(applier, cmd).await,
+                    None => admin_open = false,
+                },
+                changed = floors.changed() => if changed.is_err() { return Ok(()) },
+                _ = health.tick() => applier.health_check().await,
+                r = rx.recv(), if carry.is_none() => match r {
+                    Some(r) => carry = Some(r?),
                     None => return Ok(()),
                 },
-            },
-        };
+            }
+            continue;
+        }
+        let Some((first, first_weight, permit)) = carry.take() else { continue };
+        let mut permits = vec![permit];
         let mut expected = applier.applied + 1;
         check_offset(&first, expected)?;
         expected += 1;
@@ -141,13 +218,13 @@ async fn apply_loop(
         {
             let Ok(next) = rx.try_recv() else { break };
             let (next, w, permit) = next?;
-            permits.push(permit);
             check_offset(&next, expected)?;
             expected += 1;
-            if matches!(next.body, Body::Ddl { .. }) {
-                carry = Some((next, w));
+            if matches!(next.body, Body::Ddl { .. }) || next.offset.0 > limit {
+                carry = Some((next, w, permit));
                 break;
             }
+            permits.push(permit);
             rows += w.rows;
             bytes += w.bytes;
             group.push(next);
@@ -168,7 +245,7 @@ fn check_offset(r: &Record, expected: u64) -> Result<(), ApplyError> {
     }
 }
 
-async fn connect(config: &Config) -> Result<JournalClient<tonic::transport::Channel>, ApplyError> {
+pub(crate) async fn connect(config: &Config) -> Result<JournalClient<tonic::transport::Channel>, ApplyError> {
     let reader_err = |reason: String| ApplyError::Reader { url: config.reader_url.clone(), reason };
     let endpoint = tonic::transport::Endpoint::from_shared(config.reader_url.clone())
         .map_err(|e| reader_err(e.to_string()))?
@@ -186,6 +263,7 @@ async fn subscribe_loop(
     mut next: u64,
     tx: mpsc::Sender<Result<Received, ApplyError>>,
     budget: Arc<tokio::sync::Semaphore>,
+    shared: Arc<CopyShared>,
     stop: CancellationToken,
 ) {
     let mut retry = backoff::ExponentialBackoff {
@@ -221,6 +299,8 @@ async fn subscribe_loop(
                     Some(Ok(r)) => Record::try_from(r)?,
                 };
                 next = record.offset.0 + 1;
+                // Every snapshot taken from now on holds this record (see copy.rs).
+                shared.received.fetch_max(record.offset.0, Ordering::SeqCst);
                 let w = weight(&record);
                 let share = w.bytes.clamp(1, u64::from(BUFFER_BYTES)) as u32;
                 let permit = tokio::select! {

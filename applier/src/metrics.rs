@@ -19,6 +19,7 @@ pub struct ApplierMetrics {
     permanent_failures: Counter,
     quarantined: Gauge,
     lag_seconds: Gauge<f64, AtomicU64>,
+    copy_rows: Counter,
 }
 
 impl ApplierMetrics {
@@ -30,6 +31,7 @@ impl ApplierMetrics {
         r.register("retries", "Transient errors retried", self.retries.clone());
         r.register("permanent_failures", "Permanent errors", self.permanent_failures.clone());
         r.register("quarantined_tables", "Tables whose changes are skipped", self.quarantined.clone());
+        r.register("copy_rows", "Rows written by the initial copy and table re-copies", self.copy_rows.clone());
         r.register(
             "lag_seconds",
             "From the source commit of the last applied transaction to its commit on the secondary",
@@ -64,6 +66,14 @@ impl ApplierMetrics {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         self.lag_seconds.set((now - last.commit_unix_seconds as f64).max(0.0));
+    }
+
+    pub fn copied(&self, rows: u64) {
+        self.copy_rows.inc_by(rows);
+    }
+
+    pub fn lag_seconds(&self) -> f64 {
+        self.lag_seconds.get()
     }
 
     pub fn retried(&self) {

@@ -19,6 +19,43 @@ pub fn table_name(c: &TableChange) -> String {
     format!("{}.{}", ident(&c.schema), ident(&c.table))
 }
 
+/// `c` without the columns at `drop` (generated columns, which the secondary computes itself).
+pub fn without_columns(c: &TableChange, drop: &[usize]) -> TableChange {
+    let keep = |i: &usize| !drop.contains(i);
+    let pick = |values: &[Value]| -> Vec<Value> {
+        values.iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, v)| v.clone()).collect()
+    };
+    let new_index = |old: usize| old - drop.iter().filter(|&&d| d < old).count();
+    TableChange {
+        schema: c.schema.clone(),
+        table: c.table.clone(),
+        columns: pick_columns(&c.columns, drop),
+        primary_key: c
+            .primary_key
+            .iter()
+            .filter(|&&i| keep(&(i as usize)))
+            .map(|&i| new_index(i as usize) as u32)
+            .collect(),
+        rows: c
+            .rows
+            .iter()
+            .map(|r| match r {
+                common::event::RowChange::Insert { after } => common::event::RowChange::Insert { after: pick(after) },
+                common::event::RowChange::Update { before, after } => {
+                    common::event::RowChange::Update { before: pick(before), after: pick(after) }
+                }
+                common::event::RowChange::Delete { before } => {
+                    common::event::RowChange::Delete { before: pick(before) }
+                }
+            })
+            .collect(),
+    }
+}
+
+fn pick_columns(columns: &[Column], drop: &[usize]) -> Vec<Column> {
+    columns.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, c)| c.clone()).collect()
+}
+
 /// Rows per INSERT chunk for `remaining` rows of a table with `columns` columns.
 pub fn insert_chunk(remaining: usize, columns: usize) -> usize {
     let cap = (MAX_PLACEHOLDERS / columns.max(1)).clamp(1, MAX_INSERT_ROWS);
@@ -40,9 +77,18 @@ fn placeholder(col: &Column) -> &'static str {
 }
 
 pub fn insert(c: &TableChange, rows: usize) -> String {
+    write_rows("INSERT", c, rows)
+}
+
+/// `REPLACE`: like [`insert`], but a row with the same primary or unique key is replaced.
+pub fn replace(c: &TableChange, rows: usize) -> String {
+    write_rows("REPLACE", c, rows)
+}
+
+fn write_rows(verb: &str, c: &TableChange, rows: usize) -> String {
     let cols: Vec<String> = c.columns.iter().map(|col| ident(&col.name)).collect();
     let one = format!("({})", c.columns.iter().map(placeholder).collect::<Vec<_>>().join(","));
-    format!("INSERT INTO {} ({}) VALUES {}", table_name(c), cols.join(","), vec![one; rows].join(","))
+    format!("{verb} INTO {} ({}) VALUES {}", table_name(c), cols.join(","), vec![one; rows].join(","))
 }
 
 /// The columns that locate a row: the primary key, or every column when the table has none.

@@ -123,6 +123,36 @@ impl ColumnType {
         }
     }
 
+    /// The family of a type as `information_schema.COLUMNS.DATA_TYPE` names it (lower case).
+    pub fn from_data_type(data_type: &str) -> Self {
+        use ColumnType::*;
+        match data_type {
+            "tinyint" => TinyInt,
+            "smallint" => SmallInt,
+            "mediumint" => MediumInt,
+            "int" | "integer" => Int,
+            "bigint" => BigInt,
+            "float" => Float,
+            "double" | "real" => Double,
+            "decimal" | "numeric" => Decimal,
+            "date" => Date,
+            "time" => Time,
+            "datetime" => DateTime,
+            "timestamp" => Timestamp,
+            "year" => Year,
+            "char" | "binary" | "uuid" | "inet4" | "inet6" => Char,
+            "varchar" | "varbinary" => VarChar,
+            "tinytext" | "text" | "mediumtext" | "longtext" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+            | "json" => Blob,
+            "enum" => Enum,
+            "set" => Set,
+            "bit" => Bit,
+            "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+            | "geometrycollection" => Geometry,
+            _ => Other,
+        }
+    }
+
     pub fn from_name(name: &str) -> Self {
         use ColumnType::*;
         [
@@ -243,6 +273,18 @@ fn fmt_micros(f: &mut fmt::Formatter<'_>, micros: u32) -> fmt::Result {
     Ok(())
 }
 
+/// Seconds since the Unix epoch of a UTC calendar time (the inverse of [`utc_from_unix`]).
+pub fn unix_from_utc(year: u16, month: u8, day: u8, hour: u8, minute: u8, second: u8) -> i64 {
+    // Howard Hinnant's days_from_civil.
+    let (y, m, d) = (i64::from(year) - i64::from(month <= 2), i64::from(month), i64::from(day));
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)
+}
+
 /// The UTC calendar time of a TIMESTAMP instant, as a `Value::DateTime` (the zero timestamp stays zero).
 pub fn utc_from_unix(seconds: i64, micros: u32) -> Value {
     if seconds == 0 && micros == 0 {
@@ -280,6 +322,9 @@ mod tests {
         assert_eq!(utc_from_unix(946_684_800, 500_000).to_string(), "2000-01-01 00:00:00.500000");
         assert_eq!(utc_from_unix(2_147_483_647, 0).to_string(), "2038-01-19 03:14:07");
         assert_eq!(utc_from_unix(0, 0).to_string(), "0000-00-00 00:00:00");
+        assert_eq!(unix_from_utc(2000, 1, 1, 0, 0, 0), 946_684_800);
+        assert_eq!(unix_from_utc(2038, 1, 19, 3, 14, 7), 2_147_483_647);
+        assert_eq!(unix_from_utc(1970, 1, 1, 0, 0, 1), 1);
     }
 
     #[test]

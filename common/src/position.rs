@@ -28,6 +28,19 @@ pub struct BinlogPosition {
     pub pos: u64,
 }
 
+impl BinlogPosition {
+    /// Binlog order: by the file's numeric extension (`name.000123`), then by position. Files without a
+    /// numeric extension compare by name.
+    pub fn binlog_cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let seq = |f: &str| f.rsplit_once('.').and_then(|(_, n)| n.parse::<u64>().ok());
+        match (seq(&self.file), seq(&other.file)) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            _ => self.file.cmp(&other.file),
+        }
+        .then(self.pos.cmp(&other.pos))
+    }
+}
+
 impl fmt::Display for BinlogPosition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.file, self.pos)
@@ -176,6 +189,14 @@ impl fmt::Display for JournalOffset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binlog_positions_order_by_file_number_then_position() {
+        let p = |s: &str| s.parse::<BinlogPosition>().expect("valid");
+        assert!(p("b.999999:900").binlog_cmp(&p("b.1000000:4")).is_lt());
+        assert!(p("b.000002:4").binlog_cmp(&p("b.000001:900")).is_gt());
+        assert!(p("b.000002:400").binlog_cmp(&p("b.000002:400")).is_eq());
+    }
 
     #[test]
     fn binlog_position_round_trips() {

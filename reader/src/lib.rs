@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod segments;
 pub mod server;
+pub mod snapshot;
 pub mod source;
 pub mod statement;
 pub mod writer;
@@ -99,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
         status: status.clone(),
         shutdown: shutdown.clone(),
         connected: Default::default(),
+        snapshots: Arc::new(snapshot::Snapshots::new(config.clone(), journal.clone(), status.clone(), tx.clone())),
     };
     let listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await

@@ -6,6 +6,8 @@
 
 use common::position::Gtid;
 
+/// ROTATE_EVENT (standard).
+pub const ROTATE: u8 = 4;
 pub const BINLOG_CHECKPOINT: u8 = 161;
 pub const GTID: u8 = 162;
 pub const GTID_LIST: u8 = 163;

@@ -22,6 +22,9 @@ pub struct Counters {
     pub reconnects: Counter,
     pub transactions: Counter,
     pub rows: Counter,
+    /// Chunks and rows served to appliers' initial copies.
+    pub copy_chunks: Counter,
+    pub copy_rows: Counter,
 }
 
 /// The reader's gauges; [`ReaderMetrics::run`] refreshes them every second.
@@ -77,6 +80,8 @@ impl ReaderMetrics {
         r.register("source_reconnects", "Reconnections to the primary", counters.reconnects.clone());
         r.register("journal_transactions", "Source transactions journaled", counters.transactions.clone());
         r.register("journal_rows", "Row changes journaled", counters.rows.clone());
+        r.register("copy_chunks", "Chunks served to initial copies", counters.copy_chunks.clone());
+        r.register("copy_rows", "Rows served to initial copies", counters.copy_rows.clone());
         m
     }
 

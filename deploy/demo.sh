@@ -80,6 +80,13 @@ for i in 0 1; do start_db "${NAMES[$i]}" "${SECONDARY_PORTS[$i]}" $((10 + i)); d
 mysql_at "$PRIMARY_PORT" -e "CREATE USER replica@'%' IDENTIFIED BY 'demo-replica';
   GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO replica@'%'"
 
+# Existing data on the primary: the appliers copy it through the reader, then stream.
+mysql_at "$PRIMARY_PORT" -e "CREATE DATABASE shop;
+  CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(40), total DECIMAL(10,2),
+    status ENUM('new','paid','shipped') NOT NULL DEFAULT 'new', created TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6));
+  CREATE TABLE shop.events (at DATETIME(6), kind VARCHAR(20), payload JSON);
+  INSERT INTO shop.orders (customer, total) SELECT CONCAT('c', seq % 1000), seq % 500 FROM shop.seq_1_to_50000"
+
 echo "starting replica-reader on $GRPC"
 MARIA_PRIMARY_HOST=127.0.0.1 MARIA_PRIMARY_PORT=$PRIMARY_PORT MARIA_USER=replica MARIA_PASS=demo-replica \
   MARIA_SERVER_ID=100 REPLICA_JOURNAL_DIR=$SANDBOX/journal REPLICA_GRPC_ADDR=$GRPC \
@@ -94,15 +101,9 @@ for i in 0 1; do
   echo "starting replica-applier ${NAMES[$i]}"
   REPLICA_READER_URL=http://$GRPC MARIA_SECONDARY_HOST=127.0.0.1 MARIA_SECONDARY_PORT=${SECONDARY_PORTS[$i]} \
     MARIA_SECONDARY_NAME=${NAMES[$i]} MARIA_SECONDARY_USER=root MARIA_SECONDARY_PASSWORD= \
-    REPLICA_START_OFFSET=1 "$BIN/replica-applier" >"$SANDBOX/applier-${NAMES[$i]}.log" 2>&1 &
+    REPLICA_ADMIN_ADDR=127.0.0.1:$((25061 + i)) "$BIN/replica-applier" >"$SANDBOX/applier-${NAMES[$i]}.log" 2>&1 &
   echo $! >"$SANDBOX/applier-${NAMES[$i]}.pid"
 done
-
-# The schema is created after the reader started, so it reaches the secondaries through the journal.
-mysql_at "$PRIMARY_PORT" -e "CREATE DATABASE shop;
-  CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(40), total DECIMAL(10,2),
-    status ENUM('new','paid','shipped') NOT NULL DEFAULT 'new', created TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6));
-  CREATE TABLE shop.events (at DATETIME(6), kind VARCHAR(20), payload JSON)"
 
 (
   n=0

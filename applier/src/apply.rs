@@ -94,6 +94,11 @@ pub struct Applier {
     /// Tables being copied, and how their changes are applied meanwhile.
     pub(crate) modes: HashMap<TableKey, CopyMode>,
     pub shared: Arc<CopyShared>,
+    /// Connections that write copy chunks, and where their results go.
+    pub(crate) writers: mysql_async::Pool,
+    /// Tables with a chunk being written (their next chunk waits).
+    pub writing: HashSet<TableKey>,
+    pub(crate) chunk_results: tokio::sync::mpsc::Sender<crate::place::ChunkDone>,
     /// The secondary has no checkpoint (or `--resync`): an initial copy must begin.
     pub needs_copy: bool,
 }
@@ -140,6 +145,7 @@ impl Applier {
         config: Arc<Config>,
         applied_tx: watch::Sender<u64>,
         shutdown: CancellationToken,
+        chunk_results: tokio::sync::mpsc::Sender<crate::place::ChunkDone>,
     ) -> Result<Self, ApplyError> {
         let mut conn = Conn::new(opts(&config)).await.map_err(ApplyError::Connect)?;
         lock_consumer(&mut conn, &config.name).await.map_err(ApplyError::Connect)?;
@@ -193,6 +199,10 @@ impl Applier {
             })
             .collect();
         applied_tx.send_replace(cp.applied_offset);
+        let writers =
+            mysql_async::Pool::new(opts(&config).pool_opts(mysql_async::PoolOpts::default().with_constraints(
+                mysql_async::PoolConstraints::new(0, config.copy_workers.max(1) * 2).unwrap_or_default(),
+            )));
         Ok(Self {
             config,
             conn: Some(conn),
@@ -207,6 +217,9 @@ impl Applier {
             metrics: ApplierMetrics::default(),
             modes,
             shared,
+            writers,
+            writing: HashSet::new(),
+            chunk_results,
             needs_copy,
         })
     }

@@ -51,11 +51,18 @@ pub async fn ensure_schema(conn: &mut Conn) -> Result<(), ApplyError> {
     conn.query_drop(SCHEMA_SQL).await.map_err(ApplyError::Sql)
 }
 
+/// Reads the checkpoint with a locking read, which waits until any chunk a killed predecessor was still
+/// writing (they hold a shared lock on the row) has committed or rolled back.
 pub async fn load(conn: &mut Conn, consumer: &str) -> Result<Option<Checkpoint>, ApplyError> {
-    let row: Option<(u64, Option<u64>)> = conn
-        .exec_first("SELECT applied_offset, ddl_pending FROM replica_meta.checkpoint WHERE consumer = ?", (consumer,))
+    let mut tx = conn.start_transaction(mysql_async::TxOpts::default()).await.map_err(ApplyError::Sql)?;
+    let row: Option<(u64, Option<u64>)> = tx
+        .exec_first(
+            "SELECT applied_offset, ddl_pending FROM replica_meta.checkpoint WHERE consumer = ? FOR UPDATE",
+            (consumer,),
+        )
         .await
         .map_err(ApplyError::Sql)?;
+    tx.commit().await.map_err(ApplyError::Sql)?;
     Ok(row.map(|(applied_offset, ddl_pending)| Checkpoint { applied_offset, ddl_pending }))
 }
 

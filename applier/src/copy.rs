@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
-use common::event::{TableChange, Value};
+use common::event::{RowChange, TableChange, Value};
 use common::proto::{ListTablesRequest, ReadChunkRequest};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -47,6 +47,9 @@ use crate::config::Config;
 use crate::error::ApplyError;
 
 pub type TableKey = (String, String);
+
+/// Parts (up to 1,000 rows or 2 MiB each, as the reader cuts them) buffered per chunk.
+const PARTS_BUFFER: usize = 12;
 
 /// One table's copy progress, as `GetStatus` shows it.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +87,8 @@ pub enum CopyItem {
     Chunk {
         id: u64,
         boundary: u64,
+        /// The key the chunk starts after; it is written only if the table's copy is still there.
+        after_key: Option<Vec<Value>>,
         shape: TableChange,
         key_kind: String,
         limit: u32,
@@ -95,6 +100,14 @@ pub enum CopyItem {
 }
 
 impl CopyItem {
+    /// The table of a chunk (chunks of one table are written one at a time, in order).
+    pub fn chunk_table(&self) -> Option<TableKey> {
+        match self {
+            CopyItem::Chunk { shape, .. } => Some((shape.schema.clone(), shape.table.clone())),
+            _ => None,
+        }
+    }
+
     pub fn id_and_boundary(&self) -> Option<(u64, u64)> {
         match self {
             CopyItem::Create { id, boundary, .. } | CopyItem::Chunk { id, boundary, .. } => Some((*id, *boundary)),
@@ -257,6 +270,9 @@ async fn worker(
     stop: CancellationToken,
 ) {
     while let Some(table) = next_table(&shared, &stop).await {
+        // The outcome of the chunk being written, and where the next one starts.
+        let mut previous: Option<oneshot::Receiver<Result<ChunkOutcome, String>>> = None;
+        let mut next_after: Option<Option<Vec<Value>>> = None;
         let mut retry = backoff::ExponentialBackoff {
             initial_interval: Duration::from_millis(200),
             max_interval: config.retry_max,
@@ -274,8 +290,40 @@ async fn worker(
             }
             let state = lock(&shared.progress).get(&table).cloned().unwrap_or_default();
             let step = match state.state.as_str() {
-                "pending" => create(&config, &shared, &items, &table).await.map(|()| false),
-                "copying" => chunk(&config, &shared, &items, &pacer, &table, &state).await,
+                "pending" => {
+                    if let Some(p) = previous.take() {
+                        let _ = p.await;
+                    }
+                    next_after = None;
+                    create(&config, &shared, &items, &table).await.map(|()| false)
+                }
+                "copying" => {
+                    // The next chunk is fetched while the previous one is being written.
+                    let after = next_after.take().unwrap_or(state.last_key);
+                    let fetched = chunk(&config, &shared, &items, &pacer, &table, after).await;
+                    let previous_written = match previous.take() {
+                        None => Ok(()),
+                        Some(p) => match p.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(CopyStep::Failed(e)),
+                            Err(_) => Err(CopyStep::Stopped),
+                        },
+                    };
+                    match (fetched, previous_written) {
+                        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                        (Ok(None), Ok(())) => Ok(true),
+                        (Ok(Some(f)), Ok(())) if f.end => match f.outcome.await {
+                            Ok(Ok(_)) => Ok(true),
+                            Ok(Err(e)) => Err(CopyStep::Failed(e)),
+                            Err(_) => Err(CopyStep::Stopped),
+                        },
+                        (Ok(Some(f)), Ok(())) => {
+                            previous = Some(f.outcome);
+                            next_after = Some(f.last_key);
+                            Ok(false)
+                        }
+                    }
+                }
                 _ => Ok(true),
             };
             match step {
@@ -283,6 +331,9 @@ async fn worker(
                 Ok(false) => retry.reset(),
                 Err(CopyStep::Stopped) => return,
                 Err(CopyStep::Failed(e)) => {
+                    // Start again from what is written (a chunk fetched meanwhile is refused as stale).
+                    previous = None;
+                    next_after = None;
                     shared.errors.fetch_add(1, Ordering::Relaxed);
                     let pause = retry.next_backoff().unwrap_or(config.retry_max);
                     warn!(consumer = %config.name, schema = %table.0, table = %table.1, error = %e, retry_in = ?pause,
@@ -355,24 +406,33 @@ async fn create(
     result
 }
 
-/// Copies one chunk; Ok(true) when the table is done.
+/// A chunk handed to the apply loop, with what the worker saw of it.
+struct Fetched {
+    outcome: oneshot::Receiver<Result<ChunkOutcome, String>>,
+    last_key: Option<Vec<Value>>,
+    /// Fewer rows than asked for (or a table read whole): the last chunk.
+    end: bool,
+}
+
+/// Fetches one chunk and hands it to the apply loop; None if the table is gone from the primary.
 async fn chunk(
     config: &Config,
     shared: &CopyShared,
     items: &mpsc::Sender<CopyItem>,
     pacer: &Pacer,
     table: &TableKey,
-    state: &Progress,
-) -> Result<bool, CopyStep> {
+    after: Option<Vec<Value>>,
+) -> Result<Option<Fetched>, CopyStep> {
     let limit = config.copy_chunk_rows;
     pacer.take(u64::from(limit)).await;
     let id = new_fetch(shared);
+    let mut sent = false;
     let result = async {
         let mut client = crate::connect(config).await.map_err(|e| CopyStep::Failed(e.to_string()))?;
         let request = ReadChunkRequest {
             schema: table.0.clone(),
             table: table.1.clone(),
-            after_key: state.last_key.iter().flatten().map(Into::into).collect(),
+            after_key: after.iter().flatten().map(Into::into).collect(),
             limit,
         };
         let mut stream = match client.read_chunk(request).await {
@@ -392,11 +452,15 @@ async fn chunk(
             .try_into()
             .map_err(|e: common::convert::WireError| CopyStep::Failed(e.to_string()))?;
         shared.set_floor(id, first.boundary_offset);
-        let (parts_tx, parts) = mpsc::channel(4);
+        let key_index = shape.primary_key.clone();
+        let one_read = first.key_kind == "none" || key_index.is_empty();
+        // Room for a whole default-sized chunk, so the next chunk is read while the previous one is written.
+        let (parts_tx, parts) = mpsc::channel(PARTS_BUFFER);
         let (done, outcome) = oneshot::channel();
         let item = CopyItem::Chunk {
             id,
             boundary: first.boundary_offset,
+            after_key: after.clone(),
             shape,
             key_kind: first.key_kind,
             limit,
@@ -404,29 +468,37 @@ async fn chunk(
             done,
         };
         items.send(item).await.map_err(|_| CopyStep::Stopped)?;
+        sent = true;
+        let (mut rows, mut last_key) = (0u64, after);
         while let Some(part) = stream.next().await {
             let part = part
                 .map_err(|s| s.message().to_owned())
                 .and_then(|p| p.rows.ok_or_else(|| "empty chunk part".to_owned()))
                 .and_then(|r| TableChange::try_from(r).map_err(|e| e.to_string()));
+            if let Ok(p) = &part {
+                rows += p.rows.len() as u64;
+                if let Some(RowChange::Insert { after }) = p.rows.last() {
+                    last_key = Some(key_index.iter().map(|&i| after[i as usize].clone()).collect());
+                }
+            }
             let failed = part.is_err();
             if parts_tx.send(part).await.is_err() || failed {
                 break;
             }
         }
-        drop(parts_tx);
-        let outcome = outcome.await.map_err(|_| CopyStep::Stopped)?.map_err(CopyStep::Failed)?;
-        Ok(Some(outcome.end))
+        Ok(Some(Fetched { outcome, last_key, end: one_read || rows < u64::from(limit) }))
     }
     .await;
-    shared.clear_floor(id);
+    if !sent {
+        // Once sent, the apply loop clears the floor when it has written (or refused) the chunk.
+        shared.clear_floor(id);
+    }
     match result {
-        Ok(Some(end)) => Ok(end),
         Ok(None) => {
             let _ = items.send(CopyItem::Gone { table: table.clone() }).await;
-            Ok(true)
+            Ok(None)
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 

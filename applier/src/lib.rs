@@ -60,7 +60,8 @@ const ACK_INTERVAL: Duration = Duration::from_millis(100);
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApplyError> {
     let config = Arc::new(config);
     let (applied_tx, applied_rx) = watch::channel(0u64);
-    let mut applier = Applier::start(config.clone(), applied_tx, shutdown.clone()).await?;
+    let (chunk_tx, mut chunk_rx) = mpsc::channel(16);
+    let mut applier = Applier::start(config.clone(), applied_tx, shutdown.clone(), chunk_tx).await?;
     if applier.needs_copy {
         applier.begin_copy().await?;
         if shutdown.is_cancelled() {
@@ -116,7 +117,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     ));
     let acks = tokio::spawn(ack_loop(config.clone(), applied_rx, stream_stop.clone()));
 
-    let result = apply_loop(&config, &mut applier, &mut rx, &mut items_rx, &mut admin_rx, &shutdown).await;
+    let result =
+        apply_loop(&config, &mut applier, &mut rx, &mut items_rx, &mut chunk_rx, &mut admin_rx, &shutdown).await;
     copy_stop.cancel();
     let _ = workers.await;
     stream_stop.cancel();
@@ -151,6 +153,7 @@ async fn apply_loop(
     applier: &mut Applier,
     rx: &mut mpsc::Receiver<Result<Received, ApplyError>>,
     items: &mut mpsc::Receiver<CopyItem>,
+    chunks: &mut mpsc::Receiver<place::ChunkDone>,
     admin: &mut mpsc::Receiver<AdminCmd>,
     shutdown: &CancellationToken,
 ) -> Result<(), ApplyError> {
@@ -163,17 +166,25 @@ async fn apply_loop(
     let mut waiting: BTreeMap<(u64, u64), CopyItem> = BTreeMap::new();
     let (mut items_open, mut admin_open) = (true, true);
     loop {
-        while let Some(entry) = waiting.first_entry() {
-            let (boundary, id) = *entry.key();
-            if boundary > applier.applied {
-                break;
-            }
-            let item = entry.remove();
+        // Items whose boundary is reached, except a chunk of a table whose previous chunk is being written.
+        while let Some(key) = waiting
+            .iter()
+            .take_while(|((boundary, _), _)| *boundary <= applier.applied)
+            .find(|(_, item)| item.chunk_table().is_none_or(|t| !applier.writing.contains(&t)))
+            .map(|(key, _)| *key)
+        {
+            let Some(item) = waiting.remove(&key) else { break };
+            let (boundary, id) = key;
             if boundary < applier.applied {
                 warn!(consumer = %config.name, boundary, applied = applier.applied, "copy item arrived behind the checkpoint; it is fetched again");
                 place::reply_stale(item, "the chunk arrived behind the checkpoint");
             } else {
+                let chunk = matches!(item, CopyItem::Chunk { .. });
                 applier.place(item).await?;
+                if chunk {
+                    // Its floor holds the loop at the boundary until the chunk is written (or refused).
+                    continue;
+                }
             }
             shared.clear_floor(id);
         }
@@ -191,6 +202,12 @@ async fn apply_loop(
                         None => applier.place(item).await?,
                     },
                     None => items_open = false,
+                },
+                written = chunks.recv() => if let Some(written) = written {
+                    let id = written.id;
+                    let result = applier.chunk_done(written).await;
+                    shared.clear_floor(id);
+                    result?;
                 },
                 cmd = admin.recv(), if admin_open => match cmd {
                     Some(cmd) => admin::handle(applier, cmd).await,

@@ -21,7 +21,7 @@ use crate::sql;
 const PART_WAIT: Duration = Duration::from_secs(60);
 
 /// Why writing a chunk failed.
-enum ChunkFailure {
+pub(crate) enum ChunkFailure {
     /// Fetching it again can succeed.
     Retry(String),
     Permanent {
@@ -207,41 +207,73 @@ impl Applier {
                 let _ = done.send(result.map_err(|e| format!("re-creating {}.{} failed: {e}", table.0, table.1)));
                 Ok(())
             }
-            CopyItem::Chunk { boundary, shape, key_kind, limit, mut parts, done, .. } => {
+            CopyItem::Chunk { id, boundary, after_key, shape, key_kind, limit, parts, done } => {
+                // Written on its own connection, concurrently with other chunks at the same boundary; the
+                // apply loop stays at the boundary (the chunk's floor) until `chunk_done`.
                 let key = (shape.schema.clone(), shape.table.clone());
-                match self.write_chunk(boundary, &shape, &key_kind, limit, &mut parts).await {
-                    Ok(outcome) => {
-                        self.metrics.copied(outcome.rows);
-                        let _ = done.send(Ok(outcome));
-                        Ok(())
-                    }
-                    Err(ChunkFailure::Retry(reason)) => {
-                        self.conn = None;
-                        self.metrics.retried();
-                        let _ = done.send(Err(reason));
-                        Ok(())
-                    }
-                    Err(ChunkFailure::Permanent { statement, reason }) => {
-                        self.metrics.failed();
-                        error!(consumer = %self.config.name, schema = %key.0, table = %key.1, error = %reason,
-                               statement = %statement, "copying a chunk failed");
-                        if self.config.skip_failing_tables {
-                            self.quarantine(key.clone(), boundary, &reason).await?;
-                            let mut p = self.progress(&key);
-                            p.state = "done".into();
-                            self.set_progress(&key, p);
-                            let _ = done.send(Ok(ChunkOutcome { last_key: None, rows: 0, end: true }));
-                            return Ok(());
-                        }
-                        let _ = done.send(Err(reason.clone()));
-                        Err(ApplyError::Permanent {
-                            offset: boundary,
-                            table: format!("{}.{}", key.0, key.1),
-                            statement,
-                            reason: format!("copying a chunk: {reason}"),
-                        })
-                    }
+                let before = self.progress(&key);
+                if before.state != "copying" || before.last_key != after_key {
+                    // An earlier chunk of the table was not written (or the table was re-synced): fetch again.
+                    let _ = done.send(Err("the chunk does not follow what is written; fetching again".into()));
+                    self.shared.clear_floor(id);
+                    return Ok(());
                 }
+                self.writing.insert(key.clone());
+                let (pool, name, shared, results) =
+                    (self.writers.clone(), self.config.name.clone(), self.shared.clone(), self.chunk_results.clone());
+                tokio::spawn(async move {
+                    let result = write_chunk(&pool, &name, boundary, &shape, &key_kind, limit, parts, before).await;
+                    if let Ok((p, _)) = &result {
+                        // Before the worker hears of it, so its next chunk starts after this one.
+                        shared.update(&key, |x| *x = p.clone());
+                    }
+                    let _ = results.send(ChunkDone { id, key, boundary, result, done }).await;
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the result of a chunk written by [`Applier::place`]. Only a permanent error that stops the
+    /// applier is returned.
+    pub async fn chunk_done(&mut self, d: ChunkDone) -> Result<(), ApplyError> {
+        let ChunkDone { key, boundary, result, done, .. } = d;
+        self.writing.remove(&key);
+        match result {
+            Ok((p, outcome)) => {
+                if outcome.end {
+                    info!(consumer = %self.config.name, schema = %key.0, table = %key.1, rows = p.rows_copied,
+                          chunks = p.chunks, "table copied; its changes are applied strictly from now on");
+                }
+                self.set_progress(&key, p);
+                self.metrics.copied(outcome.rows);
+                let _ = done.send(Ok(outcome));
+                Ok(())
+            }
+            Err(ChunkFailure::Retry(reason)) => {
+                self.metrics.retried();
+                let _ = done.send(Err(reason));
+                Ok(())
+            }
+            Err(ChunkFailure::Permanent { statement, reason }) => {
+                self.metrics.failed();
+                error!(consumer = %self.config.name, schema = %key.0, table = %key.1, error = %reason,
+                       statement = %statement, "copying a chunk failed");
+                if self.config.skip_failing_tables {
+                    self.quarantine(key.clone(), boundary, &reason).await?;
+                    let mut p = self.progress(&key);
+                    p.state = "done".into();
+                    self.set_progress(&key, p);
+                    let _ = done.send(Ok(ChunkOutcome { last_key: None, rows: 0, end: true }));
+                    return Ok(());
+                }
+                let _ = done.send(Err(reason.clone()));
+                Err(ApplyError::Permanent {
+                    offset: boundary,
+                    table: format!("{}.{}", key.0, key.1),
+                    statement,
+                    reason: format!("copying a chunk: {reason}"),
+                })
             }
         }
     }
@@ -274,75 +306,6 @@ impl Applier {
               "table re-created from the primary's definition; copying it");
         self.set_progress(table, p);
         Ok(())
-    }
-
-    async fn write_chunk(
-        &mut self,
-        boundary: u64,
-        shape: &TableChange,
-        key_kind: &str,
-        limit: u32,
-        parts: &mut mpsc::Receiver<Result<TableChange, String>>,
-    ) -> Result<ChunkOutcome, ChunkFailure> {
-        let key = (shape.schema.clone(), shape.table.clone());
-        let before = self.progress(&key);
-        let name = self.config.name.clone();
-        let one_read = key_kind == "none" || shape.primary_key.is_empty();
-        let conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        let mut rows = 0u64;
-        let mut last: Option<Vec<Value>> = None;
-        loop {
-            let part = match tokio::time::timeout(PART_WAIT, parts.recv()).await {
-                Err(_) => return Err(ChunkFailure::Retry(format!("the reader sent no rows for {PART_WAIT:?}"))),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(ChunkFailure::Retry(e)),
-                Ok(Some(Ok(part))) => part,
-            };
-            let images: Vec<&Vec<Value>> = part
-                .rows
-                .iter()
-                .filter_map(|r| match r {
-                    RowChange::Insert { after } => Some(after),
-                    _ => None,
-                })
-                .collect();
-            let mut done = 0;
-            while done < images.len() {
-                let n = sql::insert_chunk(images.len() - done, shape.columns.len());
-                // REPLACE: a row already written by a record since the copy began equals this one (see copy.rs).
-                let stmt = if one_read { sql::insert(shape, n) } else { sql::replace(shape, n) };
-                let params: Vec<_> = images[done..done + n].iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
-                if let Err(e) = tx.exec_drop(&stmt, params).await {
-                    return Err(match ChunkFailure::from(e) {
-                        ChunkFailure::Permanent { reason, .. } => ChunkFailure::Permanent { statement: stmt, reason },
-                        retry => retry,
-                    });
-                }
-                done += n;
-            }
-            rows += images.len() as u64;
-            if let Some(row) = images.last() {
-                last = Some(shape.primary_key.iter().map(|&i| row[i as usize].clone()).collect());
-            }
-        }
-        let end = one_read || rows < u64::from(limit);
-        let p = Progress {
-            state: if end { "done" } else { "copying" }.into(),
-            key_kind: key_kind.to_owned(),
-            last_key: last.clone().or(before.last_key),
-            rows_copied: before.rows_copied + rows,
-            rows_estimated: before.rows_estimated,
-            chunks: before.chunks + 1,
-        };
-        checkpoint::save_copy_state(&mut tx, &name, &copy_state(&key, &p), boundary).await?;
-        tx.commit().await?;
-        if end {
-            info!(consumer = %name, schema = %key.0, table = %key.1, rows = p.rows_copied, chunks = p.chunks,
-                  "table copied; its changes are applied strictly from now on");
-        }
-        self.set_progress(&key, p);
-        Ok(ChunkOutcome { last_key: last, rows, end })
     }
 
     /// Marks a table for a re-copy: its changes are skipped until it is re-created from the primary's
@@ -391,4 +354,89 @@ pub fn reply_stale(item: CopyItem, why: &str) {
         }
         CopyItem::Gone { .. } => {}
     }
+}
+
+/// A chunk written by its task, back to the apply loop.
+pub struct ChunkDone {
+    pub id: u64,
+    key: TableKey,
+    boundary: u64,
+    result: Result<(Progress, ChunkOutcome), ChunkFailure>,
+    done: tokio::sync::oneshot::Sender<Result<ChunkOutcome, String>>,
+}
+
+/// Writes one chunk and its table's progress in one transaction on a connection of its own. The transaction
+/// first takes a shared lock on the checkpoint row and checks it still equals the boundary: the apply loop
+/// cannot move it meanwhile, and a restarted applier's exclusive lock waits for a dead predecessor's chunks.
+#[allow(clippy::too_many_arguments)]
+async fn write_chunk(
+    pool: &mysql_async::Pool,
+    name: &str,
+    boundary: u64,
+    shape: &TableChange,
+    key_kind: &str,
+    limit: u32,
+    mut parts: mpsc::Receiver<Result<TableChange, String>>,
+    before: Progress,
+) -> Result<(Progress, ChunkOutcome), ChunkFailure> {
+    let key = (shape.schema.clone(), shape.table.clone());
+    let one_read = key_kind == "none" || shape.primary_key.is_empty();
+    let mut conn = pool.get_conn().await?;
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let at: Option<u64> = tx
+        .exec_first("SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = ? LOCK IN SHARE MODE", (name,))
+        .await?;
+    if at != Some(boundary) {
+        return Err(ChunkFailure::Retry(format!(
+            "the checkpoint is at {at:?}, not at the chunk's boundary {boundary}"
+        )));
+    }
+    let mut rows = 0u64;
+    let mut last: Option<Vec<Value>> = None;
+    loop {
+        let part = match tokio::time::timeout(PART_WAIT, parts.recv()).await {
+            Err(_) => return Err(ChunkFailure::Retry(format!("the reader sent no rows for {PART_WAIT:?}"))),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ChunkFailure::Retry(e)),
+            Ok(Some(Ok(part))) => part,
+        };
+        let images: Vec<&Vec<Value>> = part
+            .rows
+            .iter()
+            .filter_map(|r| match r {
+                RowChange::Insert { after } => Some(after),
+                _ => None,
+            })
+            .collect();
+        let mut done = 0;
+        while done < images.len() {
+            let n = sql::copy_chunk(images.len() - done, shape.columns.len());
+            // REPLACE: a row already written by a record since the copy began equals this one (see copy.rs).
+            let stmt = if one_read { sql::insert(shape, n) } else { sql::replace(shape, n) };
+            let params: Vec<_> = images[done..done + n].iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
+            if let Err(e) = tx.exec_drop(&stmt, params).await {
+                return Err(match ChunkFailure::from(e) {
+                    ChunkFailure::Permanent { reason, .. } => ChunkFailure::Permanent { statement: stmt, reason },
+                    retry => retry,
+                });
+            }
+            done += n;
+        }
+        rows += images.len() as u64;
+        if let Some(row) = images.last() {
+            last = Some(shape.primary_key.iter().map(|&i| row[i as usize].clone()).collect());
+        }
+    }
+    let end = one_read || rows < u64::from(limit);
+    let p = Progress {
+        state: if end { "done" } else { "copying" }.into(),
+        key_kind: key_kind.to_owned(),
+        last_key: last.clone().or(before.last_key),
+        rows_copied: before.rows_copied + rows,
+        rows_estimated: before.rows_estimated,
+        chunks: before.chunks + 1,
+    };
+    checkpoint::save_copy_state(&mut tx, name, &copy_state(&key, &p), boundary).await?;
+    tx.commit().await?;
+    Ok((p, ChunkOutcome { last_key: last, rows, end }))
 }

@@ -56,6 +56,17 @@ fn pick_columns(columns: &[Column], drop: &[usize]) -> Vec<Column> {
     columns.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, c)| c.clone()).collect()
 }
 
+/// Most rows in one statement of an initial copy's chunk.
+pub const MAX_COPY_ROWS: usize = 2048;
+
+/// Rows per statement for `remaining` rows of a copy chunk: larger statements than for streaming, since a
+/// chunk arrives whole (powers of two, so a table needs only a handful of prepared statements).
+pub fn copy_chunk(remaining: usize, columns: usize) -> usize {
+    let cap = (MAX_PLACEHOLDERS / columns.max(1)).clamp(1, MAX_COPY_ROWS);
+    let n = remaining.min(cap);
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
 /// Rows per INSERT chunk for `remaining` rows of a table with `columns` columns.
 pub fn insert_chunk(remaining: usize, columns: usize) -> usize {
     let cap = (MAX_PLACEHOLDERS / columns.max(1)).clamp(1, MAX_INSERT_ROWS);

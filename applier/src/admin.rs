@@ -43,7 +43,19 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("replica.v1.Applier", ServingStatus::Serving).await;
+    let mut serving = state.shared.serving.subscribe();
+    let health_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let s = if *serving.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", s).await;
+            health.set_service_status("replica.v1.Applier", s).await;
+            tokio::select! {
+                _ = health_stop.cancelled() => return,
+                r = serving.changed() => if r.is_err() { return },
+            }
+        }
+    });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(common::proto::FILE_DESCRIPTOR_SET)

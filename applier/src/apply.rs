@@ -122,18 +122,30 @@ pub fn opts(config: &Config) -> OptsBuilder {
 
 /// Takes this consumer's named lock on a new connection before it reads or writes anything. A connection of
 /// a killed predecessor may still be committing on the server; the lock is released only when that
-/// connection is gone, so the checkpoint read next includes its last commit. It also keeps two appliers
-/// with the same name off one secondary.
+/// connection is gone, so the checkpoint read next includes its last commit. If the holder does not go away
+/// within 10 s (a session left behind by a network failure lives until the server's wait_timeout), it is
+/// killed: only an applier of this consumer takes this lock, and two must never run at once.
 async fn lock_consumer(conn: &mut Conn, name: &str) -> Result<(), mysql_async::Error> {
-    let got: Option<Option<i64>> =
-        conn.exec_first("SELECT GET_LOCK(CONCAT('replica-applier:', SHA1(?)), 60)", (name,)).await?;
-    if got == Some(Some(1)) {
-        return Ok(());
+    const LOCK: &str = "CONCAT('replica-applier:', SHA1(?))";
+    for attempt in 0..2 {
+        let got: Option<Option<i64>> = conn.exec_first(format!("SELECT GET_LOCK({LOCK}, 10)"), (name,)).await?;
+        if got == Some(Some(1)) {
+            return Ok(());
+        }
+        if attempt == 0 {
+            let holder: Option<Option<u64>> = conn.exec_first(format!("SELECT IS_USED_LOCK({LOCK})"), (name,)).await?;
+            if let Some(Some(id)) = holder {
+                warn!(consumer = %name, connection = id, "a previous session of this consumer still holds its lock after 10 s; killing it");
+                if let Err(e) = conn.query_drop(format!("KILL CONNECTION {id}")).await {
+                    warn!(consumer = %name, error = %e, "could not kill the previous session");
+                }
+            }
+        }
     }
     Err(mysql_async::Error::Other(
         format!(
             "another session holds this secondary's lock for consumer {name:?} (another replica-applier with the same \
-             name?); waited 60 s"
+             name?)"
         )
         .into(),
     ))
@@ -240,12 +252,21 @@ impl Applier {
 
     /// Checks the idle connection; a failure drops it so the next use reconnects.
     pub async fn health_check(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            if let Err(e) = conn.ping().await {
-                warn!(consumer = %self.config.name, error = %e, "secondary health check failed; reconnecting");
-                self.conn = None;
+        let ok = match self.conn().await {
+            Ok(conn) => match conn.ping().await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(consumer = %self.config.name, error = %e, "secondary health check failed; reconnecting");
+                    self.conn = None;
+                    false
+                }
+            },
+            Err(e) => {
+                warn!(consumer = %self.config.name, error = %e, "cannot reach the secondary");
+                false
             }
-        }
+        };
+        self.shared.secondary_ok.store(ok, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Applies consecutive records (offsets `applied + 1 ..`), retrying transient errors until shutdown.
@@ -263,6 +284,7 @@ impl Applier {
             let failure = match attempt {
                 Ok(Ok(())) => {
                     self.metrics.applied(group);
+                    self.shared.secondary_ok.store(true, std::sync::atomic::Ordering::Relaxed);
                     self.applied = last.offset.0;
                     self.applied_tx.send_replace(self.applied);
                     return Ok(true);
@@ -288,6 +310,7 @@ impl Applier {
                     self.metrics.retried();
                     if needs_reconnect(&e) {
                         self.conn = None;
+                        self.shared.secondary_ok.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                     let pause = retry.next_backoff().unwrap_or(self.config.retry_max);
                     warn!(consumer = %self.config.name, offset = group[0].offset.0, error = %e, retry_in = ?pause, "transient error; retrying");

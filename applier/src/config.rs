@@ -96,6 +96,9 @@ pub struct Cli {
     /// Interval of the secondary connection health check
     #[arg(long, env = "REPLICA_HEALTH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub health_interval: Duration,
+    /// Report NOT_SERVING (and log an error) when records wait but none was applied for this long
+    #[arg(long, env = "REPLICA_STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when empty)
     #[arg(long, env = "REPLICA_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -128,6 +131,7 @@ pub struct Config {
     pub batch_time: Duration,
     pub retry_max: Duration,
     pub health_interval: Duration,
+    pub stall_timeout: Duration,
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -197,6 +201,7 @@ impl TryFrom<Cli> for Config {
             batch_time: c.batch_time,
             retry_max: c.retry_max,
             health_interval: c.health_interval,
+            stall_timeout: c.stall_timeout,
             metrics_addr: c.metrics_addr,
         })
     }

@@ -132,6 +132,12 @@ pub struct CopyShared {
     /// (when, total rows copied) samples for the rate.
     samples: Mutex<VecDeque<(Instant, u64)>>,
     pub started: Mutex<Option<Instant>>,
+    /// Whether the subscription to the reader is up.
+    pub reader_connected: std::sync::atomic::AtomicBool,
+    /// Whether the secondary answered the last statement or health check.
+    pub secondary_ok: std::sync::atomic::AtomicBool,
+    /// Serving (true) or not: false while disconnected from the reader or stalled.
+    pub serving: watch::Sender<bool>,
     /// Quarantined tables with the offset since which they are skipped and why (mirrors the apply loop's).
     pub quarantined: Mutex<BTreeMap<TableKey, (u64, String)>>,
 }
@@ -151,6 +157,9 @@ impl Default for CopyShared {
             samples: Mutex::default(),
             started: Mutex::default(),
             quarantined: Mutex::default(),
+            reader_connected: std::sync::atomic::AtomicBool::new(false),
+            secondary_ok: std::sync::atomic::AtomicBool::new(true),
+            serving: watch::Sender::new(true),
         }
     }
 }

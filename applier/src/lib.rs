@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
             }
         });
     }
+    tokio::spawn(watch_health(config.clone(), shared.clone(), applied_rx.clone(), shutdown.clone()));
     let copy_stop = shutdown.child_token();
     let workers = tokio::spawn(copy::run_workers(config.clone(), shared.clone(), items_tx, copy_stop.clone()));
 
@@ -115,13 +116,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
         shared.clone(),
         stream_stop.clone(),
     ));
-    let acks = tokio::spawn(ack_loop(config.clone(), applied_rx, stream_stop.clone()));
+    // Stopped only after the apply loop, so that its final ack covers the last commit.
+    let ack_stop = CancellationToken::new();
+    let acks = tokio::spawn(ack_loop(config.clone(), applied_rx, ack_stop.clone()));
 
     let result =
         apply_loop(&config, &mut applier, &mut rx, &mut items_rx, &mut chunk_rx, &mut admin_rx, &shutdown).await;
     copy_stop.cancel();
     let _ = workers.await;
     stream_stop.cancel();
+    ack_stop.cancel();
     let _ = subscription.await;
     // The ack loop sends a final ack of what is committed before it ends.
     let _ = tokio::time::timeout(Duration::from_secs(5), acks).await;
@@ -298,6 +302,7 @@ async fn subscribe_loop(
                 .map_err(ApplyError::Subscribe)?
                 .into_inner();
             info!(consumer = %config.name, offset = next, "subscribed to the reader");
+            shared.reader_connected.store(true, Ordering::Relaxed);
             retry.reset();
             loop {
                 let item = tokio::select! {
@@ -336,6 +341,7 @@ async fn subscribe_loop(
             }
         }
         .await;
+        shared.reader_connected.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return,
             Err(ApplyError::Subscribe(status))
@@ -389,6 +395,53 @@ async fn ack_loop(config: Arc<Config>, mut applied: watch::Receiver<u64>, stop: 
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// NOT_SERVING while the subscription to the reader is down (after a grace period) or the pipeline is stalled:
+/// records are waiting but none was applied for `stall_timeout`. A stuck pipeline never looks healthy.
+async fn watch_health(
+    config: Arc<Config>,
+    shared: Arc<CopyShared>,
+    applied: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let mut last = (*applied.borrow(), Instant::now());
+    let mut disconnected_since: Option<Instant> = None;
+    let grace = config.stall_timeout.min(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let now = *applied.borrow();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        let waiting = shared.received.load(Ordering::SeqCst) > now;
+        let stalled = waiting && last.1.elapsed() >= config.stall_timeout;
+        let connected = shared.reader_connected.load(Ordering::Relaxed);
+        if connected {
+            disconnected_since = None;
+        } else if disconnected_since.is_none() {
+            disconnected_since = Some(Instant::now());
+        }
+        let unreachable = disconnected_since.is_some_and(|t| t.elapsed() >= grace);
+        let secondary_down = !shared.secondary_ok.load(Ordering::Relaxed);
+        let serving = !stalled && !unreachable && !secondary_down;
+        if serving != *shared.serving.borrow() {
+            if stalled {
+                tracing::error!(consumer = %config.name, applied_offset = now, received_offset = shared.received.load(Ordering::SeqCst),
+                                stalled_for = ?last.1.elapsed(), "pipeline stalled: records are waiting but none was applied; health is NOT_SERVING");
+            } else if unreachable {
+                warn!(consumer = %config.name, "the reader is unreachable; health is NOT_SERVING");
+            } else if secondary_down {
+                warn!(consumer = %config.name, "the secondary is unreachable; health is NOT_SERVING");
+            } else {
+                info!(consumer = %config.name, applied_offset = now, "applying again; health is SERVING");
+            }
+            shared.serving.send_replace(serving);
         }
     }
 }

@@ -17,6 +17,48 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// At each SIGHUP, reads the log level again: the `log_level` key of the config file if it has one, else
+/// `RUST_LOG` in `.env`; the running process switches to it without a restart.
+pub async fn reload_on_sighup(reload: crate::logging::LogReload, config_file: Option<std::path::PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match reloaded_level(config_file.as_deref()) {
+            Ok(Some(level)) => match reload.set(&level) {
+                Ok(()) => tracing::info!(level = %level, "SIGHUP: log level reloaded"),
+                Err(e) => tracing::error!(error = %error_chain(&e), "SIGHUP: log level not changed"),
+            },
+            Ok(None) => tracing::info!("SIGHUP: no log level in the config file or .env; unchanged"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: log level not changed"),
+        }
+    }
+}
+
+fn reloaded_level(config_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    if let Some(path) = config_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let table: toml::Table = text.parse().map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
+        if let Some(v) = table.get("log_level").or_else(|| table.get("log-level")) {
+            return v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| "log_level must be a string".to_owned());
+        }
+    }
+    match dotenvy::from_filename_iter(".env") {
+        Ok(items) => {
+            for item in items {
+                let (k, v) = item.map_err(|e| format!(".env: {e}"))?;
+                if k == "RUST_LOG" {
+                    return Ok(Some(v));
+                }
+            }
+            Ok(None)
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// An error with every `source` after it, `: `-separated.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -59,10 +101,13 @@ where
     }
     let cli = C::parse();
     let print_config = cli.print_config();
-    if let Err(e) = crate::logging::init(cli.log(), name) {
-        eprintln!("{name}: {e}");
-        return ExitCode::from(2);
-    }
+    let reload = match crate::logging::init(cli.log(), name) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match C::Config::try_from(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -77,6 +122,7 @@ where
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(reload_on_sighup(reload, crate::config_file::path_from_args()));
     match run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -23,10 +23,28 @@ pub enum LoggingError {
     AlreadyInitialised,
 }
 
+/// Changes the log filter of the running process (SIGHUP).
+#[derive(Clone)]
+pub struct LogReload(
+    tracing_subscriber::reload::Handle<
+        EnvFilter,
+        tracing_subscriber::layer::Layered<Vec<BoxedLayer>, tracing_subscriber::Registry>,
+    >,
+);
+
+impl LogReload {
+    pub fn set(&self, level: &str) -> Result<(), LoggingError> {
+        let filter =
+            EnvFilter::try_new(level).map_err(|source| LoggingError::Filter { filter: level.to_owned(), source })?;
+        self.0.reload(filter).map_err(|_| LoggingError::AlreadyInitialised)
+    }
+}
+
 /// Installs the global subscriber. Must run inside a tokio runtime when Graylog is enabled.
-pub fn init(args: &LogArgs, service: &'static str) -> Result<(), LoggingError> {
+pub fn init(args: &LogArgs, service: &'static str) -> Result<LogReload, LoggingError> {
     let filter = EnvFilter::try_new(&args.log_level)
         .map_err(|source| LoggingError::Filter { filter: args.log_level.clone(), source })?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let mut layers: Vec<BoxedLayer> = vec![match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
@@ -34,7 +52,12 @@ pub fn init(args: &LogArgs, service: &'static str) -> Result<(), LoggingError> {
     if args.graylog_enabled {
         layers.push(gelf_layer(args, service)?);
     }
-    tracing_subscriber::registry().with(layers).with(filter).try_init().map_err(|_| LoggingError::AlreadyInitialised)
+    tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .try_init()
+        .map_err(|_| LoggingError::AlreadyInitialised)?;
+    Ok(LogReload(handle))
 }
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;

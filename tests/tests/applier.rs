@@ -339,3 +339,62 @@ async fn both_processes_serve_prometheus_metrics_of_the_pipeline() {
         assert!(m.contains(line), "applier metrics have {line:?}:\n{m}");
     }
 }
+
+fn health(addr: &str) -> String {
+    tests::run_grpcurl(&["-plaintext", addr, "grpc.health.v1.Health/Check"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_pipeline_reports_not_serving_and_recovers() {
+    let (primary, reader, secondaries) = pipeline(1).await;
+    let admin = format!("127.0.0.1:{}", tests::free_port());
+    let a = Applier::start(
+        &reader,
+        &secondaries[0],
+        "stuck",
+        &[("REPLICA_START_OFFSET", "1"), ("REPLICA_ADMIN_ADDR", &admin), ("REPLICA_STALL_TIMEOUT", "2s")],
+    );
+    primary.exec("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v INT)").await;
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+    assert!(health(&admin).contains("\"SERVING\""), "{}", health(&admin));
+    // Something on the secondary holds the table: records wait, nothing is applied.
+    let mut blocker = secondaries[0].conn().await;
+    blocker.query_drop("LOCK TABLES s.t WRITE").await.expect("lock");
+    primary.exec("INSERT INTO s.t VALUES (1, 1)").await;
+    tests::eventually(WAIT, "health turns NOT_SERVING", || async {
+        health(&admin).contains("NOT_SERVING").then_some(())
+    })
+    .await;
+    assert!(a.log_text().contains("pipeline stalled"), "the stall is logged as an error:\n{}", a.log_text());
+    blocker.query_drop("UNLOCK TABLES").await.expect("unlock");
+    tests::eventually(WAIT, "health is SERVING again", || async {
+        health(&admin).contains("\"SERVING\"").then_some(())
+    })
+    .await;
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_the_applier_and_the_reader_and_both_exit_zero() {
+    let (primary, mut reader, secondaries) = pipeline(1).await;
+    let secondary = &secondaries[0];
+    let mut a = Applier::start(&reader, secondary, "drain", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec("CREATE DATABASE d; CREATE TABLE d.t (a INT, b VARCHAR(20))").await;
+    let load = tokio::spawn(load_rows(primary.root_opts(), "d.t", 0, 600, 5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = std::time::Instant::now();
+    let status = a.terminate().unwrap_or_else(|| panic!("the applier exits by itself:\n{}", a.log_text()));
+    assert!(status.success() && t.elapsed() < Duration::from_secs(10), "{status:?} after {:?}", t.elapsed());
+    // Its final ack is exactly what it committed.
+    let committed = applied(secondary, "drain").await;
+    let acked = reader.info().await.consumers.into_iter().find(|c| c.name == "drain").map(|c| c.acked_offset);
+    assert_eq!(acked, Some(committed), "final ack = checkpoint:\n{}", a.log_text());
+    let t = std::time::Instant::now();
+    let status = reader.terminate().unwrap_or_else(|| panic!("the reader exits by itself:\n{}", reader.log_text()));
+    assert!(status.success() && t.elapsed() < Duration::from_secs(10), "{status:?} after {:?}", t.elapsed());
+    load.await.expect("load");
+    reader.restart().await;
+    a.spawn();
+    caught_up(&primary, &reader, secondary, &a).await;
+    assert_same_data(&primary, secondary, "d").await;
+}

@@ -24,6 +24,46 @@ fn docker_compose_file_is_valid_and_runs_the_whole_product() {
     assert!(text.contains("--binlog-row-metadata=FULL"), "the primary is configured for the reader");
 }
 
+/// Graylog, MongoDB and OpenSearch are defined, each behind the `graylog` profile (so a plain `up` leaves them
+/// out); Debian's docker-compose 1.29 lists every service in `config`, with its profiles.
+#[test]
+fn graylog_comes_with_its_compose_profile_only() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let out = std::process::Command::new("docker-compose")
+        .args(["--profile", "graylog", "config"])
+        .current_dir(root)
+        .output()
+        .expect("docker-compose runs");
+    assert!(out.status.success(), "docker-compose config failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Each service's lines, from the `services:` section.
+    let mut services: Vec<(String, String)> = Vec::new();
+    let mut in_services = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            in_services = line == "services:";
+            continue;
+        }
+        if !in_services {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')).and_then(|l| l.strip_suffix(':')) {
+            services.push((name.to_owned(), String::new()));
+        } else if let Some((_, body)) = services.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    for (name, body) in &services {
+        let profiled = body.contains("profiles:");
+        assert_eq!(profiled, name.starts_with("graylog"), "{name}: only Graylog's services are behind a profile");
+    }
+    for wanted in ["graylog", "graylog-mongodb", "graylog-opensearch"] {
+        assert!(services.iter().any(|(n, _)| n == wanted), "{wanted} is defined");
+    }
+    assert!(text.contains("protocol: udp") && text.contains("published: 12201"), "Graylog takes GELF over UDP");
+}
+
 /// Every metric the Grafana dashboard queries is one the binaries register.
 #[test]
 fn the_grafana_dashboard_queries_only_metrics_that_exist() {

@@ -60,3 +60,24 @@ async fn gelf_messages_reach_graylog_with_stable_fields_and_an_outage_blocks_not
     }
     reader2.wait_for_offset(202, Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_log_level_from_the_config_file() {
+    let primary = tests::MariaDb::start(tests::Role::Primary).await;
+    let file = primary.dir.path().join("reader.toml");
+    std::fs::write(&file, "log_level = \"info\"\n").expect("config file");
+    let path = file.to_string_lossy().into_owned();
+    let mut reader =
+        tests::Reader::start(&primary, &primary.dir.path().join("journal"), &[("REPLICA_CONFIG", &path)]).await;
+    assert!(!reader.log_text().contains("DEBUG"), "info level at start");
+    std::fs::write(&file, "log_level = \"debug\"\n").expect("config file");
+    let status = std::process::Command::new("kill").args(["-HUP", &reader.pid().to_string()]).status().expect("kill");
+    assert!(status.success());
+    tests::eventually(Duration::from_secs(20), "the reader logs at debug level after SIGHUP", || async {
+        primary.exec("CREATE DATABASE IF NOT EXISTS hup").await;
+        let log = reader.log_text();
+        (log.contains("log level reloaded") && log.contains("DEBUG")).then_some(())
+    })
+    .await;
+    assert_eq!(reader.exited(), None, "still running");
+}

@@ -17,6 +17,7 @@ command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]] || need_apt+=
 command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v pt-table-sync >/dev/null 2>&1 || need_apt+=(percona-toolkit)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]} from Debian's packages"
   as_root apt-get update -qq
@@ -33,8 +34,8 @@ logs="$PWD/target/test-logs"
 rm -rf "$logs" && mkdir -p "$logs"
 export REPLICA_TEST_LOG_DIR="$logs"
 cargo test --locked --workspace "$@" 2>&1 | tee "$logs/cargo-test.log"
-# The passwords the tests use (tests/src/lib.rs REPL_PASS, tests/tests/config.rs).
-leaks=$(grep -rlF -e repl-secret-7f3a -e primary-secret-31 -e east-secret-41 -e west-secret-42 "$logs" || true)
+# The passwords and the token the tests use (tests/src/lib.rs REPL_PASS, tests/tests/config.rs, tests/tests/security.rs).
+leaks=$(grep -rlF -e repl-secret-7f3a -e primary-secret-31 -e east-secret-41 -e west-secret-42 -e tok-5e1f-b7 -e app-pass-9c "$logs" || true)
 if [[ -n "$leaks" ]]; then
   echo "a password was printed, in: $leaks" >&2
   exit 1

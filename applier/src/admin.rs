@@ -37,11 +37,19 @@ pub struct AdminState {
     pub metrics: ApplierMetrics,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin service settings: {0}")]
+    Settings(String),
+    #[error("admin gRPC service failed")]
+    Serve(#[from] tonic::transport::Error),
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     stop: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), AdminError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut serving = state.shared.serving.subscribe();
     let health_stop = stop.clone();
@@ -61,8 +69,12 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(common::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let mut server =
-        tonic::transport::Server::builder().add_service(health_service).add_service(ApplierServer::new(state));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = state.config.security.server_tls().map_err(AdminError::Settings)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let token = state.config.security.require_token();
+    let mut server = builder.add_service(health_service).add_service(ApplierServer::with_interceptor(state, token));
     if let (Ok(v1), Ok(v1alpha)) = (reflection().build_v1(), reflection().build_v1alpha()) {
         server = server.add_service(v1).add_service(v1alpha);
     }
@@ -70,7 +82,8 @@ pub async fn serve(
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             stop.cancelled().await
         })
-        .await
+        .await?;
+    Ok(())
 }
 
 #[tonic::async_trait]

@@ -110,6 +110,7 @@ pub fn opts(config: &Config) -> OptsBuilder {
         .user(Some(config.user.clone()))
         .pass(Some(config.password.expose().to_owned()))
         .prefer_socket(false)
+        .ssl_opts(config.maria_tls.ssl_opts())
         .client_found_rows(true)
         .stmt_cache_size(512)
         .max_allowed_packet(Some(1 << 30))

@@ -106,6 +106,12 @@ pub struct Cli {
     #[arg(long)]
     pub print_config: bool,
     #[command(flatten)]
+    pub maria_tls: common::config::MariaTlsArgs,
+    #[command(flatten)]
+    pub security: common::grpc_security::ServeSecurityArgs,
+    #[command(flatten)]
+    pub reader_tls: common::grpc_security::ReaderTlsArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -132,6 +138,9 @@ pub struct Config {
     pub retry_max: Duration,
     pub health_interval: Duration,
     pub stall_timeout: Duration,
+    pub maria_tls: common::config::MariaTlsArgs,
+    pub security: common::grpc_security::ServeSecurityArgs,
+    pub reader_tls: common::grpc_security::ReaderTlsArgs,
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -146,6 +155,9 @@ fn list(s: &str) -> Vec<String> {
 impl TryFrom<Cli> for Config {
     type Error = String;
     fn try_from(c: Cli) -> Result<Self, String> {
+        c.security.validate()?;
+        c.maria_tls.validate()?;
+        c.reader_tls.validate(&c.reader_url)?;
         let (mut host, mut port, mut name, mut user, mut password) =
             (c.secondary_host, c.secondary_port, c.secondary_name, c.secondary_user, c.secondary_password);
         if let Some(wanted) = &c.secondary {
@@ -203,6 +215,9 @@ impl TryFrom<Cli> for Config {
             health_interval: c.health_interval,
             stall_timeout: c.stall_timeout,
             metrics_addr: c.metrics_addr,
+            security: c.security,
+            maria_tls: c.maria_tls,
+            reader_tls: c.reader_tls,
         })
     }
 }

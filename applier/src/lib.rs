@@ -266,16 +266,25 @@ fn check_offset(r: &Record, expected: u64) -> Result<(), ApplyError> {
     }
 }
 
-pub(crate) async fn connect(config: &Config) -> Result<JournalClient<tonic::transport::Channel>, ApplyError> {
+/// A client of the reader's journal service that sends the bearer token.
+pub(crate) type ReaderClient = JournalClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, common::grpc_security::BearerToken>,
+>;
+
+pub(crate) async fn connect(config: &Config) -> Result<ReaderClient, ApplyError> {
     let reader_err = |reason: String| ApplyError::Reader { url: config.reader_url.clone(), reason };
-    let endpoint = tonic::transport::Endpoint::from_shared(config.reader_url.clone())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(config.reader_url.clone())
         .map_err(|e| reader_err(e.to_string()))?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
-    let channel = endpoint.connect().await.map_err(|e| reader_err(e.to_string()))?;
+    if let Some(tls) = config.reader_tls.client_tls().map_err(reader_err)? {
+        endpoint = endpoint.tls_config(tls).map_err(|e| reader_err(format!("TLS settings: {e}")))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| reader_err(common::lifecycle::error_chain(&e)))?;
+    let token = common::grpc_security::BearerToken::new(config.security.auth_token.as_ref()).map_err(reader_err)?;
     // One record is one source transaction, which can be far larger than gRPC's 4 MiB default.
-    Ok(JournalClient::new(channel).max_decoding_message_size(usize::MAX))
+    Ok(JournalClient::with_interceptor(channel, token).max_decoding_message_size(usize::MAX))
 }
 
 /// Streams records from `next` on, resubscribing after interruptions, until `stop`.
@@ -371,7 +380,7 @@ async fn subscribe_loop(
 
 /// Acks the applied offset to the reader, coalesced; a final ack when stopping.
 async fn ack_loop(config: Arc<Config>, mut applied: watch::Receiver<u64>, stop: CancellationToken) {
-    let mut client: Option<JournalClient<tonic::transport::Channel>> = None;
+    let mut client: Option<ReaderClient> = None;
     let mut acked = 0;
     loop {
         let stopping = tokio::select! {

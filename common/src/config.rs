@@ -149,3 +149,41 @@ mod tests {
         assert!(parse_size("lots").is_err());
     }
 }
+
+/// TLS to MariaDB (the primary for the reader, the secondary for the applier).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MariaTlsArgs {
+    /// Connect to MariaDB over TLS
+    #[arg(long, env = "MARIA_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub maria_tls: bool,
+    /// PEM CA to verify MariaDB's certificate with (default: the webpki roots)
+    #[arg(long, env = "MARIA_TLS_CA")]
+    pub maria_tls_ca: Option<std::path::PathBuf>,
+    /// Accept any MariaDB certificate (encrypts, but no longer proves the server's identity)
+    #[arg(long, env = "MARIA_TLS_SKIP_VERIFY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub maria_tls_skip_verify: bool,
+}
+
+impl MariaTlsArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.maria_tls && (self.maria_tls_ca.is_some() || self.maria_tls_skip_verify) {
+            return Err("MARIA_TLS_CA and MARIA_TLS_SKIP_VERIFY need MARIA_TLS=true".into());
+        }
+        if let Some(ca) = &self.maria_tls_ca {
+            std::fs::metadata(ca).map_err(|e| format!("MARIA_TLS_CA {}: {e}", ca.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The driver's TLS settings, if TLS is on.
+    pub fn ssl_opts(&self) -> Option<mysql_async::SslOpts> {
+        if !self.maria_tls {
+            return None;
+        }
+        let mut opts = mysql_async::SslOpts::default().with_danger_accept_invalid_certs(self.maria_tls_skip_verify);
+        if let Some(ca) = &self.maria_tls_ca {
+            opts = opts.with_root_certs(vec![ca.clone().into()]);
+        }
+        Some(opts)
+    }
+}

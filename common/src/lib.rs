@@ -5,6 +5,7 @@
 //! - [`codec`]: the versioned bincode encoding of records in the journal
 //! - [`proto`] and [`convert`]: the gRPC wire types and the one mapping to and from the domain
 //! - [`config`], [`config_file`] and [`logging`]: secrets, shared options, the TOML file, tracing/GELF setup
+//! - [`grpc_security`]: TLS and the bearer token for gRPC
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
 //! - [`metrics`]: the Prometheus endpoint
 //! - [`reference`]: the README configuration reference, generated from clap
@@ -14,6 +15,7 @@ pub mod config;
 pub mod config_file;
 pub mod convert;
 pub mod event;
+pub mod grpc_security;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

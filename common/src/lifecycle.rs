@@ -38,18 +38,23 @@ pub async fn reload_on_sighup(reload: crate::logging::LogReload, config_file: Op
 }
 
 fn reloaded_level(config_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    reloaded_setting(config_file, "log_level", "RUST_LOG")
+}
+
+/// A setting as a reload (SIGHUP) finds it: `key` in the config file if it has it, else `env` in `.env`.
+pub fn reloaded_setting(config_file: Option<&std::path::Path>, key: &str, env: &str) -> Result<Option<String>, String> {
     if let Some(path) = config_file {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let table: toml::Table = text.parse().map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
-        if let Some(v) = table.get("log_level").or_else(|| table.get("log-level")) {
-            return v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| "log_level must be a string".to_owned());
+        if let Some(v) = table.get(key).or_else(|| table.get(&key.replace('_', "-"))) {
+            return v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| format!("{key} must be a string"));
         }
     }
     match dotenvy::from_filename_iter(".env") {
         Ok(items) => {
             for item in items {
                 let (k, v) = item.map_err(|e| format!(".env: {e}"))?;
-                if k == "RUST_LOG" {
+                if k == env {
                     return Ok(Some(v));
                 }
             }

@@ -8,7 +8,7 @@ use clap::Parser;
 use common::config::{parse_duration, parse_size, LogArgs, Secret};
 use common::position::StartPosition;
 
-use crate::filter::Filter;
+use crate::filter::{Filter, LiveFilter};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -69,6 +69,10 @@ pub struct Cli {
     #[arg(long)]
     pub print_config: bool,
     #[command(flatten)]
+    pub maria_tls: common::config::MariaTlsArgs,
+    #[command(flatten)]
+    pub security: common::grpc_security::ServeSecurityArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -83,18 +87,22 @@ pub struct Config {
     pub primary_name: String,
     pub journal_dir: PathBuf,
     pub grpc_addr: SocketAddr,
-    pub filter: Filter,
+    pub filter: LiveFilter,
     pub start_position: StartPosition,
     pub retention: Duration,
     pub journal_max_bytes: u64,
     pub heartbeat: Duration,
     pub reconnect_max: Duration,
+    pub maria_tls: common::config::MariaTlsArgs,
+    pub security: common::grpc_security::ServeSecurityArgs,
     pub metrics_addr: Option<SocketAddr>,
 }
 
 impl TryFrom<Cli> for Config {
     type Error = String;
     fn try_from(c: Cli) -> Result<Self, String> {
+        c.security.validate()?;
+        c.maria_tls.validate()?;
         let filter = Filter::new(&c.include, &c.exclude).map_err(|e| format!("invalid filter: {e}"))?;
         let start_position = c.start_position.parse().map_err(|e| format!("--start-position: {e}"))?;
         if c.server_id == 0 {
@@ -112,13 +120,15 @@ impl TryFrom<Cli> for Config {
             primary_name: c.primary_name,
             journal_dir: c.journal_dir,
             grpc_addr: c.grpc_addr,
-            filter,
+            filter: LiveFilter::new(filter),
             start_position,
             retention: c.retention,
             journal_max_bytes: c.journal_max_bytes,
             heartbeat: c.heartbeat,
             reconnect_max: c.reconnect_max,
             metrics_addr: c.metrics_addr,
+            security: c.security,
+            maria_tls: c.maria_tls,
         })
     }
 }

@@ -43,6 +43,28 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// The filter in force, which a SIGHUP may replace while the reader runs.
+#[derive(Debug, Clone, Default)]
+pub struct LiveFilter(std::sync::Arc<std::sync::RwLock<Filter>>);
+
+impl LiveFilter {
+    pub fn new(filter: Filter) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(filter)))
+    }
+
+    pub fn table(&self, schema: &str, table: &str) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).table(schema, table)
+    }
+
+    pub fn schema(&self, schema: &str) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).schema(schema)
+    }
+
+    pub fn replace(&self, filter: Filter) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     include: Vec<Pattern>,

@@ -72,6 +72,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(trim_loop(journal.clone(), config.retention, shutdown.clone()));
+    tasks.spawn(reload_filters_on_sighup(config.clone(), shutdown.clone()));
 
     if let Some(addr) = config.metrics_addr {
         let mut gauges = metrics::ReaderMetrics::new(&status.counters);
@@ -107,12 +108,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
         .map_err(|e| ReaderError::Task(format!("cannot listen on {}: {e}", config.grpc_addr)))?;
     info!(addr = %listener.local_addr().map_err(|e| ReaderError::Task(e.to_string()))?, "gRPC listening");
     let serve_shutdown = shutdown.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.security.server_tls().map_err(ReaderError::Task)? {
+        builder = builder.tls_config(tls).map_err(|e| ReaderError::Task(format!("TLS settings: {e}")))?;
+        info!(client_certificates = config.security.tls_client_ca.is_some(), "gRPC serves TLS");
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(JournalServer::new(service))
+            .add_service(JournalServer::with_interceptor(service, config.security.require_token()))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
                 serve_shutdown.cancelled().await
             }),
@@ -182,6 +188,37 @@ async fn health_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// At each SIGHUP, reads the table filters again (`include`/`exclude` in the config file, else
+/// `REPLICA_INCLUDE`/`REPLICA_EXCLUDE` in `.env`) and applies them from the next transaction on. A table
+/// newly included has no history in the journal: re-copy it on each secondary (ResyncTable).
+async fn reload_filters_on_sighup(config: Arc<Config>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            h = hup.recv() => if h.is_none() { return },
+        }
+        let file = common::config_file::path_from_args();
+        let include = common::lifecycle::reloaded_setting(file.as_deref(), "include", "REPLICA_INCLUDE");
+        let exclude = common::lifecycle::reloaded_setting(file.as_deref(), "exclude", "REPLICA_EXCLUDE");
+        match (include, exclude) {
+            (Ok(None), Ok(None)) => info!("SIGHUP: no filters in the config file or .env; unchanged"),
+            (Ok(include), Ok(exclude)) => {
+                let (include, exclude) = (include.unwrap_or_default(), exclude.unwrap_or_default());
+                match filter::Filter::new(&include, &exclude) {
+                    Ok(f) => {
+                        config.filter.replace(f);
+                        info!(include = %include, exclude = %exclude, "SIGHUP: table filters reloaded");
+                    }
+                    Err(e) => warn!(error = %e, "SIGHUP: invalid filters; unchanged"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "SIGHUP: filters unchanged"),
         }
     }
 }

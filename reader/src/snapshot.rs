@@ -96,6 +96,7 @@ impl Snapshots {
             .user(Some(config.user.clone()))
             .pass(Some(config.password.expose().to_owned()))
             .prefer_socket(false)
+            .ssl_opts(config.maria_tls.ssl_opts())
             .max_allowed_packet(Some(1 << 30))
             .pool_opts(PoolOpts::default().with_constraints(PoolConstraints::new(0, 16).unwrap_or_default()))
             // UTC so TIMESTAMPs come back as instants; a slow applier may leave a chunk's rows unread a while.

@@ -130,6 +130,7 @@ impl Source {
             .pass(Some(self.config.password.expose().to_owned()))
             .max_allowed_packet(Some(1 << 30))
             .prefer_socket(false)
+            .ssl_opts(self.config.maria_tls.ssl_opts())
             .into()
     }
 

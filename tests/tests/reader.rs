@@ -567,3 +567,36 @@ async fn xa_transactions_are_journaled_at_commit_and_survive_a_crash_between_the
     let primary: Vec<i64> = db.query("SELECT id FROM x.t ORDER BY id").await;
     assert_eq!(primary, vec![1, 3, 4, 5]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_table_filters_from_the_config_file() {
+    let db = MariaDb::start(Role::Primary).await;
+    let file = db.dir.path().join("reader.toml");
+    std::fs::write(&file, "include = \"a\"\n").expect("config file");
+    let path = file.to_string_lossy().into_owned();
+    let reader = Reader::start(&db, &journal_dir(&db), &[("REPLICA_CONFIG", &path)]).await;
+    db.exec(
+        "CREATE DATABASE a; CREATE DATABASE b; CREATE TABLE a.t (id INT PRIMARY KEY); \
+         CREATE TABLE b.t (id INT PRIMARY KEY); INSERT INTO b.t VALUES (1); INSERT INTO a.t VALUES (1)",
+    )
+    .await;
+    eventually(WAIT, "a.t's row is journaled", || async {
+        row_changes(&reader.records().await).iter().any(|r| r.schema == "a").then_some(())
+    })
+    .await;
+    std::fs::write(&file, "include = \"a,b\"\n").expect("config file");
+    let status = std::process::Command::new("kill").args(["-HUP", &reader.pid().to_string()]).status().expect("kill");
+    assert!(status.success());
+    eventually(WAIT, "the filters are reloaded", || async {
+        reader.log_text().contains("table filters reloaded").then_some(())
+    })
+    .await;
+    db.exec("INSERT INTO b.t VALUES (2)").await;
+    let rows = eventually(WAIT, "b.t's new row is journaled", || async {
+        let rows = row_changes(&reader.records().await);
+        rows.iter().any(|r| r.schema == "b").then_some(rows)
+    })
+    .await;
+    let b: Vec<_> = rows.iter().filter(|r| r.schema == "b").collect();
+    assert_eq!(b.len(), 1, "only the row written after the reload: {b:?}");
+}

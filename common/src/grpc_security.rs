@@ -1,0 +1,184 @@
+//! gRPC security shared by both binaries: TLS with rustls for what a process serves (optionally requiring
+//! client certificates) and for the applier's connection to the reader, and the bearer token.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::{Request, Status};
+
+use crate::config::Secret;
+
+/// What a process serves its gRPC with (the reader's journal, the applier's admin service).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeSecurityArgs {
+    /// PEM certificate (chain) to serve gRPC over TLS with; TLS is on when this and --tls-key are set
+    #[arg(long, env = "REPLICA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "REPLICA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require gRPC clients to present a certificate signed by this PEM CA (mutual TLS)
+    #[arg(long, env = "REPLICA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer token required on every journal and admin call (`authorization: Bearer ...`), and sent by the applier
+    #[arg(long, env = "REPLICA_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<Secret>,
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+}
+
+impl ServeSecurityArgs {
+    /// Checks the combination at start: both or neither of certificate and key, a client CA only with TLS.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err("REPLICA_TLS_CERT and REPLICA_TLS_KEY go together: set both to serve TLS".into())
+            }
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("REPLICA_TLS_CLIENT_CA needs TLS: set REPLICA_TLS_CERT and REPLICA_TLS_KEY too".into());
+        }
+        if self.auth_token.as_ref().is_some_and(|t| t.expose().is_empty() || !t.expose().is_ascii()) {
+            return Err("REPLICA_AUTH_TOKEN must be non-empty ASCII".into());
+        }
+        Ok(())
+    }
+
+    /// The server's TLS settings, if TLS is on (files are read here, at start).
+    pub fn server_tls(&self) -> Result<Option<ServerTlsConfig>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let mut tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        Ok(Some(tls))
+    }
+
+    pub fn require_token(&self) -> RequireToken {
+        RequireToken(self.auth_token.as_ref().map(|t| Arc::from(t.expose())))
+    }
+}
+
+/// How the applier reaches the reader over TLS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReaderTlsArgs {
+    /// PEM CA that signed the reader's certificate; TLS to the reader is on when set (or the URL is https://)
+    #[arg(long, env = "REPLICA_READER_CA")]
+    pub reader_ca: Option<PathBuf>,
+    /// PEM client certificate presented to the reader (mutual TLS)
+    #[arg(long, env = "REPLICA_READER_CLIENT_CERT")]
+    pub reader_client_cert: Option<PathBuf>,
+    /// PEM private key of --reader-client-cert
+    #[arg(long, env = "REPLICA_READER_CLIENT_KEY")]
+    pub reader_client_key: Option<PathBuf>,
+    /// Name to verify the reader's certificate against (default: the URL's host)
+    #[arg(long, env = "REPLICA_READER_TLS_DOMAIN")]
+    pub reader_tls_domain: Option<String>,
+}
+
+impl ReaderTlsArgs {
+    pub fn validate(&self, url: &str) -> Result<(), String> {
+        if url.starts_with("https://") && self.reader_ca.is_none() {
+            return Err(
+                "an https:// reader URL needs REPLICA_READER_CA (the CA that signed the reader's certificate)".into()
+            );
+        }
+        match (&self.reader_client_cert, &self.reader_client_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                Err("REPLICA_READER_CLIENT_CERT and REPLICA_READER_CLIENT_KEY go together".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The client's TLS settings, if TLS to the reader is on.
+    pub fn client_tls(&self) -> Result<Option<ClientTlsConfig>, String> {
+        let Some(ca) = &self.reader_ca else { return Ok(None) };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "reader CA")?));
+        if let (Some(cert), Some(key)) = (&self.reader_client_cert, &self.reader_client_key) {
+            tls = tls.identity(Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
+        }
+        if let Some(domain) = &self.reader_tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        Ok(Some(tls))
+    }
+}
+
+/// Server side: refuses a call without the expected bearer token (no token configured: everything passes).
+#[derive(Clone)]
+pub struct RequireToken(Option<Arc<str>>);
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.0 else { return Ok(req) };
+        let given =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(token) if same(token.as_bytes(), expected.as_bytes()) => Ok(req),
+            _ => Err(Status::unauthenticated(
+                "missing or wrong bearer token: send the header `authorization: Bearer <REPLICA_AUTH_TOKEN>`",
+            )),
+        }
+    }
+}
+
+/// Client side: adds the bearer token to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&Secret>) -> Result<Self, String> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.expose())
+                    .parse()
+                    .map_err(|_| "REPLICA_AUTH_TOKEN is not a valid header value".to_owned())
+            })
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    #[test]
+    fn only_the_right_bearer_token_passes() {
+        let mut check = RequireToken(Some(Arc::from("s3cret")));
+        let mut with = |header: Option<&str>| {
+            let mut req = Request::new(());
+            if let Some(h) = header {
+                req.metadata_mut().insert("authorization", h.parse().expect("header"));
+            }
+            check.call(req).map(|_| ()).map_err(|s| s.code())
+        };
+        assert_eq!(with(Some("Bearer s3cret")), Ok(()));
+        assert_eq!(with(Some("Bearer s3cre")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(with(Some("s3cret")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(with(None), Err(tonic::Code::Unauthenticated));
+        assert!(RequireToken(None).call(Request::new(())).is_ok());
+    }
+}

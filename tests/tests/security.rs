@@ -1,0 +1,217 @@
+//! gRPC security with real processes and the real grpcurl: TLS with the reader's certificate, client
+//! certificates (mutual TLS), and the bearer token on every journal call.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tests::{eventually, Applier, MariaDb, Reader, Role};
+
+const TOKEN: &str = "tok-5e1f-b7";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, signed by the CA.
+fn make_certs(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let days = ["-days", "2"];
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=test-ca",
+            days[0],
+            days[1],
+        ],
+    );
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+                days[0],
+                days[1],
+            ],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_client_certificates_and_the_bearer_token_guard_the_journal() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let certs = primary.dir.path().join("certs");
+    make_certs(&certs);
+    let path = |f: &str| certs.join(f).to_string_lossy().into_owned();
+    let (ca, server_cert, server_key, client_cert, client_key) =
+        (path("ca.pem"), path("server.pem"), path("server.key"), path("client.pem"), path("client.key"));
+    let reader = Reader::start_unchecked(
+        &primary,
+        &primary.dir.path().join("journal"),
+        &[
+            ("REPLICA_TLS_CERT", &server_cert),
+            ("REPLICA_TLS_KEY", &server_key),
+            ("REPLICA_TLS_CLIENT_CA", &ca),
+            ("REPLICA_AUTH_TOKEN", TOKEN),
+        ],
+    );
+    let addr = format!("127.0.0.1:{}", reader.grpc_port);
+    let bearer = format!("authorization: Bearer {TOKEN}");
+    let grpcurl = |args: &[&str]| -> Output {
+        Command::new(tests::grpcurl())
+            .args(["-max-time", "5"])
+            .args(args)
+            .args([addr.as_str(), "replica.v1.Journal/GetInfo"])
+            .output()
+            .expect("grpcurl runs")
+    };
+    let text = |o: &Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let full = ["-cacert", &ca, "-cert", &client_cert, "-key", &client_key, "-H", &bearer];
+    eventually(
+        Duration::from_secs(30),
+        "the reader answers over TLS with a client certificate and the token",
+        || async {
+            let out = grpcurl(&full);
+            (out.status.success() && text(&out).contains("primaryName")).then_some(())
+        },
+    )
+    .await;
+
+    let no_token = grpcurl(&["-cacert", &ca, "-cert", &client_cert, "-key", &client_key]);
+    assert!(!no_token.status.success() && text(&no_token).contains("Unauthenticated"), "{}", text(&no_token));
+    assert!(!text(&no_token).contains("primaryName"), "no data without the token");
+    let wrong =
+        grpcurl(&["-cacert", &ca, "-cert", &client_cert, "-key", &client_key, "-H", "authorization: Bearer nope"]);
+    assert!(text(&wrong).contains("Unauthenticated"), "{}", text(&wrong));
+    let no_cert = grpcurl(&["-cacert", &ca, "-H", &bearer]);
+    assert!(
+        !no_cert.status.success() && !text(&no_cert).contains("primaryName"),
+        "mTLS refuses a client without a certificate"
+    );
+    let plaintext = grpcurl(&["-plaintext", "-H", &bearer]);
+    assert!(!plaintext.status.success(), "no plaintext gRPC on a TLS port");
+
+    // An applier with the CA, its certificate and the token replicates; one without the token is refused.
+    let url = format!("https://localhost:{}", reader.grpc_port);
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let tls_env = [
+        ("REPLICA_READER_URL", url.as_str()),
+        ("REPLICA_READER_CA", ca.as_str()),
+        ("REPLICA_READER_CLIENT_CERT", client_cert.as_str()),
+        ("REPLICA_READER_CLIENT_KEY", client_key.as_str()),
+        ("REPLICA_START_OFFSET", "1"),
+    ];
+    let mut with_token = tls_env.to_vec();
+    with_token.push(("REPLICA_AUTH_TOKEN", TOKEN));
+    let a = Applier::start(&reader, &secondary, "secure", &with_token);
+    primary
+        .exec("CREATE DATABASE sec; CREATE TABLE sec.t (id INT PRIMARY KEY); INSERT INTO sec.t VALUES (1), (2)")
+        .await;
+    eventually(Duration::from_secs(30), "the applier replicates over TLS", || async {
+        let n: Vec<u64> =
+            secondary.query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'sec'").await;
+        if n[0] == 0 {
+            return None;
+        }
+        let rows: Vec<u64> = secondary.query("SELECT COUNT(*) FROM sec.t").await;
+        (rows[0] == 2).then_some(())
+    })
+    .await;
+    assert!(!a.log_text().contains(TOKEN), "the token is never logged");
+
+    let other = MariaDb::start_with(Role::Secondary, 11, &[]).await;
+    let mut refused = Applier::start(&reader, &other, "intruder", &tls_env);
+    let status =
+        refused.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("refused:\n{}", refused.log_text()));
+    assert!(!status.success());
+    assert!(refused.log_text().contains("bearer token"), "{}", refused.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reader_and_applier_reach_mariadb_over_verified_tls() {
+    let certs = tempfile::tempdir().expect("cert dir");
+    make_certs(certs.path());
+    let path = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    let ca = path("ca.pem");
+    let ssl = [
+        format!("--ssl-cert={}", path("server.pem")),
+        format!("--ssl-key={}", path("server.key")),
+        format!("--ssl-ca={ca}"),
+    ];
+    let ssl: Vec<&str> = ssl.iter().map(String::as_str).collect();
+    let primary = MariaDb::start_with(Role::Primary, 1, &ssl).await;
+    // The replication user may only connect over TLS.
+    primary.exec(&format!("ALTER USER '{}'@'%' REQUIRE SSL", tests::REPL_USER)).await;
+    let tls = [("MARIA_TLS", "true"), ("MARIA_TLS_CA", ca.as_str())];
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &tls).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &ssl).await;
+    secondary
+        .exec("CREATE USER 'app'@'%' IDENTIFIED BY 'app-pass-9c' REQUIRE SSL; GRANT ALL ON *.* TO 'app'@'%'")
+        .await;
+    primary.exec("CREATE DATABASE m; CREATE TABLE m.t (id INT PRIMARY KEY); INSERT INTO m.t VALUES (1), (2)").await;
+    let mut env = tls.to_vec();
+    env.extend([("MARIA_SECONDARY_USER", "app"), ("MARIA_SECONDARY_PASSWORD", "app-pass-9c")]);
+    // No checkpoint: it copies m.t over TLS through the reader, then streams.
+    let a = Applier::start(&reader, &secondary, "tls", &env);
+    primary.exec("INSERT INTO m.t VALUES (3)").await;
+    eventually(Duration::from_secs(60), "the secondary has every row", || async {
+        let n: Vec<u64> =
+            secondary.query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'm'").await;
+        if n[0] == 0 {
+            return None;
+        }
+        let rows: Vec<u64> = secondary.query("SELECT COUNT(*) FROM m.t").await;
+        (rows[0] == 3).then_some(())
+    })
+    .await;
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+    // Negative control: without TLS the same user is refused.
+    let mut plain = Reader::start_unchecked(&primary, &primary.dir.path().join("journal-plain"), &[]);
+    let status = plain.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("refused:\n{}", plain.log_text()));
+    assert!(!status.success(), "{}", plain.log_text());
+}

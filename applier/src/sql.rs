@@ -1,7 +1,7 @@
 //! SQL for row changes: quoted identifiers, prepared statements with bound parameters, and journal values
 //! turned back into exactly what the primary stored.
 
-use common::event::{utc_from_unix, Column, ColumnType, TableChange, Value};
+use common::event::{Column, ColumnType, TableChange, Value};
 use mysql_async::Value as My;
 
 /// Most rows in one multi-row INSERT; inserts are cut into power-of-two chunks so a table needs at most a
@@ -143,27 +143,7 @@ pub fn key_params(c: &TableChange, before: &[Value]) -> Vec<My> {
     key_columns(c).into_iter().map(|i| to_mysql(&before[i])).collect()
 }
 
-/// A journal value as a parameter that stores exactly the primary's value (sessions use UTC).
-pub fn to_mysql(v: &Value) -> My {
-    match v {
-        Value::Null => My::NULL,
-        Value::Int(x) => My::Int(*x),
-        Value::UInt(x) => My::UInt(*x),
-        Value::Float(x) => My::Float(*x),
-        Value::Double(x) => My::Double(*x),
-        Value::Decimal(s) | Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
-        Value::Bytes(b) => My::Bytes(b.clone()),
-        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
-        Value::DateTime { year, month, day, hour, minute, second, micros } => {
-            My::Date(*year, *month, *day, *hour, *minute, *second, *micros)
-        }
-        Value::Time { negative, hours, minutes, seconds, micros } => {
-            My::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros)
-        }
-        Value::Timestamp { seconds, micros } => to_mysql(&utc_from_unix(*seconds, *micros)),
-        Value::Year(y) => My::Int(i64::from(*y)),
-    }
-}
+pub use common::sql_value::to_mysql;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 //! - [`grpc_security`]: TLS and the bearer token for gRPC
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
 //! - [`metrics`]: the Prometheus endpoint
+//! - [`sql_value`]: journal values as MariaDB driver parameters
 //! - [`reference`]: the README configuration reference, generated from clap
 
 pub mod codec;
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod position;
 pub mod proto;
 pub mod reference;
+pub mod sql_value;

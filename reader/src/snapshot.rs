@@ -443,7 +443,7 @@ impl Snapshots {
                             "?"
                         };
                         ands.push(format!("{} {op} {ph}", ident(&col.name)));
-                        params.push(to_mysql(&after[j]));
+                        params.push(common::sql_value::to_mysql(&after[j]));
                     }
                     ors.push(format!("({})", ands.join(" AND ")));
                 }
@@ -495,27 +495,6 @@ fn value_bytes(v: &Value) -> usize {
         Value::Text(s) | Value::Decimal(s) => s.len(),
         Value::Bytes(b) => b.len(),
         _ => 8,
-    }
-}
-
-fn to_mysql(v: &Value) -> My {
-    match v {
-        Value::Null => My::NULL,
-        Value::Int(x) => My::Int(*x),
-        Value::UInt(x) => My::UInt(*x),
-        Value::Float(x) => My::Float(*x),
-        Value::Double(x) => My::Double(*x),
-        Value::Decimal(s) | Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
-        Value::Bytes(b) => My::Bytes(b.clone()),
-        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
-        Value::DateTime { year, month, day, hour, minute, second, micros } => {
-            My::Date(*year, *month, *day, *hour, *minute, *second, *micros)
-        }
-        Value::Time { negative, hours, minutes, seconds, micros } => {
-            My::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros)
-        }
-        Value::Timestamp { seconds, micros } => to_mysql(&common::event::utc_from_unix(*seconds, *micros)),
-        Value::Year(y) => My::Int(i64::from(*y)),
     }
 }
 

@@ -600,3 +600,22 @@ async fn sighup_reloads_the_table_filters_from_the_config_file() {
     let b: Vec<_> = rows.iter().filter(|r| r.schema == "b").collect();
     assert_eq!(b.len(), 1, "only the row written after the reload: {b:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_not_serving_while_the_primary_is_down() {
+    let mut db = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&db, &journal_dir(&db), &[]).await;
+    let addr = format!("127.0.0.1:{}", reader.grpc_port);
+    let health = || run_grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    eventually(WAIT, "SERVING while streaming", || async { health().contains("\"SERVING\"").then_some(()) }).await;
+    db.stop();
+    eventually(WAIT, "NOT_SERVING while the primary is down", || async {
+        health().contains("NOT_SERVING").then_some(())
+    })
+    .await;
+    db.restart().await;
+    eventually(WAIT, "SERVING once the reader is streaming again", || async {
+        health().contains("\"SERVING\"").then_some(())
+    })
+    .await;
+}

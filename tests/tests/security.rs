@@ -146,8 +146,10 @@ async fn tls_client_certificates_and_the_bearer_token_guard_the_journal() {
         ("REPLICA_READER_CLIENT_KEY", client_key.as_str()),
         ("REPLICA_START_OFFSET", "1"),
     ];
+    let admin = format!("127.0.0.1:{}", tests::free_port());
     let mut with_token = tls_env.to_vec();
     with_token.push(("REPLICA_AUTH_TOKEN", TOKEN));
+    with_token.push(("REPLICA_ADMIN_ADDR", &admin));
     let a = Applier::start(&reader, &secondary, "secure", &with_token);
     primary
         .exec("CREATE DATABASE sec; CREATE TABLE sec.t (id INT PRIMARY KEY); INSERT INTO sec.t VALUES (1), (2)")
@@ -163,6 +165,19 @@ async fn tls_client_certificates_and_the_bearer_token_guard_the_journal() {
     })
     .await;
     assert!(!a.log_text().contains(TOKEN), "the token is never logged");
+    // The applier's admin service takes the same token.
+    let admin_call = |extra: &[&str]| {
+        Command::new(tests::grpcurl())
+            .args(["-max-time", "5", "-plaintext"])
+            .args(extra)
+            .args([admin.as_str(), "replica.v1.Applier/GetStatus"])
+            .output()
+            .expect("grpcurl runs")
+    };
+    let refused = admin_call(&[]);
+    assert!(text(&refused).contains("Unauthenticated") && !text(&refused).contains("phase"), "{}", text(&refused));
+    let answered = admin_call(&["-H", &bearer]);
+    assert!(answered.status.success() && text(&answered).contains("phase"), "{}", text(&answered));
 
     let other = MariaDb::start_with(Role::Secondary, 11, &[]).await;
     let mut refused = Applier::start(&reader, &other, "intruder", &tls_env);

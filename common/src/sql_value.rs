@@ -1,0 +1,27 @@
+//! Journal values as MariaDB driver parameters, shared by the reader's chunk reads and the applier's writes.
+
+use mysql_async::Value as My;
+
+use crate::event::{utc_from_unix, Value};
+
+/// A journal value as a parameter that stores exactly the primary's value (sessions use UTC).
+pub fn to_mysql(v: &Value) -> My {
+    match v {
+        Value::Null => My::NULL,
+        Value::Int(x) => My::Int(*x),
+        Value::UInt(x) => My::UInt(*x),
+        Value::Float(x) => My::Float(*x),
+        Value::Double(x) => My::Double(*x),
+        Value::Decimal(s) | Value::Text(s) => My::Bytes(s.as_bytes().to_vec()),
+        Value::Bytes(b) => My::Bytes(b.clone()),
+        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
+        Value::DateTime { year, month, day, hour, minute, second, micros } => {
+            My::Date(*year, *month, *day, *hour, *minute, *second, *micros)
+        }
+        Value::Time { negative, hours, minutes, seconds, micros } => {
+            My::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros)
+        }
+        Value::Timestamp { seconds, micros } => to_mysql(&utc_from_unix(*seconds, *micros)),
+        Value::Year(y) => My::Int(i64::from(*y)),
+    }
+}

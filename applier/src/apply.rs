@@ -183,16 +183,7 @@ impl Applier {
         };
         let mut modes = HashMap::new();
         if !needs_copy {
-            for state in checkpoint::copy_states(&mut conn, &config.name).await? {
-                let key = (state.schema.clone(), state.table.clone());
-                let progress = Progress {
-                    state: state.state,
-                    key_kind: state.key_kind,
-                    last_key: state.last_key,
-                    rows_copied: state.rows_copied,
-                    rows_estimated: state.rows_estimated,
-                    chunks: state.chunks,
-                };
+            for (key, progress) in checkpoint::copy_states(&mut conn, &config.name).await? {
                 if let Some(mode) = mode_of(&progress) {
                     modes.insert(key.clone(), mode);
                     shared.enqueue(key.clone());

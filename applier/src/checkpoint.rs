@@ -4,6 +4,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
+use crate::copy::{Progress, TableKey};
 use crate::error::ApplyError;
 
 pub const SCHEMA_SQL: &str = "CREATE DATABASE IF NOT EXISTS replica_meta;
@@ -115,20 +116,8 @@ pub async fn quarantine(
     .await
 }
 
-/// One table's copy, as kept in `replica_meta.copy_state`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CopyState {
-    pub schema: String,
-    pub table: String,
-    pub state: String,
-    pub key_kind: String,
-    pub last_key: Option<Vec<common::event::Value>>,
-    pub rows_copied: u64,
-    pub rows_estimated: u64,
-    pub chunks: u64,
-}
-
-pub async fn copy_states(conn: &mut Conn, consumer: &str) -> Result<Vec<CopyState>, ApplyError> {
+/// Every table's copy progress of `consumer`, as kept in `replica_meta.copy_state`.
+pub async fn copy_states(conn: &mut Conn, consumer: &str) -> Result<Vec<(TableKey, Progress)>, ApplyError> {
     type Row = (String, String, String, String, Option<String>, u64, u64, u64);
     let rows: Vec<Row> = conn
         .exec(
@@ -147,33 +136,34 @@ pub async fn copy_states(conn: &mut Conn, consumer: &str) -> Result<Vec<CopyStat
                 })?),
                 None => None,
             };
-            Ok(CopyState { schema, table, state, key_kind, last_key, rows_copied, rows_estimated, chunks })
+            Ok(((schema, table), Progress { state, key_kind, last_key, rows_copied, rows_estimated, chunks }))
         })
         .collect()
 }
 
-/// Writes one table's copy state; part of the caller's transaction.
+/// Writes one table's copy progress; part of the caller's transaction.
 pub async fn save_copy_state(
     conn: &mut impl Queryable,
     consumer: &str,
-    s: &CopyState,
+    table: &TableKey,
+    p: &Progress,
     boundary: u64,
 ) -> Result<(), mysql_async::Error> {
-    let last_key = s.last_key.as_ref().map(|k| serde_json::to_string(k).unwrap_or_default());
+    let last_key = p.last_key.as_ref().map(|k| serde_json::to_string(k).unwrap_or_default());
     conn.exec_drop(
         "REPLACE INTO replica_meta.copy_state
            (consumer, schema_name, table_name, state, key_kind, last_key, rows_copied, rows_estimated, chunks, boundary_offset)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             consumer,
-            &s.schema,
-            &s.table,
-            &s.state,
-            &s.key_kind,
+            &table.0,
+            &table.1,
+            &p.state,
+            &p.key_kind,
             last_key,
-            s.rows_copied,
-            s.rows_estimated,
-            s.chunks,
+            p.rows_copied,
+            p.rows_estimated,
+            p.chunks,
             boundary,
         ),
     )

@@ -44,7 +44,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::error::ApplyError;
 
 pub type TableKey = (String, String);
 
@@ -579,9 +578,4 @@ async fn report(shared: Arc<CopyShared>, stop: CancellationToken) {
         }
         was_copying = copying;
     }
-}
-
-/// Errors of the copy set-up, before streaming starts.
-pub fn non_empty(tables: &[String]) -> ApplyError {
-    ApplyError::NonEmptyTarget { tables: tables.join(", ") }
 }

@@ -4,10 +4,6 @@
 use common::event::{Column, ColumnType};
 use mysql_async::prelude::Queryable;
 
-fn family(data_type: &str) -> ColumnType {
-    ColumnType::from_data_type(data_type)
-}
-
 /// `None` if the secondary's table matches the record's columns, else a message showing both column lists.
 pub async fn check(
     conn: &mut impl Queryable,
@@ -28,7 +24,11 @@ pub async fn check(
     let secondary: Vec<(String, ColumnType, bool)> = rows
         .iter()
         .map(|(name, data_type, column_type)| {
-            (name.clone(), family(&data_type.to_ascii_lowercase()), column_type.contains("unsigned"))
+            (
+                name.clone(),
+                ColumnType::from_data_type(&data_type.to_ascii_lowercase()),
+                column_type.contains("unsigned"),
+            )
         })
         .collect();
     let matches = secondary.len() == columns.len()

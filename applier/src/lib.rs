@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
-use common::event::{Body, Record, Value};
+use common::event::{Body, Record};
 use common::proto::journal_client::JournalClient;
 use common::proto::{AckRequest, SubscribeRequest};
 use futures_util::StreamExt;
@@ -142,11 +142,7 @@ fn weight(r: &Record) -> Weight {
                 .iter()
                 .flat_map(|c| &c.rows)
                 .flat_map(|row| row.values())
-                .map(|v| match v {
-                    Value::Text(s) | Value::Decimal(s) => s.len() as u64,
-                    Value::Bytes(b) => b.len() as u64,
-                    _ => 8,
-                })
+                .map(|v| v.approx_size() as u64)
                 .sum(),
         },
     }

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::apply::{mode_of, Applier};
-use crate::checkpoint::{self, CopyState};
-use crate::copy::{self, ChunkOutcome, CopyItem, Progress, TableKey};
+use crate::checkpoint;
+use crate::copy::{ChunkOutcome, CopyItem, Progress, TableKey};
 use crate::error::{is_transient, needs_reconnect, ApplyError};
 use crate::sql;
 
@@ -37,19 +37,6 @@ impl From<mysql_async::Error> for ChunkFailure {
         } else {
             ChunkFailure::Permanent { statement: String::new(), reason: e.to_string() }
         }
-    }
-}
-
-fn copy_state(key: &TableKey, p: &Progress) -> CopyState {
-    CopyState {
-        schema: key.0.clone(),
-        table: key.1.clone(),
-        state: p.state.clone(),
-        key_kind: p.key_kind.clone(),
-        last_key: p.last_key.clone(),
-        rows_copied: p.rows_copied,
-        rows_estimated: p.rows_estimated,
-        chunks: p.chunks,
     }
 }
 
@@ -133,7 +120,7 @@ impl Applier {
             }
         }
         if !non_empty.is_empty() && !resync {
-            return Err(copy::non_empty(&non_empty));
+            return Err(ApplyError::NonEmptyTarget { tables: non_empty.join(", ") });
         }
         for s in defs.schemas.iter().filter(|s| s.name != "replica_meta") {
             conn.query_drop(create_database(&s.create_statement, &s.name)).await.map_err(ApplyError::Sql)?;
@@ -159,9 +146,7 @@ impl Applier {
                 rows_estimated: t.estimated_rows,
                 chunks: 0,
             };
-            checkpoint::save_copy_state(&mut tx, &name, &copy_state(&key, &p), boundary)
-                .await
-                .map_err(ApplyError::Sql)?;
+            checkpoint::save_copy_state(&mut tx, &name, &key, &p, boundary).await.map_err(ApplyError::Sql)?;
             progress.push((key, p));
         }
         checkpoint::save(&mut tx, &name, boundary, "", "", 0).await.map_err(ApplyError::Sql)?;
@@ -193,7 +178,7 @@ impl Applier {
                       "table no longer exists on the primary: its copy ended (if it was renamed, resync the new name)");
                 let name = self.config.name.clone();
                 let conn = self.conn().await.map_err(ApplyError::Sql)?;
-                checkpoint::save_copy_state(conn, &name, &copy_state(&table, &p), 0).await.map_err(ApplyError::Sql)?;
+                checkpoint::save_copy_state(conn, &name, &table, &p, 0).await.map_err(ApplyError::Sql)?;
                 self.set_progress(&table, p);
                 Ok(())
             }
@@ -300,7 +285,7 @@ impl Applier {
             rows_estimated,
             chunks: 0,
         };
-        checkpoint::save_copy_state(conn, &name, &copy_state(table, &p), boundary).await?;
+        checkpoint::save_copy_state(conn, &name, table, &p, boundary).await?;
         self.verified.remove(table);
         info!(consumer = %name, schema = %table.0, table = %table.1, boundary_offset = boundary,
               "table re-created from the primary's definition; copying it");
@@ -321,7 +306,7 @@ impl Applier {
         let result: Result<(), mysql_async::Error> = async {
             let conn = self.conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            checkpoint::save_copy_state(&mut tx, &name, &copy_state(&key, &p), 0).await?;
+            checkpoint::save_copy_state(&mut tx, &name, &key, &p, 0).await?;
             checkpoint::unquarantine(&mut tx, &name, schema, table).await?;
             tx.commit().await
         }
@@ -436,7 +421,7 @@ async fn write_chunk(
         rows_estimated: before.rows_estimated,
         chunks: before.chunks + 1,
     };
-    checkpoint::save_copy_state(&mut tx, name, &copy_state(&key, &p), boundary).await?;
+    checkpoint::save_copy_state(&mut tx, name, &key, &p, boundary).await?;
     tx.commit().await?;
     Ok((p, ChunkOutcome { last_key: last, rows, end }))
 }

@@ -10,10 +10,7 @@ pub const MAX_INSERT_ROWS: usize = 128;
 /// MariaDB's limit on placeholders in one statement.
 const MAX_PLACEHOLDERS: usize = 65_535;
 
-/// `name` as a quoted identifier.
-pub fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
+pub use common::sql_value::ident;
 
 pub fn table_name(c: &TableChange) -> String {
     format!("{}.{}", ident(&c.schema), ident(&c.table))
@@ -56,22 +53,24 @@ fn pick_columns(columns: &[Column], drop: &[usize]) -> Vec<Column> {
     columns.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, c)| c.clone()).collect()
 }
 
-/// Most rows in one statement of an initial copy's chunk.
+/// Most rows in one statement of an initial copy's chunk: larger than for streaming, since a chunk arrives whole.
 pub const MAX_COPY_ROWS: usize = 2048;
 
-/// Rows per statement for `remaining` rows of a copy chunk: larger statements than for streaming, since a
-/// chunk arrives whole (powers of two, so a table needs only a handful of prepared statements).
+/// Rows per statement for `remaining` rows of a copy chunk.
 pub fn copy_chunk(remaining: usize, columns: usize) -> usize {
-    let cap = (MAX_PLACEHOLDERS / columns.max(1)).clamp(1, MAX_COPY_ROWS);
-    let n = remaining.min(cap);
-    1 << (usize::BITS - 1 - n.leading_zeros())
+    rows_per_statement(remaining, columns, MAX_COPY_ROWS)
 }
 
 /// Rows per INSERT chunk for `remaining` rows of a table with `columns` columns.
 pub fn insert_chunk(remaining: usize, columns: usize) -> usize {
-    let cap = (MAX_PLACEHOLDERS / columns.max(1)).clamp(1, MAX_INSERT_ROWS);
+    rows_per_statement(remaining, columns, MAX_INSERT_ROWS)
+}
+
+/// The largest power of two of rows not above `remaining`, `most`, or the placeholder limit (so a table
+/// needs only a handful of distinct prepared statements).
+fn rows_per_statement(remaining: usize, columns: usize, most: usize) -> usize {
+    let cap = (MAX_PLACEHOLDERS / columns.max(1)).clamp(1, most);
     let n = remaining.min(cap);
-    // Largest power of two not above n.
     1 << (usize::BITS - 1 - n.leading_zeros())
 }
 

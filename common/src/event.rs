@@ -233,6 +233,17 @@ pub enum Value {
     Year(u16),
 }
 
+impl Value {
+    /// Approximate bytes the value takes, for bounding buffers and transactions.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Value::Text(s) | Value::Decimal(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            _ => 8,
+        }
+    }
+}
+
 impl fmt::Display for Value {
     /// The value as MariaDB's text protocol would show it (TIMESTAMP in UTC).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

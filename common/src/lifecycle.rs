@@ -26,7 +26,7 @@ pub async fn reload_on_sighup(reload: crate::logging::LogReload, config_file: Op
         return;
     };
     while hup.recv().await.is_some() {
-        match reloaded_level(config_file.as_deref()) {
+        match reloaded_setting(config_file.as_deref(), "log_level", "RUST_LOG") {
             Ok(Some(level)) => match reload.set(&level) {
                 Ok(()) => tracing::info!(level = %level, "SIGHUP: log level reloaded"),
                 Err(e) => tracing::error!(error = %error_chain(&e), "SIGHUP: log level not changed"),
@@ -35,10 +35,6 @@ pub async fn reload_on_sighup(reload: crate::logging::LogReload, config_file: Op
             Err(e) => tracing::error!(error = %e, "SIGHUP: log level not changed"),
         }
     }
-}
-
-fn reloaded_level(config_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
-    reloaded_setting(config_file, "log_level", "RUST_LOG")
 }
 
 /// A setting as a reload (SIGHUP) finds it: `key` in the config file if it has it, else `env` in `.env`.

@@ -1,8 +1,14 @@
-//! Journal values as MariaDB driver parameters, shared by the reader's chunk reads and the applier's writes.
+//! Journal values as MariaDB driver parameters, and quoted identifiers, shared by the reader's chunk reads and
+//! the applier's writes.
 
 use mysql_async::Value as My;
 
 use crate::event::{utc_from_unix, Value};
+
+/// `name` as a quoted identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
 
 /// A journal value as a parameter that stores exactly the primary's value (sessions use UTC).
 pub fn to_mysql(v: &Value) -> My {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::event::{Column, ColumnType, RowChange, TableChange, Value};
 use common::position::BinlogPosition;
 use common::proto;
+use common::sql_value::ident;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Value as My};
 use tokio::sync::{mpsc, oneshot};
@@ -77,10 +78,6 @@ pub struct Snapshots {
     /// Weak, so that the journal writer still ends when the source does.
     writer: mpsc::WeakSender<WriterMsg>,
     config: Arc<Config>,
-}
-
-fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
 
 impl Snapshots {
@@ -466,7 +463,7 @@ impl Snapshots {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| SnapshotError::Invalid(format!("{}.{}: {e}", req.schema, req.table)))?;
             self.status.counters.copy_rows.inc();
-            bytes += values.iter().map(value_bytes).sum::<usize>();
+            bytes += values.iter().map(Value::approx_size).sum::<usize>();
             part.rows.push(RowChange::Insert { after: values });
             if part.rows.len() >= PART_ROWS || bytes >= PART_BYTES {
                 let rows = std::mem::take(&mut part.rows);
@@ -487,14 +484,6 @@ impl Snapshots {
         }
         conn.query_drop("COMMIT").await?;
         Ok(())
-    }
-}
-
-fn value_bytes(v: &Value) -> usize {
-    match v {
-        Value::Text(s) | Value::Decimal(s) => s.len(),
-        Value::Bytes(b) => b.len(),
-        _ => 8,
     }
 }
 

@@ -184,6 +184,15 @@ async fn rows_copied(secondary: &MariaDb, name: &str) -> u64 {
     .unwrap_or(0)
 }
 
+/// Waits until `applier`'s copy has written at least `rows` rows.
+async fn copied_at_least(secondary: &MariaDb, applier: &Applier, rows: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while rows_copied(secondary, &applier.name).await < rows {
+        assert!(std::time::Instant::now() < deadline, "the copy stalled before {rows} rows:\n{}", applier.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -208,11 +217,7 @@ async fn killing_the_applier_reader_or_secondary_during_a_copy_resumes_from_its_
     let mut a = Applier::start(&reader, &secondary, "crashy", &env);
     let total = 20_003u64;
     for fraction in [0.2, 0.4, 0.6] {
-        let deadline = std::time::Instant::now() + WAIT;
-        while (rows_copied(&secondary, "crashy").await as f64) < fraction * total as f64 {
-            assert!(std::time::Instant::now() < deadline, "copy stalled:\n{}", a.log_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        copied_at_least(&secondary, &a, (fraction * total as f64) as u64).await;
         let before = rows_copied(&secondary, "crashy").await;
         a.kill9();
         a.spawn();
@@ -247,11 +252,7 @@ async fn pause_stops_the_copy_and_resume_finishes_it_with_status_through_grpcurl
         "pausable",
         &[("TRANSFER_BATCH_SIZE", "200"), ("REPLICA_COPY_ROWS_PER_SECOND", "3000"), ("REPLICA_ADMIN_ADDR", &admin)],
     );
-    let deadline = std::time::Instant::now() + WAIT;
-    while rows_copied(&secondary, "pausable").await < 1000 {
-        assert!(std::time::Instant::now() < deadline, "copy did not start:\n{}", a.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    copied_at_least(&secondary, &a, 1000).await;
     let services = tests::run_grpcurl(&["-plaintext", &admin, "list"]);
     assert!(services.contains("replica.v1.Applier"), "reflection lists the admin service: {services}");
     let paused = tests::run_grpcurl(&["-plaintext", &admin, "replica.v1.Applier/PauseCopy"]);

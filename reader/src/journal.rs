@@ -193,6 +193,13 @@ impl Journal {
         self.bounds().resume.clone()
     }
 
+    /// The last durable record's offset and the resume state written with it, read together (they belong to
+    /// the same write, whatever the writer does meanwhile).
+    pub fn durable(&self) -> (u64, Option<ResumeState>) {
+        let b = self.bounds();
+        (self.head(), b.resume.clone())
+    }
+
     /// Offset of the last durable record (0 if none).
     pub fn head(&self) -> u64 {
         *self.head.borrow()
@@ -216,7 +223,7 @@ impl Journal {
         let Some(last_txn) = batch.last() else { return Ok(()) };
         let now = now_ms();
         // Only the writer appends, so the offsets read here stay ours until the batch is applied.
-        let mut offset = self.bounds().resume.as_ref().map_or(0, |r| r.last_offset);
+        let mut offset = self.head();
         let mut sled_batch = sled::Batch::default();
         let mut encoded_records = Vec::new();
         // XA changes prepared earlier in this same batch (not in the tree yet).
@@ -288,10 +295,13 @@ impl Journal {
         let bytes = b.bytes + added;
         sled_batch.insert(BYTES_KEY, &bytes.to_be_bytes());
         self.tree.apply_batch(sled_batch)?;
-        b.resume = Some(resume);
         b.bytes = bytes;
         drop(b);
         self.db.flush()?;
+        // Published together, once durable: a reader of `durable()` never sees a resume position whose
+        // transaction is not at or below the head yet.
+        let mut b = self.bounds();
+        b.resume = Some(resume);
         self.head.send_replace(offset);
         Ok(())
     }

@@ -93,10 +93,12 @@ impl JournalService {
 #[tonic::async_trait]
 impl JournalApi for JournalService {
     async fn get_info(&self, _: Request<proto::GetInfoRequest>) -> Result<Response<proto::GetInfoResponse>, Status> {
-        let resume = self.journal.resume().unwrap_or_default();
+        // The source position belongs to the last offset: a client waiting for a GTID then has its record.
+        let (last_offset, resume) = self.journal.durable();
+        let resume = resume.unwrap_or_default();
         Ok(Response::new(proto::GetInfoResponse {
             first_offset: self.journal.first(),
-            last_offset: self.journal.head(),
+            last_offset,
             source_position: Some(proto::SourcePosition {
                 file: resume.position.file,
                 position: resume.position.pos,

@@ -39,16 +39,6 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Loads `.env` from the working directory into the environment (variables already set win), as the
-/// original service did. A missing file is fine; a malformed one is reported.
-pub fn load_dotenv() -> Result<(), String> {
-    match dotenvy::dotenv() {
-        Ok(_) => Ok(()),
-        Err(e) if e.not_found() => Ok(()),
-        Err(e) => Err(format!("cannot read .env in the working directory: {e}")),
-    }
-}
-
 /// Parses durations such as `500ms`, `5s`, `10m`, `24h`, `7d` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

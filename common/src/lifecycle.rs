@@ -80,7 +80,7 @@ pub trait Command: clap::Parser {
     fn print_config(&self) -> bool;
 }
 
-/// The whole life of a binary: `.env`, the TOML file, command line, logging, validation, `--print-config`, then `run` until
+/// The whole life of a binary: command line over environment, `.env` and the TOML file, logging, validation, `--print-config`, then `run` until
 /// SIGTERM/SIGINT. Exit codes: 0 after a clean stop, 1 when `run` fails, 2 for bad configuration.
 pub async fn main<C, F, Fut, E>(name: &'static str, run: F) -> std::process::ExitCode
 where
@@ -90,17 +90,18 @@ where
     E: std::error::Error,
 {
     use std::process::ExitCode;
-    if let Err(e) = crate::config::load_dotenv() {
-        eprintln!("{name}: {e}");
-        return ExitCode::from(2);
-    }
-    if let Some(path) = crate::config_file::path_from_args() {
-        if let Err(e) = crate::config_file::apply(&path, &C::command()) {
+    let argv = match crate::config_file::layered_args(&C::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
             eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }
-    }
-    let cli = C::parse();
+    };
+    let cli =
+        match C::command().args_override_self(true).try_get_matches_from(argv).and_then(|m| C::from_arg_matches(&m)) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        };
     let print_config = cli.print_config();
     let reload = match crate::logging::init(cli.log(), name) {
         Ok(r) => r,

@@ -101,3 +101,24 @@ fn a_toml_file_sets_options_below_flags_and_environment_and_rejects_mistakes() {
     assert_eq!(code, Some(2));
     assert!(text.contains("not-a-port") && text.contains("--primary-port"), "{text}");
 }
+
+#[test]
+fn dot_env_sits_between_the_environment_and_the_toml_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("reader.toml");
+    std::fs::write(&file, "primary_host = \"from-file\"\nprimary_port = 4000\nheartbeat = \"2s\"\n").expect("toml");
+    std::fs::write(dir.path().join(".env"), "MARIA_PRIMARY_HOST=from-dotenv\nMARIA_PRIMARY_PORT=4100\n").expect(".env");
+    let config = file.display().to_string();
+    let out = Command::new(tests::binary("replica-reader"))
+        .env_clear()
+        .env("MARIA_PRIMARY_PORT", "5000")
+        .current_dir(dir.path())
+        .args(["--config", &config, "--print-config"])
+        .output()
+        .expect("runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("primary_host: \"from-dotenv\""), ".env beats the file: {text}");
+    assert!(text.contains("primary_port: 5000"), "the environment beats .env: {text}");
+    assert!(text.contains("heartbeat: 2s"), "the file beats the default: {text}");
+}

@@ -15,7 +15,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
 use common::event::{Body, Record, RowChange, TableChange};
 use futures_util::FutureExt;
 use mysql_async::prelude::Queryable;
@@ -265,12 +264,7 @@ impl Applier {
     /// Returns Ok(false) if shutdown interrupted it (nothing of the group is committed then).
     pub async fn apply(&mut self, group: &[Record]) -> Result<bool, ApplyError> {
         let Some(last) = group.last() else { return Ok(true) };
-        let mut retry = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(50),
-            max_interval: self.config.retry_max,
-            max_elapsed_time: None,
-            ..Default::default()
-        };
+        let mut retry = common::retry::RetryPolicy::new(Duration::from_millis(50), self.config.retry_max).start();
         loop {
             let attempt = AssertUnwindSafe(self.try_group(group)).catch_unwind().await;
             let failure = match attempt {
@@ -304,7 +298,7 @@ impl Applier {
                         self.conn = None;
                         self.shared.secondary_ok.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
-                    let pause = retry.next_backoff().unwrap_or(self.config.retry_max);
+                    let pause = retry.next_delay();
                     warn!(consumer = %self.config.name, offset = group[0].offset.0, error = %e, retry_in = ?pause, "transient error; retrying");
                     if !self.pause(pause).await {
                         return Ok(false);
@@ -333,7 +327,7 @@ impl Applier {
                     if count >= self.config.max_table_failures {
                         self.quarantine(key, offset, &reason).await?;
                     } else {
-                        let pause = retry.next_backoff().unwrap_or(self.config.retry_max);
+                        let pause = retry.next_delay();
                         if !self.pause(pause).await {
                             return Ok(false);
                         }

@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff;
 use common::event::{RowChange, TableChange, Value};
 use common::proto::{ListTablesRequest, ReadChunkRequest};
 use futures_util::StreamExt;
@@ -281,12 +280,7 @@ async fn worker(
         // The outcome of the chunk being written, and where the next one starts.
         let mut previous: Option<oneshot::Receiver<Result<ChunkOutcome, String>>> = None;
         let mut next_after: Option<Option<Vec<Value>>> = None;
-        let mut retry = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(200),
-            max_interval: config.retry_max,
-            max_elapsed_time: None,
-            ..Default::default()
-        };
+        let mut retry = common::retry::RetryPolicy::new(Duration::from_millis(200), config.retry_max).start();
         loop {
             // Paused: no new chunk starts.
             let mut paused = shared.paused.subscribe();
@@ -343,7 +337,7 @@ async fn worker(
                     previous = None;
                     next_after = None;
                     shared.errors.fetch_add(1, Ordering::Relaxed);
-                    let pause = retry.next_backoff().unwrap_or(config.retry_max);
+                    let pause = retry.next_delay();
                     warn!(consumer = %config.name, schema = %table.0, table = %table.1, error = %e, retry_in = ?pause,
                           "copy step failed; retrying");
                     tokio::select! {

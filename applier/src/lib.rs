@@ -23,7 +23,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff;
 use common::event::{Body, Record};
 use common::proto::journal_client::JournalClient;
 use common::proto::{AckRequest, SubscribeRequest};
@@ -292,12 +291,7 @@ async fn subscribe_loop(
     shared: Arc<CopyShared>,
     stop: CancellationToken,
 ) {
-    let mut retry = backoff::ExponentialBackoff {
-        initial_interval: Duration::from_millis(100),
-        max_interval: config.retry_max,
-        max_elapsed_time: None,
-        ..Default::default()
-    };
+    let mut retry = common::retry::RetryPolicy::new(Duration::from_millis(100), config.retry_max).start();
     loop {
         let result: Result<(), ApplyError> = async {
             let mut client = connect(&config).await?;
@@ -363,7 +357,7 @@ async fn subscribe_loop(
                 return;
             }
             Err(e) => {
-                let pause = retry.next_backoff().unwrap_or(config.retry_max);
+                let pause = retry.next_delay();
                 warn!(consumer = %config.name, offset = next, error = %e, retry_in = ?pause, "reader stream interrupted; resubscribing");
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
 use common::event::{RowChange, TableChange, Value};
 use common::proto::ListTablesRequest;
 use mysql_async::prelude::Queryable;
@@ -64,12 +63,7 @@ impl Applier {
     /// Sets up an initial copy: the primary's definitions at their boundary B0, tables created empty, every
     /// table's copy state and the checkpoint B0 in one transaction. Refuses non-empty tables unless --resync.
     pub async fn begin_copy(&mut self) -> Result<(), ApplyError> {
-        let mut retry = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(200),
-            max_interval: self.config.retry_max,
-            max_elapsed_time: None,
-            ..Default::default()
-        };
+        let mut retry = common::retry::RetryPolicy::new(Duration::from_millis(200), self.config.retry_max).start();
         let defs = loop {
             let attempt = async {
                 let mut client = crate::connect(&self.config).await?;
@@ -88,7 +82,7 @@ impl Applier {
                 Ok(defs) => break defs,
                 Err(ApplyError::Copy(s)) if s.code() != tonic::Code::Unavailable => return Err(ApplyError::Copy(s)),
                 Err(e) => {
-                    let pause = retry.next_backoff().unwrap_or(self.config.retry_max);
+                    let pause = retry.next_delay();
                     warn!(consumer = %self.config.name, error = %e, retry_in = ?pause, "cannot start the initial copy yet; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Ok(()),

@@ -9,6 +9,7 @@
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
 //! - [`metrics`]: the Prometheus endpoint
 //! - [`sql_value`]: journal values as MariaDB driver parameters
+//! - [`retry`]: the one retry policy (jittered exponential backoff, capped, reset after success)
 //! - [`reference`]: the README configuration reference, generated from clap
 
 pub mod codec;
@@ -23,4 +24,5 @@ pub mod metrics;
 pub mod position;
 pub mod proto;
 pub mod reference;
+pub mod retry;
 pub mod sql_value;

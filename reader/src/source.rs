@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff;
 use common::event::{Body, TableChange};
 use common::position::{BinlogPosition, Gtid, GtidState, StartPosition};
+use common::retry::RetryPolicy;
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{Event, EventData};
 use mysql_async::prelude::Queryable;
@@ -83,12 +83,7 @@ enum Start {
 impl Source {
     /// Streams until shutdown (Ok) or a definite error.
     pub async fn run(self) -> Result<(), ReaderError> {
-        let mut backoff = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(200),
-            max_interval: self.config.reconnect_max,
-            max_elapsed_time: None,
-            ..Default::default()
-        };
+        let mut retry = RetryPolicy::new(Duration::from_millis(200), self.config.reconnect_max).start();
         loop {
             let resume = self.durable_resume_state().await?;
             let started = Instant::now();
@@ -98,10 +93,8 @@ impl Source {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     self.status.counters.reconnects.inc();
-                    if started.elapsed() > Duration::from_secs(30) {
-                        backoff.reset();
-                    }
-                    let pause = backoff.next_backoff().unwrap_or(self.config.reconnect_max);
+                    retry.reset_if_healthy(started, Duration::from_secs(30));
+                    let pause = retry.next_delay();
                     warn!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), retry_in = ?pause, "primary connection lost; reconnecting");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Ok(()),

@@ -5,8 +5,10 @@
 //! - [`codec`]: the versioned bincode encoding of records in the journal
 //! - [`proto`] and [`convert`]: the gRPC wire types and the one mapping to and from the domain
 //! - [`config`], [`config_file`] and [`logging`]: secrets, shared options, the TOML file, tracing/GELF setup
-//! - [`grpc_security`]: TLS and the bearer token for gRPC
+//! - [`grpc_security`] and [`grpc_server`]: TLS and the bearer token for gRPC; the server setup (health,
+//!   reflection) both binaries use
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
+//! - [`mariadb`]: MariaDB connection options and `information_schema` column reads, built one way
 //! - [`metrics`]: the Prometheus endpoint
 //! - [`sql_value`]: journal values as MariaDB driver parameters
 //! - [`retry`]: the one retry policy (jittered exponential backoff, capped, reset after success)
@@ -18,8 +20,10 @@ pub mod config_file;
 pub mod convert;
 pub mod event;
 pub mod grpc_security;
+pub mod grpc_server;
 pub mod lifecycle;
 pub mod logging;
+pub mod mariadb;
 pub mod metrics;
 pub mod position;
 pub mod proto;

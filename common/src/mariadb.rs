@@ -1,0 +1,72 @@
+//! MariaDB pieces both binaries use: connection options built one way, and a table's columns as
+//! `information_schema` describes them.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::OptsBuilder;
+
+use crate::config::{MariaTlsArgs, Secret};
+
+/// Where and as whom to connect.
+pub struct Server<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a Secret,
+    pub tls: &'a MariaTlsArgs,
+}
+
+/// TCP (never the local socket), TLS as configured, and packets as large as MariaDB allows (a journal record
+/// or a chunk row may be that large). Callers add their session setup.
+pub fn opts(server: &Server<'_>) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname(server.host.to_owned())
+        .tcp_port(server.port)
+        .user(Some(server.user.to_owned()))
+        .pass(Some(server.password.expose().to_owned()))
+        .prefer_socket(false)
+        .ssl_opts(server.tls.ssl_opts())
+        .max_allowed_packet(Some(1 << 30))
+}
+
+/// One column of a table, as `information_schema.COLUMNS` has it (types in lower case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// `DATA_TYPE`, e.g. `int`, `varchar`, `uuid`.
+    pub data_type: String,
+    /// `COLUMN_TYPE`, e.g. `int(10) unsigned`.
+    pub column_type: String,
+    pub nullable: bool,
+    /// The collation's id (0 for columns without one).
+    pub collation: u16,
+    /// A generated (VIRTUAL or STORED) column, whose value the server computes.
+    pub generated: bool,
+}
+
+/// The columns of `schema.table` in their order; empty when the table does not exist.
+pub async fn columns(
+    conn: &mut impl Queryable,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<ColumnInfo>, mysql_async::Error> {
+    let rows: Vec<(String, String, String, String, Option<u64>, String)> = conn
+        .exec(
+            "SELECT c.COLUMN_NAME, LOWER(c.DATA_TYPE), LOWER(c.COLUMN_TYPE), c.IS_NULLABLE, co.ID, c.IS_GENERATED \
+             FROM information_schema.COLUMNS c \
+             LEFT JOIN information_schema.COLLATIONS co ON co.COLLATION_NAME = c.COLLATION_NAME \
+             WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION",
+            (schema, table),
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, data_type, column_type, nullable, collation, generated)| ColumnInfo {
+            name,
+            data_type,
+            column_type,
+            nullable: nullable == "YES",
+            collation: collation.unwrap_or(0) as u16,
+            generated: generated == "ALWAYS",
+        })
+        .collect())
+}

@@ -4,8 +4,9 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use crate::copy::{Progress, TableKey};
-use crate::error::ApplyError;
+use crate::copy::state::{CopyState, KeyKind, Progress};
+use crate::error::{meta, ApplyError};
+use crate::table::TableKey;
 
 pub const SCHEMA_SQL: &str = "CREATE DATABASE IF NOT EXISTS replica_meta;
 CREATE TABLE IF NOT EXISTS replica_meta.checkpoint (
@@ -49,21 +50,22 @@ pub struct Checkpoint {
 }
 
 pub async fn ensure_schema(conn: &mut Conn) -> Result<(), ApplyError> {
-    conn.query_drop(SCHEMA_SQL).await.map_err(ApplyError::Sql)
+    conn.query_drop(SCHEMA_SQL).await.map_err(meta("creating replica_meta"))
 }
 
 /// Reads the checkpoint with a locking read, which waits until any chunk a killed predecessor was still
 /// writing (they hold a shared lock on the row) has committed or rolled back.
 pub async fn load(conn: &mut Conn, consumer: &str) -> Result<Option<Checkpoint>, ApplyError> {
-    let mut tx = conn.start_transaction(mysql_async::TxOpts::default()).await.map_err(ApplyError::Sql)?;
+    let mut tx =
+        conn.start_transaction(mysql_async::TxOpts::default()).await.map_err(meta("reading the checkpoint"))?;
     let row: Option<(u64, Option<u64>)> = tx
         .exec_first(
             "SELECT applied_offset, ddl_pending FROM replica_meta.checkpoint WHERE consumer = ? FOR UPDATE",
             (consumer,),
         )
         .await
-        .map_err(ApplyError::Sql)?;
-    tx.commit().await.map_err(ApplyError::Sql)?;
+        .map_err(meta("reading the checkpoint"))?;
+    tx.commit().await.map_err(meta("reading the checkpoint"))?;
     Ok(row.map(|(applied_offset, ddl_pending)| Checkpoint { applied_offset, ddl_pending }))
 }
 
@@ -75,7 +77,7 @@ pub async fn save(
     gtid: &str,
     file: &str,
     position: u64,
-) -> Result<(), mysql_async::Error> {
+) -> Result<(), ApplyError> {
     conn.exec_drop(
         "INSERT INTO replica_meta.checkpoint (consumer, applied_offset, gtid, source_file, source_position, ddl_pending)
          VALUES (?, ?, ?, ?, ?, NULL)
@@ -84,11 +86,14 @@ pub async fn save(
         (consumer, offset, gtid, file, position),
     )
     .await
+    .map_err(meta("saving the checkpoint"))
 }
 
 /// Marks a DDL as possibly applied before it runs (DDL commits by itself, so it cannot share a transaction).
-pub async fn mark_ddl(conn: &mut Conn, consumer: &str, offset: u64) -> Result<(), mysql_async::Error> {
-    conn.exec_drop("UPDATE replica_meta.checkpoint SET ddl_pending = ? WHERE consumer = ?", (offset, consumer)).await
+pub async fn mark_ddl(conn: &mut Conn, consumer: &str, offset: u64) -> Result<(), ApplyError> {
+    conn.exec_drop("UPDATE replica_meta.checkpoint SET ddl_pending = ? WHERE consumer = ?", (offset, consumer))
+        .await
+        .map_err(meta("marking a DDL"))
 }
 
 pub async fn quarantined(conn: &mut Conn, consumer: &str) -> Result<Vec<(String, String, u64, String)>, ApplyError> {
@@ -97,23 +102,24 @@ pub async fn quarantined(conn: &mut Conn, consumer: &str) -> Result<Vec<(String,
         (consumer,),
     )
     .await
-    .map_err(ApplyError::Sql)
+    .map_err(meta("reading quarantined tables"))
 }
 
 pub async fn quarantine(
-    conn: &mut Conn,
+    conn: &mut impl Queryable,
     consumer: &str,
     schema: &str,
     table: &str,
     offset: u64,
     error: &str,
-) -> Result<(), mysql_async::Error> {
+) -> Result<(), ApplyError> {
     conn.exec_drop(
         "INSERT INTO replica_meta.quarantine (consumer, schema_name, table_name, since_offset, error) VALUES (?, ?, ?, ?, ?)
          ON DUPLICATE KEY UPDATE since_offset = VALUES(since_offset), error = VALUES(error)",
         (consumer, schema, table, offset, error),
     )
     .await
+    .map_err(meta("quarantining a table"))
 }
 
 /// Every table's copy progress of `consumer`, as kept in `replica_meta.copy_state`.
@@ -126,16 +132,19 @@ pub async fn copy_states(conn: &mut Conn, consumer: &str) -> Result<Vec<(TableKe
             (consumer,),
         )
         .await
-        .map_err(ApplyError::Sql)?;
+        .map_err(meta("reading copy states"))?;
     rows.into_iter()
         .map(|(schema, table, state, key_kind, last_key, rows_copied, rows_estimated, chunks)| {
+            let bad = |what: &str, reason: String| ApplyError::State {
+                what: format!("replica_meta.copy_state {what} of {schema}.{table}"),
+                reason,
+            };
             let last_key = match last_key {
-                Some(k) => Some(serde_json::from_str(&k).map_err(|e| ApplyError::State {
-                    what: format!("replica_meta.copy_state last_key of {schema}.{table}"),
-                    reason: e.to_string(),
-                })?),
+                Some(k) => Some(serde_json::from_str(&k).map_err(|e| bad("last_key", e.to_string()))?),
                 None => None,
             };
+            let state = CopyState::parse(&state).ok_or_else(|| bad("state", format!("unknown state {state:?}")))?;
+            let key_kind = KeyKind::parse(&key_kind);
             Ok(((schema, table), Progress { state, key_kind, last_key, rows_copied, rows_estimated, chunks }))
         })
         .collect()
@@ -148,8 +157,14 @@ pub async fn save_copy_state(
     table: &TableKey,
     p: &Progress,
     boundary: u64,
-) -> Result<(), mysql_async::Error> {
-    let last_key = p.last_key.as_ref().map(|k| serde_json::to_string(k).unwrap_or_default());
+) -> Result<(), ApplyError> {
+    let last_key = match &p.last_key {
+        Some(k) => Some(serde_json::to_string(k).map_err(|e| ApplyError::State {
+            what: format!("the last key copied of {}.{}", table.0, table.1),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
     conn.exec_drop(
         "REPLACE INTO replica_meta.copy_state
            (consumer, schema_name, table_name, state, key_kind, last_key, rows_copied, rows_estimated, chunks, boundary_offset)
@@ -158,8 +173,8 @@ pub async fn save_copy_state(
             consumer,
             &table.0,
             &table.1,
-            &p.state,
-            &p.key_kind,
+            p.state.as_str(),
+            p.key_kind.as_str(),
             last_key,
             p.rows_copied,
             p.rows_estimated,
@@ -168,12 +183,15 @@ pub async fn save_copy_state(
         ),
     )
     .await
+    .map_err(meta("saving a copy state"))
 }
 
 /// Forgets every copy state, quarantine and the checkpoint of `consumer` (a full re-copy starts).
-pub async fn reset(conn: &mut impl Queryable, consumer: &str) -> Result<(), mysql_async::Error> {
+pub async fn reset(conn: &mut impl Queryable, consumer: &str) -> Result<(), ApplyError> {
     for table in ["copy_state", "quarantine", "checkpoint"] {
-        conn.exec_drop(format!("DELETE FROM replica_meta.{table} WHERE consumer = ?"), (consumer,)).await?;
+        conn.exec_drop(format!("DELETE FROM replica_meta.{table} WHERE consumer = ?"), (consumer,))
+            .await
+            .map_err(meta("resetting the applier's state"))?;
     }
     Ok(())
 }
@@ -183,10 +201,11 @@ pub async fn unquarantine(
     consumer: &str,
     schema: &str,
     table: &str,
-) -> Result<(), mysql_async::Error> {
+) -> Result<(), ApplyError> {
     conn.exec_drop(
         "DELETE FROM replica_meta.quarantine WHERE consumer = ? AND schema_name = ? AND table_name = ?",
         (consumer, schema, table),
     )
     .await
+    .map_err(meta("lifting a quarantine"))
 }

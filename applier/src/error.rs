@@ -1,4 +1,7 @@
-//! The applier's errors, each knowing whether a retry can help.
+//! The applier's one error taxonomy: every failure is an [`ApplyError`], and [`ApplyError::is_transient`] is the
+//! only place that decides whether retrying can help. [`status`] is the one mapping to gRPC statuses.
+
+use crate::table::{show, TableKey};
 
 /// MariaDB server error codes the applier reacts to.
 pub mod codes {
@@ -25,14 +28,50 @@ pub mod codes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("secondary connection failed")]
-    Connect(#[source] mysql_async::Error),
-    #[error("statement failed on the secondary")]
-    Sql(#[source] mysql_async::Error),
-    #[error("cannot reach the reader at {url}: {reason}")]
-    Reader { url: String, reason: String },
-    #[error("the reader refused the subscription: {0}")]
-    Subscribe(tonic::Status),
+    #[error("cannot use the secondary at {addr}")]
+    Secondary {
+        addr: String,
+        #[source]
+        source: Box<mysql_async::Error>,
+    },
+    #[error("cannot read or write the applier's state in replica_meta ({what})")]
+    Meta {
+        what: &'static str,
+        #[source]
+        source: Box<mysql_async::Error>,
+    },
+    #[error("another session holds this secondary's lock for consumer {consumer:?} (another replica-applier with the same name?)")]
+    Locked { consumer: String },
+    #[error("{} error at journal offset {offset} on {}\n  statement: {statement}", kind(.source), show(.table))]
+    Statement {
+        offset: u64,
+        table: Option<TableKey>,
+        statement: String,
+        #[source]
+        source: Box<mysql_async::Error>,
+    },
+    #[error("the secondary has drifted at journal offset {offset} on {}: {reason}\n  statement: {statement}", show(.table))]
+    Drift { offset: u64, table: Option<TableKey>, statement: String, reason: String },
+    #[error("internal error (panic) while applying journal offset {offset}: {what}")]
+    Panic { offset: u64, what: String },
+    #[error("the reader's settings ({url}): {reason}")]
+    ReaderSettings { url: String, reason: String },
+    #[error("cannot reach the reader at {url}")]
+    ReaderUnreachable {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the reader ended the stream")]
+    ReaderEnded,
+    #[error("the reader refused {call}")]
+    ReaderRefused {
+        call: &'static str,
+        #[source]
+        status: tonic::Status,
+    },
+    #[error("malformed data from the reader")]
+    Wire(#[from] common::convert::WireError),
     #[error("journal offset {got} arrived where {expected} was expected: the stream skipped or repeated records")]
     Gap { expected: u64, got: u64 },
     #[error(
@@ -42,18 +81,99 @@ pub enum ApplyError {
     NonEmptyTarget { tables: String },
     #[error("unreadable applier state in {what}: {reason}")]
     State { what: String, reason: String },
-    #[error("the reader could not serve the initial copy: {0}")]
-    Copy(tonic::Status),
-    #[error("permanent error at journal offset {offset} on {table}: {reason}\n  statement: {statement}")]
-    Permanent { offset: u64, table: String, statement: String, reason: String },
-    #[error("malformed record from the reader")]
-    Wire(#[from] common::convert::WireError),
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error("a copy step of {} is stale: {why}", show(&Some(.table.clone())))]
+    StaleChunk { table: TableKey, why: String },
+    #[error("fetching a chunk of {} from the reader failed", show(&Some(.table.clone())))]
+    ChunkFetch {
+        table: TableKey,
+        #[source]
+        source: Box<ApplyError>,
+    },
+    #[error("the reader sent no rows of a chunk of {} for {waited:?}", show(&Some(.table.clone())))]
+    ChunkStalled { table: TableKey, waited: std::time::Duration },
+    #[error("cannot listen on {addr} (REPLICA_ADMIN_ADDR)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the admin service's settings: {0}")]
+    AdminSettings(String),
+    #[error("the admin gRPC service failed")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("the applier is stopping")]
+    Stopping,
 }
 
-/// Whether a failed statement may succeed if retried (after a reconnect where needed).
-pub fn is_transient(e: &mysql_async::Error) -> bool {
+impl ApplyError {
+    /// Whether trying again (after a reconnect where [`ApplyError::needs_reconnect`]) can succeed. Every retry
+    /// decision of the applier asks this.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Secondary { source, .. }
+            | ApplyError::Statement { source, .. }
+            | ApplyError::Meta { source, .. } => sql_transient(source),
+            // The holder may be a killed predecessor whose session the server has not ended yet.
+            ApplyError::Locked { .. } => true,
+            ApplyError::ReaderRefused { status, .. } => status_transient(status),
+            ApplyError::ReaderUnreachable { .. }
+            | ApplyError::ReaderEnded
+            | ApplyError::StaleChunk { .. }
+            | ApplyError::ChunkFetch { .. }
+            | ApplyError::ChunkStalled { .. } => true,
+            ApplyError::Drift { .. }
+            | ApplyError::Panic { .. }
+            | ApplyError::ReaderSettings { .. }
+            | ApplyError::Wire(_)
+            | ApplyError::Gap { .. }
+            | ApplyError::NonEmptyTarget { .. }
+            | ApplyError::State { .. }
+            | ApplyError::Listen { .. }
+            | ApplyError::AdminSettings(_)
+            | ApplyError::Serve(_)
+            | ApplyError::Stopping => false,
+        }
+    }
+
+    /// Whether the secondary connection is unusable after this error.
+    pub fn needs_reconnect(&self) -> bool {
+        match self {
+            ApplyError::Secondary { source, .. }
+            | ApplyError::Statement { source, .. }
+            | ApplyError::Meta { source, .. } => sql_broken(source),
+            ApplyError::Panic { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The table a statement or drift error is about, for quarantine.
+    pub fn table(&self) -> Option<&TableKey> {
+        match self {
+            ApplyError::Statement { table, .. } | ApplyError::Drift { table, .. } => table.as_ref(),
+            ApplyError::StaleChunk { table, .. }
+            | ApplyError::ChunkFetch { table, .. }
+            | ApplyError::ChunkStalled { table, .. } => Some(table),
+            _ => None,
+        }
+    }
+
+    /// Whether the reader answered that the thing asked for does not exist (e.g. a table dropped on the primary).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ApplyError::ReaderRefused { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+}
+
+/// How a failed statement's message calls it.
+fn kind(e: &mysql_async::Error) -> &'static str {
+    if sql_transient(e) {
+        "transient"
+    } else {
+        "permanent"
+    }
+}
+
+/// A failed statement may succeed if retried: lost connections, lock conflicts, a server restarting or read-only.
+fn sql_transient(e: &mysql_async::Error) -> bool {
     use mysql_async::Error;
     match e {
         Error::Io(_) | Error::Driver(_) => true,
@@ -71,12 +191,93 @@ pub fn is_transient(e: &mysql_async::Error) -> bool {
     }
 }
 
-/// Whether the error leaves the connection unusable.
-pub fn needs_reconnect(e: &mysql_async::Error) -> bool {
+fn sql_broken(e: &mysql_async::Error) -> bool {
     use mysql_async::Error;
     match e {
         Error::Io(_) | Error::Driver(_) => true,
         Error::Server(s) => matches!(s.code, codes::SERVER_SHUTDOWN | codes::CONNECTION_KILLED),
         _ => false,
+    }
+}
+
+/// A status from the reader is worth retrying unless it says the request itself is wrong.
+fn status_transient(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    !matches!(
+        s.code(),
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::FailedPrecondition
+            | Code::DataLoss
+    )
+}
+
+/// The admin service's answer for an error.
+pub fn status(e: &ApplyError) -> tonic::Status {
+    let message = common::lifecycle::error_chain(e);
+    match e {
+        ApplyError::Stopping => tonic::Status::unavailable(message),
+        e if e.is_transient() => tonic::Status::unavailable(message),
+        _ => tonic::Status::failed_precondition(message),
+    }
+}
+
+/// Turns a secondary error reading or writing `replica_meta` into an [`ApplyError::Meta`].
+pub fn meta(what: &'static str) -> impl Fn(mysql_async::Error) -> ApplyError + Copy {
+    move |source| ApplyError::Meta { what, source: Box::new(source) }
+}
+
+/// Turns a secondary error in a statement into an [`ApplyError::Statement`].
+pub fn statement(offset: u64, table: Option<&TableKey>, statement: &str) -> impl Fn(mysql_async::Error) -> ApplyError {
+    let (table, statement) = (table.cloned(), statement.to_owned());
+    move |source| ApplyError::Statement {
+        offset,
+        table: table.clone(),
+        statement: statement.clone(),
+        source: Box::new(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError { code, message: String::new(), state: String::new() })
+    }
+
+    #[test]
+    fn lock_conflicts_and_lost_connections_are_retried_and_bad_statements_are_not() {
+        let stmt = |e| ApplyError::Statement { offset: 1, table: None, statement: String::new(), source: Box::new(e) };
+        assert!(stmt(server(codes::LOCK_DEADLOCK)).is_transient());
+        assert!(!stmt(server(codes::LOCK_DEADLOCK)).needs_reconnect());
+        assert!(stmt(server(codes::CONNECTION_KILLED)).needs_reconnect());
+        assert!(!stmt(server(1146)).is_transient(), "a missing table stays missing");
+        let drift = ApplyError::Drift {
+            offset: 1,
+            table: Some(("s".into(), "t".into())),
+            statement: "x".into(),
+            reason: "r".into(),
+        };
+        assert!(!drift.is_transient());
+        assert_eq!(drift.table(), Some(&("s".to_owned(), "t".to_owned())));
+    }
+
+    #[test]
+    fn the_reader_is_retried_unless_it_says_the_request_is_wrong() {
+        let refused = |s| ApplyError::ReaderRefused { call: "Subscribe", status: s };
+        assert!(refused(tonic::Status::unavailable("restarting")).is_transient());
+        assert!(refused(tonic::Status::unknown("transport error: broken pipe")).is_transient());
+        assert!(refused(tonic::Status::internal("h2 reset")).is_transient());
+        assert!(!refused(tonic::Status::out_of_range("trimmed")).is_transient());
+        assert!(!refused(tonic::Status::unauthenticated("token")).is_transient());
+        assert!(refused(tonic::Status::not_found("gone")).is_not_found());
+        assert!(ApplyError::ReaderEnded.is_transient());
+        assert!(!ApplyError::Gap { expected: 2, got: 3 }.is_transient());
     }
 }

@@ -1,0 +1,209 @@
+//! The apply loop: the one owner of the checkpoint. It takes received records through the planner to the
+//! writer, places copy items exactly when the checkpoint reaches their boundary, never applies past the floor
+//! of a chunk being fetched, and carries out admin commands and health checks between transactions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::AdminCmd;
+use crate::config::Config;
+use crate::copy::board::CopyBoard;
+use crate::copy::chunk::ChunkDone;
+use crate::copy::place::Placer;
+use crate::copy::CopyItem;
+use crate::error::ApplyError;
+use crate::plan::Planner;
+use crate::stream::Received;
+use crate::table::{TableKey, Tables};
+use crate::writer::{Resumed, Writer};
+
+/// What the loop listens to.
+pub struct Inputs {
+    pub records: mpsc::Receiver<Result<Received, ApplyError>>,
+    pub items: mpsc::Receiver<CopyItem>,
+    pub chunks: mpsc::Receiver<ChunkDone>,
+    pub admin: mpsc::Receiver<AdminCmd>,
+}
+
+pub struct ApplyLoop {
+    pub config: Arc<Config>,
+    pub writer: Writer,
+    pub tables: Tables,
+    pub placer: Placer,
+    pub planner: Planner,
+    pub board: Arc<CopyBoard>,
+    /// Copy items by (boundary, id), waiting for the checkpoint to reach their boundary.
+    pub waiting: BTreeMap<(u64, u64), CopyItem>,
+}
+
+/// The waiting item to place next: its boundary is reached, and it is not a chunk of a table whose previous
+/// chunk is still being written (chunks of one table are written one at a time, in order).
+pub fn next_due(
+    waiting: &BTreeMap<(u64, u64), CopyItem>,
+    applied: u64,
+    writing: impl Fn(&TableKey) -> bool,
+) -> Option<(u64, u64)> {
+    waiting
+        .iter()
+        .take_while(|((boundary, _), _)| *boundary <= applied)
+        .find(|(_, item)| item.chunk_table().is_none_or(|t| !writing(&t)))
+        .map(|(key, _)| *key)
+}
+
+impl ApplyLoop {
+    /// Takes up what the secondary kept (quarantines, unfinished copies) and begins an initial copy if one is
+    /// needed. False if the applier stopped first.
+    pub async fn prepare(&mut self, resumed: Resumed, shutdown: &CancellationToken) -> Result<bool, ApplyError> {
+        for (key, since, error) in resumed.quarantined {
+            warn!(consumer = %self.config.name, schema = %key.0, table = %key.1, offset = since, error = %error,
+                  "table is quarantined: its changes are skipped until it is re-copied");
+            self.tables.quarantine(key, since, &error);
+        }
+        self.placer.restore(resumed.copies, &mut self.tables);
+        if resumed.needs_copy {
+            return self.placer.begin_copy(&mut self.writer, &mut self.tables, shutdown).await;
+        }
+        Ok(true)
+    }
+
+    /// Runs until `shutdown` (Ok) or a permanent error.
+    pub async fn run(&mut self, mut inputs: Inputs, shutdown: &CancellationToken) -> Result<(), ApplyError> {
+        let mut floors = self.board.floors.subscribe();
+        let mut health = tokio::time::interval(self.config.health_interval);
+        health.tick().await;
+        let (mut items_open, mut admin_open) = (true, true);
+        loop {
+            self.place_due().await?;
+            let limit = self.board.floors.limit();
+            if !self.planner.ready(limit) {
+                let waiting_for_record = !self.planner.holds_record();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(()),
+                    item = inputs.items.recv(), if items_open => match item {
+                        Some(item) => match item.id_and_boundary() {
+                            Some((id, boundary)) => {
+                                self.waiting.insert((boundary, id), item);
+                            }
+                            None => self.placer.place(item, &mut self.writer, &mut self.tables).await?,
+                        },
+                        None => items_open = false,
+                    },
+                    written = inputs.chunks.recv() => if let Some(written) = written {
+                        self.placer.chunk_done(written, &mut self.writer, &mut self.tables).await?;
+                    },
+                    cmd = inputs.admin.recv(), if admin_open => match cmd {
+                        Some(cmd) => self.handle(cmd).await,
+                        None => admin_open = false,
+                    },
+                    changed = floors.changed() => if changed.is_err() { return Ok(()) },
+                    _ = health.tick() => self.writer.health_check().await,
+                    r = inputs.records.recv(), if waiting_for_record => match r {
+                        Some(r) => self.planner.offer(r?),
+                        None => return Ok(()),
+                    },
+                }
+                continue;
+            }
+            let applied = self.writer.applied();
+            let records = &mut inputs.records;
+            let Some(group) = self.planner.next_group(applied, limit, || records.try_recv().ok())? else { continue };
+            if !self.writer.apply(&group.records, &mut self.tables).await? {
+                return Ok(());
+            }
+            drop(group);
+            health.reset();
+        }
+    }
+
+    /// Places every waiting copy item whose boundary the checkpoint has reached.
+    async fn place_due(&mut self) -> Result<(), ApplyError> {
+        loop {
+            let applied = self.writer.applied();
+            let Some(key) = next_due(&self.waiting, applied, |t| self.placer.is_writing(t)) else { return Ok(()) };
+            let Some(item) = self.waiting.remove(&key) else { return Ok(()) };
+            let (boundary, id) = key;
+            if boundary < applied {
+                warn!(consumer = %self.config.name, boundary, applied, "copy item arrived behind the checkpoint; it is fetched again");
+                item.refuse_stale("the chunk arrived behind the checkpoint");
+            } else if matches!(item, CopyItem::Chunk { .. }) {
+                // Its floor holds the loop at the boundary until the chunk is written (or refused).
+                self.placer.place(item, &mut self.writer, &mut self.tables).await?;
+                continue;
+            } else {
+                self.placer.place(item, &mut self.writer, &mut self.tables).await?;
+            }
+            self.board.floors.clear(id);
+        }
+    }
+
+    async fn handle(&mut self, cmd: AdminCmd) {
+        match cmd {
+            AdminCmd::Resync { schema, table, reply } => {
+                let result = self.placer.resync_table(&schema, &table, &mut self.writer, &mut self.tables).await;
+                if let Err(e) = &result {
+                    info!(consumer = %self.config.name, schema, table, error = %common::lifecycle::error_chain(e), "re-copy refused");
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::copy::state::KeyKind;
+
+    fn create(id: u64, boundary: u64) -> ((u64, u64), CopyItem) {
+        let (done, _) = oneshot::channel();
+        let table = ("s".to_owned(), format!("t{id}"));
+        let item = CopyItem::Create {
+            id,
+            boundary,
+            table,
+            statement: String::new(),
+            key_kind: KeyKind::Primary,
+            rows_estimated: 0,
+            done,
+        };
+        ((boundary, id), item)
+    }
+
+    fn chunk(id: u64, boundary: u64, table: &str) -> ((u64, u64), CopyItem) {
+        let (done, _) = oneshot::channel();
+        let (_, parts) = mpsc::channel(1);
+        let shape = common::event::TableChange {
+            schema: "s".into(),
+            table: table.into(),
+            columns: vec![],
+            primary_key: vec![],
+            rows: vec![],
+        };
+        let item =
+            CopyItem::Chunk { id, boundary, after_key: None, shape, key_kind: KeyKind::Primary, limit: 1, parts, done };
+        ((boundary, id), item)
+    }
+
+    #[test]
+    fn items_wait_for_their_boundary_in_boundary_order() {
+        let waiting: BTreeMap<_, _> = [create(1, 10), create(2, 5)].into_iter().collect();
+        assert_eq!(next_due(&waiting, 4, |_| false), None);
+        assert_eq!(next_due(&waiting, 5, |_| false), Some((5, 2)));
+        assert_eq!(next_due(&waiting, 12, |_| false), Some((5, 2)), "the older boundary first");
+    }
+
+    #[test]
+    fn a_chunk_waits_while_its_tables_previous_chunk_is_written_and_others_pass_it() {
+        let waiting: BTreeMap<_, _> = [chunk(1, 5, "a"), chunk(2, 5, "b")].into_iter().collect();
+        let writing_a = |t: &TableKey| t.1 == "a";
+        assert_eq!(next_due(&waiting, 5, writing_a), Some((5, 2)));
+        assert_eq!(next_due(&waiting, 5, |_| true), None);
+    }
+}

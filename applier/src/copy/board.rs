@@ -1,0 +1,193 @@
+//! What the copy workers, the apply loop and the admin service share: each table's progress, the queue of
+//! tables to copy, pause, error counts, the copy rate, and the floors that hold the apply loop back.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::copy::state::Progress;
+use crate::table::TableKey;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Offsets the apply loop must not pass, one per chunk being fetched (see [`crate::copy`]): a fetch registers
+/// the last offset received (which its snapshot holds), raises it to its boundary once known, and clears it
+/// when its chunk is placed or refused.
+#[derive(Debug)]
+pub struct Floors {
+    floors: Mutex<BTreeMap<u64, u64>>,
+    changed: watch::Sender<u64>,
+    next_id: AtomicU64,
+}
+
+impl Default for Floors {
+    fn default() -> Self {
+        Self { floors: Mutex::default(), changed: watch::Sender::new(0), next_id: AtomicU64::new(1) }
+    }
+}
+
+impl Floors {
+    /// The highest offset the apply loop may apply now.
+    pub fn limit(&self) -> u64 {
+        lock(&self.floors).values().min().copied().unwrap_or(u64::MAX)
+    }
+
+    /// A new fetch's floor; returns its id.
+    pub fn register(&self, floor: u64) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.set(id, floor);
+        id
+    }
+
+    pub fn set(&self, id: u64, floor: u64) {
+        lock(&self.floors).insert(id, floor);
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    pub fn clear(&self, id: u64) {
+        lock(&self.floors).remove(&id);
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever a floor is set or cleared.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// State shared by the copy workers, the apply loop and the admin service.
+#[derive(Debug)]
+pub struct CopyBoard {
+    progress: Mutex<BTreeMap<TableKey, Progress>>,
+    pub paused: watch::Sender<bool>,
+    pub floors: Floors,
+    queue: Mutex<VecDeque<TableKey>>,
+    queue_changed: watch::Sender<u64>,
+    /// Failed copy steps since the copy began (retried).
+    pub errors: AtomicU64,
+    /// (when, total rows copied) samples for the rate.
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl Default for CopyBoard {
+    fn default() -> Self {
+        Self {
+            progress: Mutex::default(),
+            paused: watch::Sender::new(false),
+            floors: Floors::default(),
+            queue: Mutex::default(),
+            queue_changed: watch::Sender::new(0),
+            errors: AtomicU64::new(0),
+            samples: Mutex::default(),
+        }
+    }
+}
+
+impl CopyBoard {
+    pub fn enqueue(&self, table: TableKey) {
+        let mut q = lock(&self.queue);
+        if !q.contains(&table) {
+            q.push_back(table);
+        }
+        drop(q);
+        self.queue_changed.send_modify(|g| *g += 1);
+    }
+
+    /// The next table to copy, waiting for one; None once `stop` is cancelled.
+    pub async fn next_table(&self, stop: &CancellationToken) -> Option<TableKey> {
+        let mut changed = self.queue_changed.subscribe();
+        loop {
+            if let Some(t) = lock(&self.queue).pop_front() {
+                return Some(t);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = changed.changed() => if r.is_err() { return None },
+            }
+        }
+    }
+
+    pub fn set(&self, table: &TableKey, p: Progress) {
+        lock(&self.progress).insert(table.clone(), p);
+    }
+
+    pub fn get(&self, table: &TableKey) -> Option<Progress> {
+        lock(&self.progress).get(table).cloned()
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<TableKey, Progress> {
+        lock(&self.progress).clone()
+    }
+
+    /// Whether any table is pending or being copied.
+    pub fn copying(&self) -> bool {
+        lock(&self.progress).values().any(|p| p.state.active())
+    }
+
+    /// Rows copied and (at least) rows to copy, over every table.
+    pub fn totals(&self) -> (u64, u64) {
+        let p = lock(&self.progress);
+        (p.values().map(|t| t.rows_copied).sum(), p.values().map(|t| t.rows_estimated.max(t.rows_copied)).sum())
+    }
+
+    /// Rows per second over the last minute.
+    pub fn rate(&self) -> f64 {
+        let (copied, _) = self.totals();
+        let now = Instant::now();
+        let mut s = lock(&self.samples);
+        s.push_back((now, copied));
+        while s.len() > 2 && s.front().is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(60)) {
+            s.pop_front();
+        }
+        match (s.front(), s.back()) {
+            (Some((t0, r0)), Some((t1, r1))) if t1 > t0 => (r1 - r0) as f64 / t1.duration_since(*t0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::state::{CopyState, KeyKind};
+
+    #[test]
+    fn the_limit_is_the_lowest_floor_and_no_floor_means_no_limit() {
+        let floors = Floors::default();
+        assert_eq!(floors.limit(), u64::MAX);
+        let a = floors.register(10);
+        let b = floors.register(12);
+        assert_eq!(floors.limit(), 10);
+        floors.set(a, 15);
+        assert_eq!(floors.limit(), 12, "raised to its boundary");
+        floors.clear(b);
+        assert_eq!(floors.limit(), 15);
+        floors.clear(a);
+        assert_eq!(floors.limit(), u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn tables_are_queued_once_and_copying_counts_pending_and_copying_ones() {
+        let board = CopyBoard::default();
+        let t = ("s".to_owned(), "t".to_owned());
+        board.enqueue(t.clone());
+        board.enqueue(t.clone());
+        let stop = CancellationToken::new();
+        assert_eq!(board.next_table(&stop).await, Some(t.clone()));
+        stop.cancel();
+        assert_eq!(board.next_table(&stop).await, None, "queued once");
+        assert!(!board.copying());
+        board.set(&t, Progress::start(CopyState::Copying, KeyKind::Primary, 100));
+        assert!(board.copying());
+        assert_eq!(board.totals(), (0, 100));
+        board.set(&t, Progress { rows_copied: 120, ..Progress::start(CopyState::Done, KeyKind::Primary, 100) });
+        assert!(!board.copying());
+        assert_eq!(board.totals(), (120, 120));
+    }
+}

@@ -1,0 +1,133 @@
+//! Row changes executed inside a secondary transaction: net changes of keyed tables as multi-row DELETE and
+//! INSERT, keyless tables row by row in order. An UPDATE or DELETE that does not find the row the primary
+//! changed is drift, except for a table being copied (`lenient`), whose row may not be copied yet.
+
+use common::event::{RowChange, TableChange};
+use mysql_async::prelude::Queryable;
+use mysql_async::Transaction;
+
+use crate::error::{statement, ApplyError};
+use crate::net::NetTable;
+use crate::sql;
+use crate::table::TableKey;
+
+fn key_of(c: &TableChange) -> TableKey {
+    (c.schema.clone(), c.table.clone())
+}
+
+/// Applies one keyed table's net changes: every key that existed is deleted, then every final image inserted.
+pub async fn apply_net(tx: &mut Transaction<'_>, net: &NetTable, lenient: bool) -> Result<(), ApplyError> {
+    let shape = &net.shape;
+    let offset = net.first_offset;
+    let table = key_of(shape);
+    let deletes = net.deletes();
+    let mut done = 0;
+    while done < deletes.len() {
+        let n = sql::insert_chunk(deletes.len() - done, shape.primary_key.len());
+        let stmt = sql::delete_keys(shape, n);
+        let params: Vec<_> = deletes[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
+        tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+        if tx.affected_rows() != n as u64 && !lenient {
+            return Err(ApplyError::Drift {
+                offset,
+                table: Some(table),
+                reason: format!("{} of {n} rows the primary changed were found", tx.affected_rows()),
+                statement: stmt,
+            });
+        }
+        done += n;
+    }
+    let inserts = net.inserts();
+    let mut done = 0;
+    while done < inserts.len() {
+        let n = sql::insert_chunk(inserts.len() - done, shape.columns.len());
+        let stmt = sql::insert(shape, n);
+        let params: Vec<_> = inserts[done..done + n].iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
+        tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Row by row, for tables without a primary key. `lenient` (the table is being copied, by a unique key): a row
+/// may be missing, and the after image replaces any row with the same unique key.
+pub async fn apply_keyless(
+    tx: &mut Transaction<'_>,
+    offset: u64,
+    c: &TableChange,
+    lenient: bool,
+) -> Result<(), ApplyError> {
+    let table = key_of(c);
+    if lenient {
+        for row in &c.rows {
+            if let RowChange::Update { before, .. } | RowChange::Delete { before } = row {
+                let stmt = sql::delete(c);
+                tx.exec_drop(&stmt, sql::key_params(c, before)).await.map_err(statement(
+                    offset,
+                    Some(&table),
+                    &stmt,
+                ))?;
+            }
+            if let RowChange::Insert { after } | RowChange::Update { after, .. } = row {
+                let stmt = sql::replace(c, 1);
+                let params: Vec<_> = after.iter().map(sql::to_mysql).collect();
+                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+            }
+        }
+        return Ok(());
+    }
+    let mut i = 0;
+    while i < c.rows.len() {
+        match &c.rows[i] {
+            RowChange::Insert { .. } => {
+                let run = c.rows[i..].iter().take_while(|r| matches!(r, RowChange::Insert { .. })).count();
+                let mut done = 0;
+                while done < run {
+                    let n = sql::insert_chunk(run - done, c.columns.len());
+                    let stmt = sql::insert(c, n);
+                    let mut params = Vec::with_capacity(n * c.columns.len());
+                    for row in &c.rows[i + done..i + done + n] {
+                        if let RowChange::Insert { after } = row {
+                            params.extend(after.iter().map(sql::to_mysql));
+                        }
+                    }
+                    tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                    done += n;
+                }
+                i += run;
+            }
+            RowChange::Update { before, after } => {
+                let stmt = sql::update(c);
+                let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
+                params.extend(sql::key_params(c, before));
+                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                expect_one(tx, offset, &table, stmt, "UPDATE")?;
+                i += 1;
+            }
+            RowChange::Delete { before } => {
+                let stmt = sql::delete(c);
+                tx.exec_drop(&stmt, sql::key_params(c, before)).await.map_err(statement(
+                    offset,
+                    Some(&table),
+                    &stmt,
+                ))?;
+                expect_one(tx, offset, &table, stmt, "DELETE")?;
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An UPDATE or DELETE that finds no row means the secondary has drifted from the primary.
+fn expect_one(tx: &Transaction<'_>, offset: u64, table: &TableKey, stmt: String, what: &str) -> Result<(), ApplyError> {
+    if tx.affected_rows() == 1 {
+        return Ok(());
+    }
+    Err(ApplyError::Drift {
+        offset,
+        table: Some(table.clone()),
+        statement: stmt,
+        reason: format!("{what} found {} rows where the primary changed one", tx.affected_rows()),
+    })
+}

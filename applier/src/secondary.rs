@@ -1,0 +1,141 @@
+//! The connection to the secondary: session settings that apply exactly what the primary stored, the
+//! consumer's named lock taken before anything is read or written, and reconnection after a broken link.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::ApplyError;
+
+/// Connection options for the secondary: UTC (journal TIMESTAMPs are instants), zero dates allowed, explicit 0
+/// ids kept, errors not warnings, foreign key checks off as on a replica, and found (not changed) rows counted
+/// so that a missing row is drift, not silence.
+pub fn opts(config: &Config) -> OptsBuilder {
+    common::mariadb::opts(&common::mariadb::Server {
+        host: &config.host,
+        port: config.port,
+        user: &config.user,
+        password: &config.password,
+        tls: &config.maria_tls,
+    })
+    .client_found_rows(true)
+    .stmt_cache_size(512)
+    .setup(vec!["SET NAMES utf8mb4, time_zone = '+00:00', \
+         sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
+         foreign_key_checks = 0"
+        .to_owned()])
+}
+
+/// Connections that write copy chunks, next to the apply loop's own.
+pub fn pool(config: &Config) -> mysql_async::Pool {
+    let most = config.copy_workers.max(1) * 2;
+    mysql_async::Pool::new(
+        opts(config).pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(mysql_async::PoolConstraints::new(0, most).unwrap_or_default()),
+        ),
+    )
+}
+
+/// `host:port` of the secondary, for messages.
+pub fn addr(config: &Config) -> String {
+    format!("{}:{}", config.host, config.port)
+}
+
+/// The apply loop's connection, made again after any error that breaks it.
+pub struct Secondary {
+    config: Arc<Config>,
+    conn: Option<Conn>,
+    /// Whether the secondary answered the last statement or health check (read by the health watch).
+    ok: Arc<AtomicBool>,
+}
+
+impl Secondary {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config, conn: None, ok: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// The connection, made (and locked for this consumer) if there is none.
+    pub async fn conn(&mut self) -> Result<&mut Conn, ApplyError> {
+        let secondary_err = |source| ApplyError::Secondary { addr: addr(&self.config), source: Box::new(source) };
+        if self.conn.is_none() {
+            let mut conn = Conn::new(opts(&self.config)).await.map_err(secondary_err)?;
+            lock_consumer(&mut conn, &self.config.name).await?;
+            info!(consumer = %self.config.name, secondary = %addr(&self.config), "connected to the secondary");
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or(ApplyError::Secondary {
+            addr: addr(&self.config),
+            source: Box::new(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed)),
+        })
+    }
+
+    /// Takes note of a failure: a broken connection is dropped, so the next use reconnects.
+    pub fn failed(&mut self, e: &ApplyError) {
+        if e.needs_reconnect() {
+            self.conn = None;
+            self.ok.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes note that a statement succeeded.
+    pub fn succeeded(&self) {
+        self.ok.store(true, Ordering::Relaxed);
+    }
+
+    /// Checks the idle connection; a failure drops it so the next use reconnects.
+    pub async fn ping(&mut self) {
+        let name = self.config.name.clone();
+        let ok = match self.conn().await {
+            Ok(conn) => match conn.ping().await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(consumer = %name, error = %e, "secondary health check failed; reconnecting");
+                    self.conn = None;
+                    false
+                }
+            },
+            Err(e) => {
+                warn!(consumer = %name, error = %common::lifecycle::error_chain(&e), "cannot reach the secondary");
+                false
+            }
+        };
+        self.ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn ok_flag(&self) -> Arc<AtomicBool> {
+        self.ok.clone()
+    }
+}
+
+/// Takes this consumer's named lock on a new connection before it reads or writes anything. A connection of
+/// a killed predecessor may still be committing on the server; the lock is released only when that
+/// connection is gone, so the checkpoint read next includes its last commit. If the holder does not go away
+/// within 10 s (a session left behind by a network failure lives until the server's wait_timeout), it is
+/// killed: only an applier of this consumer takes this lock, and two must never run at once.
+async fn lock_consumer(conn: &mut Conn, name: &str) -> Result<(), ApplyError> {
+    const LOCK: &str = "CONCAT('replica-applier:', SHA1(?))";
+    let failed = crate::error::statement(0, None, "GET_LOCK (the consumer's lock)");
+    for attempt in 0..2 {
+        let got: Option<Option<i64>> =
+            conn.exec_first(format!("SELECT GET_LOCK({LOCK}, 10)"), (name,)).await.map_err(&failed)?;
+        if got == Some(Some(1)) {
+            return Ok(());
+        }
+        if attempt == 0 {
+            let holder: Option<Option<u64>> =
+                conn.exec_first(format!("SELECT IS_USED_LOCK({LOCK})"), (name,)).await.map_err(&failed)?;
+            if let Some(Some(id)) = holder {
+                warn!(consumer = %name, connection = id, "a previous session of this consumer still holds its lock after 10 s; killing it");
+                if let Err(e) = conn.query_drop(format!("KILL CONNECTION {id}")).await {
+                    warn!(consumer = %name, error = %e, "could not kill the previous session");
+                }
+            }
+        }
+    }
+    Err(ApplyError::Locked { consumer: name.to_owned() })
+}

@@ -1,0 +1,360 @@
+//! The writer: applies planned groups of records to the secondary on one connection, exactly once.
+//!
+//! Invariant: the checkpoint row in `replica_meta.checkpoint` names the last journal offset whose changes
+//! are committed on the secondary. Row changes of one or more consecutive records are applied in one
+//! secondary transaction that also moves the checkpoint, so a crash at any point leaves either all of them
+//! and the new checkpoint, or none and the old one; the applier then resumes at checkpoint + 1.
+//!
+//! DDL commits implicitly in MariaDB and cannot share that transaction. A DDL record is applied alone:
+//! first `ddl_pending` is set to its offset, then the statement runs, then the checkpoint moves to it. If
+//! the process dies after the statement but before the checkpoint, the DDL is run again at restart, and the
+//! "already exists / does not exist" errors are then taken to mean it had been applied.
+//!
+//! Transient errors are retried with the retry policy until they pass or the applier stops. A permanent
+//! error in a group of several records is narrowed down by applying them one at a time; on a single record it
+//! stops the applier, or (with `--skip-failing-tables`) counts against its table until the table is
+//! quarantined and its changes skipped.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::event::{Body, Column, Record, TableChange};
+use common::retry::{Retry, RetryPolicy};
+use futures_util::FutureExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::TxOpts;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::copy::state::Progress;
+use crate::drift;
+use crate::error::{codes, meta, statement, ApplyError};
+use crate::metrics::ApplierMetrics;
+use crate::net::NetTable;
+use crate::rows;
+use crate::secondary::Secondary;
+use crate::sql;
+use crate::table::{TableKey, TableMode, Tables};
+
+/// A table's columns as checked against the secondary, and which of them the secondary generates.
+#[derive(Debug)]
+struct Shape {
+    columns: Vec<Column>,
+    generated: Vec<usize>,
+}
+
+/// What the secondary holds when the applier starts.
+#[derive(Debug)]
+pub struct Resumed {
+    /// No checkpoint (or `--resync`): an initial copy must begin.
+    pub needs_copy: bool,
+    /// Every table's copy progress (none when a copy must begin).
+    pub copies: Vec<(TableKey, Progress)>,
+    /// Quarantined tables: since which offset, and why.
+    pub quarantined: Vec<(TableKey, u64, String)>,
+}
+
+pub struct Writer {
+    config: Arc<Config>,
+    secondary: Secondary,
+    /// Tables whose columns were checked against the secondary (cleared after every DDL).
+    shapes: HashMap<TableKey, Shape>,
+    ddl_pending: Option<u64>,
+    /// Last journal offset committed on the secondary.
+    applied: u64,
+    applied_tx: watch::Sender<u64>,
+    metrics: ApplierMetrics,
+    shutdown: CancellationToken,
+}
+
+impl Writer {
+    /// Connects, creates `replica_meta` if needed and reads the checkpoint and the applier's state.
+    pub async fn open(
+        config: Arc<Config>,
+        applied_tx: watch::Sender<u64>,
+        metrics: ApplierMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, Resumed), ApplyError> {
+        let mut secondary = Secondary::new(config.clone());
+        let conn = secondary.conn().await?;
+        checkpoint::ensure_schema(conn).await?;
+        let mut needs_copy = config.resync;
+        let cp = match checkpoint::load(conn, &config.name).await? {
+            Some(cp) => cp,
+            None => match config.start_offset {
+                Some(start) => {
+                    let applied = start.saturating_sub(1);
+                    checkpoint::save(conn, &config.name, applied, "", "", 0).await?;
+                    info!(consumer = %config.name, offset = start, "no checkpoint: starting at --start-offset");
+                    checkpoint::Checkpoint { applied_offset: applied, ddl_pending: None }
+                }
+                None => {
+                    info!(consumer = %config.name, "no checkpoint on the secondary: an initial copy begins");
+                    needs_copy = true;
+                    checkpoint::Checkpoint { applied_offset: 0, ddl_pending: None }
+                }
+            },
+        };
+        let copies = if needs_copy { Vec::new() } else { checkpoint::copy_states(conn, &config.name).await? };
+        let quarantined = checkpoint::quarantined(conn, &config.name)
+            .await?
+            .into_iter()
+            .map(|(schema, table, since, error)| ((schema, table), since, error))
+            .collect();
+        applied_tx.send_replace(cp.applied_offset);
+        let writer = Self {
+            config,
+            secondary,
+            shapes: HashMap::new(),
+            ddl_pending: cp.ddl_pending,
+            applied: cp.applied_offset,
+            applied_tx,
+            metrics,
+            shutdown,
+        };
+        Ok((writer, Resumed { needs_copy, copies, quarantined }))
+    }
+
+    /// Last journal offset committed on the secondary.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The apply loop's connection, for copy work done between transactions.
+    pub fn secondary(&mut self) -> &mut Secondary {
+        &mut self.secondary
+    }
+
+    /// The checkpoint was moved to `offset` in a transaction of the copy's (see [`crate::copy`]).
+    pub fn moved_to(&mut self, offset: u64) {
+        self.applied = offset;
+        self.applied_tx.send_replace(offset);
+    }
+
+    /// The table was re-created: check its shape again before its next change.
+    pub fn forget_shape(&mut self, key: &TableKey) {
+        self.shapes.remove(key);
+    }
+
+    pub async fn health_check(&mut self) {
+        self.secondary.ping().await;
+    }
+
+    /// Applies consecutive records (offsets `applied + 1 ..`), retrying transient errors until shutdown.
+    /// Returns Ok(false) if shutdown interrupted it (nothing of the group is committed then).
+    pub async fn apply(&mut self, group: &[Record], tables: &mut Tables) -> Result<bool, ApplyError> {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(true) };
+        let mut retry = RetryPolicy::new(Duration::from_millis(50), self.config.retry_max).start();
+        loop {
+            let e = match AssertUnwindSafe(self.attempt(group, tables)).catch_unwind().await {
+                Ok(Ok(())) => {
+                    self.metrics.applied(group);
+                    self.secondary.succeeded();
+                    self.moved_to(last.offset.0);
+                    return Ok(true);
+                }
+                Ok(Err(e)) => e,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    ApplyError::Panic { offset: first.offset.0, what }
+                }
+            };
+            self.secondary.failed(&e);
+            if e.is_transient() {
+                self.metrics.retried();
+                warn!(consumer = %self.config.name, offset = first.offset.0, error = %common::lifecycle::error_chain(&e),
+                      "transient error; retrying");
+                if !self.pause(&mut retry).await {
+                    return Ok(false);
+                }
+                continue;
+            }
+            if group.len() > 1 {
+                // Find the record that fails: apply the group one record at a time.
+                for record in group {
+                    if !Box::pin(self.apply(std::slice::from_ref(record), tables)).await? {
+                        return Ok(false);
+                    }
+                }
+                return Ok(true);
+            }
+            if !self.count_permanent(e, first.offset.0, tables, &mut retry).await? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// A permanent error on one record: the applier stops, unless its table may be quarantined; then it is,
+    /// after `--max-table-failures` such errors. Ok(false) if shutdown came first.
+    async fn count_permanent(
+        &mut self,
+        e: ApplyError,
+        offset: u64,
+        tables: &mut Tables,
+        retry: &mut Retry,
+    ) -> Result<bool, ApplyError> {
+        self.metrics.failed();
+        let Some(key) = e.table().filter(|_| self.config.skip_failing_tables).cloned() else { return Err(e) };
+        let count = tables.failed(&key);
+        let reason = common::lifecycle::error_chain(&e);
+        error!(consumer = %self.config.name, offset, schema = %key.0, table = %key.1, failures = count,
+               max = self.config.max_table_failures, error = %reason, "permanent error");
+        if count >= self.config.max_table_failures {
+            self.quarantine(key, offset, &reason, tables).await?;
+            return Ok(true);
+        }
+        Ok(self.pause(retry).await)
+    }
+
+    async fn pause(&self, retry: &mut Retry) -> bool {
+        retry.wait(&self.shutdown).await
+    }
+
+    /// Skips a table's changes from `offset` on, until it is re-copied.
+    pub async fn quarantine(
+        &mut self,
+        key: TableKey,
+        offset: u64,
+        reason: &str,
+        tables: &mut Tables,
+    ) -> Result<(), ApplyError> {
+        let name = self.config.name.clone();
+        let conn = self.secondary.conn().await?;
+        checkpoint::quarantine(conn, &name, &key.0, &key.1, offset, reason).await?;
+        error!(consumer = %name, offset, schema = %key.0, table = %key.1, error = %reason,
+               "table quarantined: its changes are skipped from this offset until it is re-copied");
+        tables.quarantine(key, offset, reason);
+        self.metrics.quarantined(tables.quarantined_count());
+        Ok(())
+    }
+
+    /// One attempt at a group: a DDL alone, or row changes and the checkpoint in one transaction.
+    async fn attempt(&mut self, group: &[Record], tables: &Tables) -> Result<(), ApplyError> {
+        if let [record] = group {
+            if let Body::Ddl { schema, statement } = &record.body {
+                return self.ddl(record, schema, statement).await;
+            }
+        }
+        self.check_shapes(group, tables).await?;
+        let name = self.config.name.clone();
+        let conn = self.secondary.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(meta("starting a transaction"))?;
+        // Tables with a primary key are applied as net changes after the keyless ones, which go row by row in
+        // order; changes to different tables do not interact (foreign key checks are off, as on a replica).
+        let mut nets: Vec<NetTable> = Vec::new();
+        for record in group {
+            let Body::Transaction(changes) = &record.body else { unreachable!("DDL records are grouped alone") };
+            for c in changes {
+                let key = (c.schema.clone(), c.table.clone());
+                let lenient = match tables.mode(&key) {
+                    TableMode::Skip => continue,
+                    mode => mode == TableMode::Lenient,
+                };
+                let stripped;
+                let c = match self.shapes.get(&key) {
+                    Some(shape) if !shape.generated.is_empty() => {
+                        stripped = sql::without_columns(c, &shape.generated);
+                        &stripped
+                    }
+                    _ => c,
+                };
+                if c.primary_key.is_empty() {
+                    rows::apply_keyless(&mut tx, record.offset.0, c, lenient).await?;
+                    continue;
+                }
+                match nets.iter_mut().find(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
+                    Some(net) => net.add(c),
+                    None => {
+                        let mut net = NetTable::new(c, record.offset.0);
+                        net.add(c);
+                        nets.push(net);
+                    }
+                }
+            }
+        }
+        for net in &nets {
+            let key = (net.shape.schema.clone(), net.shape.table.clone());
+            rows::apply_net(&mut tx, net, tables.mode(&key) == TableMode::Lenient).await?;
+        }
+        let last = &group[group.len() - 1];
+        let gtid = last.gtid.map(|g| g.to_string()).unwrap_or_default();
+        checkpoint::save(&mut tx, &name, last.offset.0, &gtid, &last.source.file, last.source.pos).await?;
+        tx.commit().await.map_err(meta("committing"))
+    }
+
+    /// Checks, before the first change to each table (and after every DDL), that the secondary's table has the
+    /// columns the primary logged, and notes which of them the secondary generates.
+    async fn check_shapes(&mut self, group: &[Record], tables: &Tables) -> Result<(), ApplyError> {
+        let mut unchecked: Vec<(u64, &TableChange)> = Vec::new();
+        for record in group {
+            if let Body::Transaction(changes) = &record.body {
+                for c in changes {
+                    let key = (c.schema.clone(), c.table.clone());
+                    if tables.mode(&key) != TableMode::Skip
+                        && self.shapes.get(&key).is_none_or(|s| s.columns != c.columns)
+                    {
+                        unchecked.push((record.offset.0, c));
+                    }
+                }
+            }
+        }
+        for (offset, c) in unchecked {
+            let key = (c.schema.clone(), c.table.clone());
+            let conn = self.secondary.conn().await?;
+            let found = common::mariadb::columns(conn, &c.schema, &c.table).await.map_err(statement(
+                offset,
+                Some(&key),
+                "(schema check against information_schema.COLUMNS)",
+            ))?;
+            if let Some(reason) = drift::check(&c.schema, &c.table, &found, &c.columns) {
+                return Err(ApplyError::Drift {
+                    offset,
+                    table: Some(key),
+                    statement: "(schema check against information_schema.COLUMNS)".into(),
+                    reason,
+                });
+            }
+            let generated = drift::generated(&found, &c.columns);
+            self.shapes.insert(key, Shape { columns: c.columns.clone(), generated });
+        }
+        Ok(())
+    }
+
+    async fn ddl(&mut self, record: &Record, schema: &str, ddl: &str) -> Result<(), ApplyError> {
+        let offset = record.offset.0;
+        let name = self.config.name.clone();
+        let replay = self.ddl_pending == Some(offset);
+        let conn = self.secondary.conn().await?;
+        if !replay {
+            checkpoint::mark_ddl(conn, &name, offset).await?;
+            // From here a retry may find the DDL already applied.
+            self.ddl_pending = Some(offset);
+        }
+        if !schema.is_empty() {
+            let use_schema = format!("USE {}", sql::ident(schema));
+            conn.query_drop(&use_schema).await.map_err(statement(offset, None, &use_schema))?;
+        }
+        match conn.query_drop(ddl).await {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) if replay && codes::DDL_ALREADY_DONE.contains(&e.code) => {
+                info!(consumer = %name, offset, error = %e.message, "DDL had been applied before a restart");
+            }
+            Err(e) => return Err(statement(offset, None, ddl)(e)),
+        }
+        let gtid = record.gtid.map(|g| g.to_string()).unwrap_or_default();
+        checkpoint::save(conn, &name, offset, &gtid, &record.source.file, record.source.pos).await?;
+        self.ddl_pending = None;
+        // Every table's shape may have changed.
+        self.shapes.clear();
+        Ok(())
+    }
+}

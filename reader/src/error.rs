@@ -1,8 +1,12 @@
-//! The reader's errors, each knowing whether retrying can help.
+//! The reader's one error taxonomy: every failure is a [`ReaderError`] (journal and snapshot errors nest in it),
+//! [`ReaderError::is_transient`] is the only place that decides whether reconnecting can help, and [`status`]
+//! is the one mapping to gRPC statuses.
 
-use crate::decode::DecodeError;
+use tonic::Status;
+
+use crate::binlog::decode::DecodeError;
+use crate::binlog::mariadb_events::MalformedEvent;
 use crate::journal::JournalError;
-use crate::mariadb_events::MalformedEvent;
 
 /// MariaDB error codes the reader reacts to.
 pub mod codes {
@@ -14,6 +18,21 @@ pub mod codes {
     pub const BAD_PASSWORD: u16 = 1045;
     /// ER_CONNECTION_KILLED / a duplicate server id takes over the stream
     pub const SLAVE_SAME_ID: u16 = 4052;
+}
+
+/// Why a snapshot read for an initial copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("reading the primary failed: {0}")]
+    Sql(#[from] mysql_async::Error),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +77,24 @@ pub enum ReaderError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("cannot serve gRPC")]
-    Serve(#[source] tonic::transport::Error),
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("the journal writer stopped")]
+    WriterStopped,
+    #[error("cannot start the journal writer thread")]
+    WriterThread(#[source] std::io::Error),
+    #[error("the journal writer panicked")]
+    WriterPanicked,
+    #[error("a blocking journal task failed")]
+    Blocking(#[from] tokio::task::JoinError),
+    #[error("cannot listen on {addr} (REPLICA_GRPC_ADDR)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the gRPC server")]
+    ServerSetup(#[from] common::grpc_server::ServerSetupError),
 }
 
 impl ReaderError {
@@ -76,5 +109,23 @@ impl ReaderError {
             ReaderError::Silent(_) => true,
             _ => false,
         }
+    }
+}
+
+/// The gRPC answer for an error of the journal service or of a snapshot read.
+pub fn status(e: impl Into<ReaderError>) -> Status {
+    let e = e.into();
+    let message = common::lifecycle::error_chain(&e);
+    match &e {
+        ReaderError::Journal(JournalError::OutOfRange { .. }) => Status::out_of_range(message),
+        ReaderError::Journal(JournalError::UnknownConsumer(_)) => Status::not_found(message),
+        ReaderError::Journal(JournalError::BadConsumerName(_)) => Status::invalid_argument(message),
+        ReaderError::Snapshot(SnapshotError::NotFound(_)) => Status::not_found(message),
+        ReaderError::Snapshot(SnapshotError::Invalid(_)) => Status::invalid_argument(message),
+        ReaderError::Snapshot(SnapshotError::Journal(JournalError::OutOfRange { .. })) => Status::out_of_range(message),
+        ReaderError::Snapshot(SnapshotError::Unavailable(_) | SnapshotError::Sql(_)) | ReaderError::WriterStopped => {
+            Status::unavailable(message)
+        }
+        _ => Status::internal(message),
     }
 }

@@ -1,6 +1,9 @@
 //! Which schemas and tables are journaled: include/exclude lists of `schema` or `schema.table` patterns
 //! with `*` wildcards. System schemas are always excluded.
 
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
 const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +105,37 @@ impl Filter {
             None => p.table == "*" && glob(&p.schema, schema),
         });
         included && !excluded
+    }
+}
+
+/// At each SIGHUP, reads the table filters again (`include`/`exclude` in the config file, else
+/// `REPLICA_INCLUDE`/`REPLICA_EXCLUDE` in `.env`) and applies them from the next transaction on. A table
+/// newly included has no history in the journal: re-copy it on each secondary (ResyncTable).
+pub async fn reload_on_sighup(filter: LiveFilter, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            h = hup.recv() => if h.is_none() { return },
+        }
+        let file = common::config_file::path_from_args();
+        let include = common::lifecycle::reloaded_setting(file.as_deref(), "include", "REPLICA_INCLUDE");
+        let exclude = common::lifecycle::reloaded_setting(file.as_deref(), "exclude", "REPLICA_EXCLUDE");
+        match (include, exclude) {
+            (Ok(None), Ok(None)) => info!("SIGHUP: no filters in the config file or .env; unchanged"),
+            (Ok(include), Ok(exclude)) => {
+                let (include, exclude) = (include.unwrap_or_default(), exclude.unwrap_or_default());
+                match Filter::new(&include, &exclude) {
+                    Ok(f) => {
+                        filter.replace(f);
+                        info!(include = %include, exclude = %exclude, "SIGHUP: table filters reloaded");
+                    }
+                    Err(e) => warn!(error = %e, "SIGHUP: invalid filters; unchanged"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "SIGHUP: filters unchanged"),
+        }
     }
 }
 

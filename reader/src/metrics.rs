@@ -5,27 +5,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{now_ms, Journal};
-use crate::source::SourceStatus;
+use crate::pipeline::{Counters, SourceStatus};
 
 type Labels = Vec<(String, String)>;
-
-/// Counters the source and the writer increment as they go.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    pub reconnects: Counter,
-    pub transactions: Counter,
-    pub rows: Counter,
-    /// Chunks and rows served to appliers' initial copies.
-    pub copy_chunks: Counter,
-    pub copy_rows: Counter,
-}
 
 /// The reader's gauges; [`ReaderMetrics::run`] refreshes them every second.
 pub struct ReaderMetrics {

@@ -69,6 +69,43 @@ pub struct TableInfo {
     wire: Vec<(My, Vec<u8>)>,
 }
 
+/// Member names of each ENUM column, then of each SET column, in column order, as the optional metadata has
+/// them (bytes in the column's charset).
+fn enum_and_set_members(tme: &TableMapEvent<'_>) -> std::io::Result<(Vec<RawMembers>, Vec<RawMembers>)> {
+    let (mut enums, mut sets) = (Vec::new(), Vec::new());
+    for field in tme.iter_optional_meta() {
+        match field? {
+            OptionalMetadataField::EnumStrValue(v) => {
+                for col in v.iter_values() {
+                    enums.push(col?.values().iter().map(|x| x.value_raw().to_vec()).collect());
+                }
+            }
+            OptionalMetadataField::SetStrValue(v) => {
+                for col in v.iter_values() {
+                    sets.push(col?.values().iter().map(|x| x.value_raw().to_vec()).collect());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((enums, sets))
+}
+
+/// The member names of an ENUM or SET column as text (empty for other types).
+fn member_names(real: My, raw: Option<RawMembers>, t: Text) -> Result<Vec<String>, String> {
+    match raw {
+        Some(raw) => raw
+            .iter()
+            .map(|b| to_text(t, b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("member names cannot be decoded: {e}")),
+        None if real.is_enum_or_set_type() => {
+            Err("ENUM/SET member names are missing: set binlog_row_metadata=FULL".into())
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
 impl TableInfo {
     pub fn from_table_map(tme: &TableMapEvent<'_>) -> Result<Self, DecodeError> {
         let schema = tme.database_name().into_owned();
@@ -83,26 +120,7 @@ impl TableInfo {
         let mut charsets = meta.iter_charset();
         let mut enum_set_charsets = meta.iter_enum_and_set_charset();
 
-        // Member names of each ENUM column, then of each SET column, in column order.
-        let mut enum_raw: Vec<RawMembers> = Vec::new();
-        let mut set_raw: Vec<RawMembers> = Vec::new();
-        for field in tme.iter_optional_meta() {
-            match field.map_err(io)? {
-                OptionalMetadataField::EnumStrValue(v) => {
-                    for col in v.iter_values() {
-                        let col = col.map_err(io)?;
-                        enum_raw.push(col.values().iter().map(|x| x.value_raw().to_vec()).collect());
-                    }
-                }
-                OptionalMetadataField::SetStrValue(v) => {
-                    for col in v.iter_values() {
-                        let col = col.map_err(io)?;
-                        set_raw.push(col.values().iter().map(|x| x.value_raw().to_vec()).collect());
-                    }
-                }
-                _ => {}
-            }
-        }
+        let (enum_raw, set_raw) = enum_and_set_members(tme).map_err(io)?;
         let mut enum_raw = enum_raw.into_iter();
         let mut set_raw = set_raw.into_iter();
 
@@ -136,24 +154,12 @@ impl TableInfo {
             } else {
                 Text::Binary
             };
-            let m = match real {
+            let raw_members = match real {
                 My::MYSQL_TYPE_ENUM => enum_raw.next(),
                 My::MYSQL_TYPE_SET => set_raw.next(),
                 _ => None,
             };
-            let m = match m {
-                Some(raw) => raw
-                    .iter()
-                    .map(|b| to_text(t, b))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| fail(format!("column {name}: member names cannot be decoded: {e}")))?,
-                None if real.is_enum_or_set_type() => {
-                    return Err(fail(format!(
-                        "column {name}: ENUM/SET member names are missing: set binlog_row_metadata=FULL"
-                    )))
-                }
-                None => Vec::new(),
-            };
+            let m = member_names(real, raw_members, t).map_err(|e| fail(format!("column {name}: {e}")))?;
             columns.push(Column {
                 name,
                 ty: column_type(real),

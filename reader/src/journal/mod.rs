@@ -1,6 +1,6 @@
 //! The durable journal: records with dense offsets, the resume position, and consumer acks.
 //!
-//! Layout: encoded records are appended to segment files ([`crate::segments`]); sled tree `journal` holds
+//! Layout: encoded records are appended to segment files ([`segments`]); sled tree `journal` holds
 //! each record's location under `r` + big-endian offset (numeric order), prepared XA changes under `x/…`,
 //! and metadata under `m/…` (the resume state, which also carries the last offset, and the retained byte
 //! count). A group of records is made durable in its segment first; then their index entries and the
@@ -17,11 +17,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::codec;
 use common::event::{Body, Record};
-use common::position::{BinlogPosition, Gtid, GtidState, JournalOffset};
+use common::position::{BinlogPosition, GtidState, JournalOffset};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::segments::{Location, Segments};
+use crate::journal::segments::{Location, Segments};
+use crate::pipeline::{Committed, Xa};
+
+pub mod segments;
+pub mod trim;
+pub mod writer;
 
 const RESUME_KEY: &[u8] = b"m/resume";
 const BYTES_KEY: &[u8] = b"m/bytes";
@@ -70,32 +75,6 @@ pub struct ResumeState {
     pub binlog_basename: String,
     /// Offset of the last record written (0 if none yet).
     pub last_offset: u64,
-}
-
-/// A committed source transaction ready to be journaled: zero or more records, then the position after it.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub gtid: Option<Gtid>,
-    pub source: BinlogPosition,
-    pub commit_unix_seconds: i64,
-    /// Usually one body; none when every change was filtered out; several when a transaction mixed DDL and rows.
-    pub bodies: Vec<Body>,
-    pub gtid_state: GtidState,
-    pub server_id: u32,
-    pub binlog_basename: String,
-    /// Set for the parts of a two-phase XA transaction.
-    pub xa: Option<Xa>,
-}
-
-/// A step of a two-phase XA transaction, journaled atomically with the position after it.
-#[derive(Debug, Clone)]
-pub enum Xa {
-    /// Keep these changes until the transaction's XA COMMIT or XA ROLLBACK.
-    Prepare { xid: String, bodies: Vec<Body> },
-    /// Journal the prepared changes now, under the commit's GTID and position.
-    Commit { xid: String },
-    /// Forget the prepared changes.
-    Rollback { xid: String },
 }
 
 fn xa_key(xid: &str) -> Vec<u8> {
@@ -229,36 +208,7 @@ impl Journal {
         // XA changes prepared earlier in this same batch (not in the tree yet).
         let mut staged: HashMap<String, Option<Vec<Body>>> = HashMap::new();
         for txn in &batch {
-            let mut bodies: Vec<Body> = Vec::new();
-            match &txn.xa {
-                None => {}
-                Some(Xa::Prepare { xid, bodies: prepared }) => {
-                    let encoded = bincode::serde::encode_to_vec(prepared, bincode_cfg())
-                        .map_err(|e| JournalError::Meta(e.to_string()))?;
-                    sled_batch.insert(xa_key(xid), encoded);
-                    staged.insert(xid.clone(), Some(prepared.clone()));
-                }
-                Some(Xa::Commit { xid }) => {
-                    let prepared = match staged.insert(xid.clone(), None) {
-                        Some(Some(b)) => b,
-                        Some(None) => return Err(JournalError::UnknownXa(xid.clone())),
-                        None => match self.tree.get(xa_key(xid))? {
-                            Some(v) => {
-                                bincode::serde::decode_from_slice(&v, bincode_cfg())
-                                    .map_err(|e| JournalError::Meta(e.to_string()))?
-                                    .0
-                            }
-                            None => return Err(JournalError::UnknownXa(xid.clone())),
-                        },
-                    };
-                    sled_batch.remove(xa_key(xid));
-                    bodies = prepared;
-                }
-                Some(Xa::Rollback { xid }) => {
-                    staged.insert(xid.clone(), None);
-                    sled_batch.remove(xa_key(xid));
-                }
-            }
+            let bodies = self.stage_xa(txn, &mut sled_batch, &mut staged)?;
             for body in txn.bodies.iter().chain(&bodies) {
                 offset += 1;
                 let record = Record {
@@ -304,6 +254,48 @@ impl Journal {
         b.resume = Some(resume);
         self.head.send_replace(offset);
         Ok(())
+    }
+
+    /// Stages an XA step in `sled_batch`: a PREPARE's changes are kept under its xid, a COMMIT returns them (from
+    /// this batch or the tree) to be journaled now, a ROLLBACK forgets them. `staged` holds what earlier
+    /// transactions of the same batch prepared or ended.
+    fn stage_xa(
+        &self,
+        txn: &Committed,
+        sled_batch: &mut sled::Batch,
+        staged: &mut HashMap<String, Option<Vec<Body>>>,
+    ) -> Result<Vec<Body>, JournalError> {
+        match &txn.xa {
+            None => Ok(Vec::new()),
+            Some(Xa::Prepare { xid, bodies: prepared }) => {
+                let encoded = bincode::serde::encode_to_vec(prepared, bincode_cfg())
+                    .map_err(|e| JournalError::Meta(e.to_string()))?;
+                sled_batch.insert(xa_key(xid), encoded);
+                staged.insert(xid.clone(), Some(prepared.clone()));
+                Ok(Vec::new())
+            }
+            Some(Xa::Commit { xid }) => {
+                let prepared = match staged.insert(xid.clone(), None) {
+                    Some(Some(b)) => b,
+                    Some(None) => return Err(JournalError::UnknownXa(xid.clone())),
+                    None => match self.tree.get(xa_key(xid))? {
+                        Some(v) => {
+                            bincode::serde::decode_from_slice(&v, bincode_cfg())
+                                .map_err(|e| JournalError::Meta(e.to_string()))?
+                                .0
+                        }
+                        None => return Err(JournalError::UnknownXa(xid.clone())),
+                    },
+                };
+                sled_batch.remove(xa_key(xid));
+                Ok(prepared)
+            }
+            Some(Xa::Rollback { xid }) => {
+                staged.insert(xid.clone(), None);
+                sled_batch.remove(xa_key(xid));
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Up to `limit` durable records from `from`, stopping once `max_bytes` of encoded records are read

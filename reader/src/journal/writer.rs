@@ -5,12 +5,61 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::journal::{Journal, JournalError};
-use crate::source::{SourceStatus, WriterMsg};
+use crate::error::ReaderError;
+use crate::journal::{Journal, JournalError, ResumeState};
+use crate::pipeline::{Committed, SourceStatus};
+
+/// Transactions buffered between the source and the writer.
+const QUEUE: usize = 1024;
+
+/// Messages to the journal writer.
+enum WriterMsg {
+    /// A transaction and the share of the in-flight byte budget it holds until it is durable.
+    Commit(Committed, OwnedSemaphorePermit),
+    /// Answered once everything sent before it is durable, with the journal's resume state.
+    Barrier(oneshot::Sender<Option<ResumeState>>),
+}
+
+/// How the source hands transactions to the writer. The writer ends when every handle is gone.
+#[derive(Clone)]
+pub struct WriterHandle(mpsc::Sender<WriterMsg>);
+
+/// A handle that does not keep the writer running (for snapshot reads, which must not outlive the source).
+#[derive(Clone)]
+pub struct WeakWriterHandle(mpsc::WeakSender<WriterMsg>);
+
+impl WriterHandle {
+    /// Queues a committed transaction; waits while the queue is full (backpressure on the source).
+    pub async fn commit(&self, c: Committed, permit: OwnedSemaphorePermit) -> Result<(), ReaderError> {
+        self.0.send(WriterMsg::Commit(c, permit)).await.map_err(|_| ReaderError::WriterStopped)
+    }
+
+    /// Waits until everything queued before is durable; returns the journal's resume state then.
+    pub async fn barrier(&self) -> Result<Option<ResumeState>, ReaderError> {
+        barrier(&self.0).await
+    }
+
+    pub fn downgrade(&self) -> WeakWriterHandle {
+        WeakWriterHandle(self.0.downgrade())
+    }
+}
+
+impl WeakWriterHandle {
+    /// As [`WriterHandle::barrier`], while the writer runs.
+    pub async fn barrier(&self) -> Result<Option<ResumeState>, ReaderError> {
+        barrier(&self.0.upgrade().ok_or(ReaderError::WriterStopped)?).await
+    }
+}
+
+async fn barrier(tx: &mpsc::Sender<WriterMsg>) -> Result<Option<ResumeState>, ReaderError> {
+    let (done, answer) = oneshot::channel();
+    tx.send(WriterMsg::Barrier(done)).await.map_err(|_| ReaderError::WriterStopped)?;
+    answer.await.map_err(|_| ReaderError::WriterStopped)
+}
 
 fn body_rows(b: &common::event::Body) -> u64 {
     match b {
@@ -23,14 +72,25 @@ fn body_rows(b: &common::event::Body) -> u64 {
 const MAX_GROUP: usize = 2048;
 
 pub struct Writer {
-    pub journal: Arc<Journal>,
-    pub rx: mpsc::Receiver<WriterMsg>,
-    pub max_bytes: u64,
-    pub status: Arc<SourceStatus>,
-    pub shutdown: CancellationToken,
+    journal: Arc<Journal>,
+    rx: mpsc::Receiver<WriterMsg>,
+    max_bytes: u64,
+    status: Arc<SourceStatus>,
+    shutdown: CancellationToken,
 }
 
 impl Writer {
+    /// A writer for `journal` capped at `max_bytes`, and the handle to feed it.
+    pub fn new(
+        journal: Arc<Journal>,
+        max_bytes: u64,
+        status: Arc<SourceStatus>,
+        shutdown: CancellationToken,
+    ) -> (Self, WriterHandle) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Self { journal, rx, max_bytes, status, shutdown }, WriterHandle(tx))
+    }
+
     /// Runs until every sender is gone; blocking (run it on its own thread).
     pub fn run(mut self) -> Result<(), JournalError> {
         let mut group = Vec::with_capacity(MAX_GROUP);

@@ -15,9 +15,10 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use crate::config::Config;
+use crate::error::status;
 use crate::journal::{ConsumerState, Journal, JournalError};
-use crate::snapshot::Snapshots;
-use crate::source::SourceStatus;
+use crate::pipeline::SourceStatus;
+use crate::serve::snapshot::Snapshots;
 
 /// Records read from sled per step of a subscription.
 const READ_CHUNK: usize = 256;
@@ -36,19 +37,10 @@ pub struct JournalService {
     pub snapshots: Arc<Snapshots>,
 }
 
-fn status_of(e: JournalError) -> Status {
-    match e {
-        JournalError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
-        JournalError::UnknownConsumer(_) => Status::not_found(e.to_string()),
-        JournalError::BadConsumerName(_) => Status::invalid_argument(e.to_string()),
-        other => Status::internal(other.to_string()),
-    }
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status_of)
+    tokio::task::spawn_blocking(f).await.map_err(status)?.map_err(status)
 }
 
 /// Decrements the connected count when a subscription ends.
@@ -105,7 +97,7 @@ impl JournalApi for JournalService {
                 gtid: resume.gtid.to_string(),
             }),
             journal_bytes: self.journal.bytes(),
-            consumers: self.consumer_infos().map_err(status_of)?,
+            consumers: self.consumer_infos().map_err(status)?,
             backpressure: self.status.backpressure.load(Ordering::Relaxed),
             size_cap_bytes: self.config.journal_max_bytes,
             primary_connected: self.status.connected.load(Ordering::Relaxed),
@@ -209,7 +201,7 @@ impl JournalApi for JournalService {
         &self,
         _: Request<proto::ListConsumersRequest>,
     ) -> Result<Response<proto::ListConsumersResponse>, Status> {
-        Ok(Response::new(proto::ListConsumersResponse { consumers: self.consumer_infos().map_err(status_of)? }))
+        Ok(Response::new(proto::ListConsumersResponse { consumers: self.consumer_infos().map_err(status)? }))
     }
 
     async fn remove_consumer(
@@ -228,7 +220,7 @@ impl JournalApi for JournalService {
         &self,
         req: Request<proto::ListTablesRequest>,
     ) -> Result<Response<proto::ListTablesResponse>, Status> {
-        Ok(Response::new(self.snapshots.list_tables(req.into_inner()).await?))
+        Ok(Response::new(self.snapshots.list_tables(req.into_inner()).await.map_err(status)?))
     }
 
     type ReadChunkStream = ReceiverStream<Result<proto::ChunkPart, Status>>;
@@ -244,7 +236,7 @@ impl JournalApi for JournalService {
             let (schema, table) = (req.schema.clone(), req.table.clone());
             if let Err(e) = snapshots.read_chunk(req, tx.clone()).await {
                 debug!(schema = %schema, table = %table, error = %e, "chunk read failed");
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(Err(status(e))).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

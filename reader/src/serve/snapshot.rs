@@ -15,14 +15,16 @@ use common::position::BinlogPosition;
 use common::proto;
 use common::sql_value::ident;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Value as My};
-use tokio::sync::{mpsc, oneshot};
+use mysql_async::{Conn, Opts, Pool, PoolConstraints, PoolOpts, Value as My};
+use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::debug;
 
 use crate::config::Config;
-use crate::journal::{Journal, JournalError};
-use crate::source::{SourceStatus, WriterMsg};
+use crate::error::SnapshotError;
+use crate::journal::writer::WeakWriterHandle;
+use crate::journal::Journal;
+use crate::pipeline::SourceStatus;
 
 /// Longest wait for the source to read the binlog up to a snapshot's position.
 const BOUNDARY_WAIT: Duration = Duration::from_secs(60);
@@ -31,32 +33,6 @@ const PART_ROWS: usize = 1000;
 const PART_BYTES: usize = 2 << 20;
 /// Default rows of a chunk when the request says 0.
 const DEFAULT_CHUNK: u32 = 1000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("reading the primary failed: {0}")]
-    Sql(#[from] mysql_async::Error),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl From<SnapshotError> for Status {
-    fn from(e: SnapshotError) -> Self {
-        match &e {
-            SnapshotError::NotFound(_) => Status::not_found(e.to_string()),
-            SnapshotError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            SnapshotError::Unavailable(_) | SnapshotError::Sql(_) => Status::unavailable(e.to_string()),
-            SnapshotError::Journal(JournalError::OutOfRange { .. }) => Status::out_of_range(e.to_string()),
-            SnapshotError::Journal(_) => Status::internal(e.to_string()),
-        }
-    }
-}
 
 /// One column as a chunk carries it, with how to select it.
 struct ChunkColumn {
@@ -76,7 +52,7 @@ pub struct Snapshots {
     journal: Arc<Journal>,
     status: Arc<SourceStatus>,
     /// Weak, so that the journal writer still ends when the source does.
-    writer: mpsc::WeakSender<WriterMsg>,
+    writer: WeakWriterHandle,
     config: Arc<Config>,
 }
 
@@ -85,24 +61,23 @@ impl Snapshots {
         config: Arc<Config>,
         journal: Arc<Journal>,
         status: Arc<SourceStatus>,
-        writer: mpsc::Sender<WriterMsg>,
+        writer: WeakWriterHandle,
     ) -> Self {
-        let opts: Opts = OptsBuilder::default()
-            .ip_or_hostname(config.primary_host.clone())
-            .tcp_port(config.primary_port)
-            .user(Some(config.user.clone()))
-            .pass(Some(config.password.expose().to_owned()))
-            .prefer_socket(false)
-            .ssl_opts(config.maria_tls.ssl_opts())
-            .max_allowed_packet(Some(1 << 30))
-            .pool_opts(PoolOpts::default().with_constraints(PoolConstraints::new(0, 16).unwrap_or_default()))
-            // UTC so TIMESTAMPs come back as instants; a slow applier may leave a chunk's rows unread a while.
-            .setup(vec![
-                "SET NAMES utf8mb4, time_zone = '+00:00', net_write_timeout = 3600".to_owned(),
-                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_owned(),
-            ])
-            .into();
-        Self { pool: Pool::new(opts), journal, status, writer: writer.downgrade(), config }
+        let opts: Opts = common::mariadb::opts(&common::mariadb::Server {
+            host: &config.primary_host,
+            port: config.primary_port,
+            user: &config.user,
+            password: &config.password,
+            tls: &config.maria_tls,
+        })
+        .pool_opts(PoolOpts::default().with_constraints(PoolConstraints::new(0, 16).unwrap_or_default()))
+        // UTC so TIMESTAMPs come back as instants; a slow applier may leave a chunk's rows unread a while.
+        .setup(vec![
+            "SET NAMES utf8mb4, time_zone = '+00:00', net_write_timeout = 3600".to_owned(),
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_owned(),
+        ])
+        .into();
+        Self { pool: Pool::new(opts), journal, status, writer, config }
     }
 
     /// The last journal offset whose transaction ends at or before `p`, once the journal holds all of them.
@@ -127,14 +102,10 @@ impl Snapshots {
             )));
         }
         // Everything the source handed over before it reached `p` becomes durable first.
-        let (tx, done) = oneshot::channel();
-        let writer =
-            self.writer.upgrade().ok_or_else(|| SnapshotError::Unavailable("the reader is stopping".into()))?;
-        writer
-            .send(WriterMsg::Barrier(tx))
+        self.writer
+            .barrier()
             .await
-            .map_err(|_| SnapshotError::Unavailable("the journal writer stopped".into()))?;
-        done.await.map_err(|_| SnapshotError::Unavailable("the journal writer stopped".into()))?;
+            .map_err(|_| SnapshotError::Unavailable("the reader is stopping: its journal writer has stopped".into()))?;
         let journal = self.journal.clone();
         let p = p.clone();
         tokio::task::spawn_blocking(move || {
@@ -260,35 +231,27 @@ impl Snapshots {
 
     /// The columns a copy writes (generated columns are computed by the secondary).
     async fn columns(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<ChunkColumn>, SnapshotError> {
-        let rows: Vec<(String, String, String, String, Option<u64>, String)> = conn
-            .exec(
-                "SELECT c.COLUMN_NAME, LOWER(c.DATA_TYPE), LOWER(c.COLUMN_TYPE), c.IS_NULLABLE, co.ID, c.IS_GENERATED \
-                 FROM information_schema.COLUMNS c \
-                 LEFT JOIN information_schema.COLLATIONS co ON co.COLLATION_NAME = c.COLLATION_NAME \
-                 WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION",
-                (schema, table),
-            )
-            .await?;
-        Ok(rows
+        let found = common::mariadb::columns(conn, schema, table).await?;
+        Ok(found
             .into_iter()
-            .filter(|r| r.5 != "ALWAYS")
-            .map(|(name, data_type, column_type, nullable, collation, _)| {
-                let ty = ColumnType::from_data_type(&data_type);
-                let as_binary = matches!(data_type.as_str(), "uuid" | "inet4" | "inet6");
+            .filter(|c| !c.generated)
+            .map(|c| {
+                let ty = ColumnType::from_data_type(&c.data_type);
+                let as_binary = matches!(c.data_type.as_str(), "uuid" | "inet4" | "inet6");
                 let binary = as_binary
                     || matches!(
-                        data_type.as_str(),
+                        c.data_type.as_str(),
                         "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
                     );
                 ChunkColumn {
                     column: Column {
-                        name,
+                        name: c.name,
                         ty,
-                        unsigned: column_type.contains("unsigned"),
-                        nullable: nullable == "YES",
+                        unsigned: c.column_type.contains("unsigned"),
+                        nullable: c.nullable,
                         binlog_type: 0,
                         binlog_meta: 0,
-                        collation: if binary { 63 } else { collation.unwrap_or(0) as u16 },
+                        collation: if binary { 63 } else { c.collation },
                     },
                     as_binary,
                 }
@@ -335,6 +298,66 @@ impl Snapshots {
         Ok(TableKey { kind: "none", columns: Vec::new() })
     }
 
+    /// Begins a consistent snapshot on `conn` and returns the binlog position it reflects.
+    async fn start_snapshot(conn: &mut Conn) -> Result<BinlogPosition, SnapshotError> {
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
+        let get = |name: &str| status.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+            (Some(file), Some(pos)) if !file.is_empty() => Ok(BinlogPosition {
+                file,
+                pos: pos
+                    .parse()
+                    .map_err(|_| SnapshotError::Unavailable(format!("bad binlog_snapshot_position {pos}")))?,
+            }),
+            _ => Err(SnapshotError::Unavailable("the primary reports no binlog snapshot position".into())),
+        }
+    }
+
+    /// Runs the chunk's SELECT and sends its rows in parts of [`PART_ROWS`] rows or [`PART_BYTES`] bytes.
+    async fn stream_rows(
+        &self,
+        conn: &mut Conn,
+        sql: String,
+        params: Vec<My>,
+        shape: &TableChange,
+        columns: &[ChunkColumn],
+        tx: &mpsc::Sender<Result<proto::ChunkPart, Status>>,
+    ) -> Result<(), SnapshotError> {
+        let mut result = conn.exec_iter(sql, params).await?;
+        let mut part = TableChange { columns: Vec::new(), primary_key: Vec::new(), ..shape.clone() };
+        let mut bytes = 0usize;
+        while let Some(row) = result.next().await? {
+            let values = row
+                .unwrap()
+                .into_iter()
+                .zip(columns)
+                .map(|(v, c)| value(v, &c.column))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SnapshotError::Invalid(format!("{}.{}: {e}", shape.schema, shape.table)))?;
+            self.status.counters.copy_rows.inc();
+            bytes += values.iter().map(Value::approx_size).sum::<usize>();
+            part.rows.push(RowChange::Insert { after: values });
+            if part.rows.len() >= PART_ROWS || bytes >= PART_BYTES {
+                let rows = std::mem::take(&mut part.rows);
+                bytes = 0;
+                let msg = proto::ChunkPart {
+                    rows: Some((&TableChange { rows, ..part.clone() }).into()),
+                    ..Default::default()
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        drop(result);
+        if !part.rows.is_empty() {
+            let msg = proto::ChunkPart { rows: Some((&part).into()), ..Default::default() };
+            let _ = tx.send(Ok(msg)).await;
+        }
+        Ok(())
+    }
+
     /// Streams one chunk of a table into `tx`: a first part with the boundary and the columns, then rows.
     pub async fn read_chunk(
         &self,
@@ -354,18 +377,7 @@ impl Snapshots {
             .collect::<Result<_, _>>()
             .map_err(|e| SnapshotError::Invalid(format!("after_key: {e}")))?;
         let mut conn = self.pool.get_conn().await?;
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
-        let status: Vec<(String, String)> = conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
-        let get = |name: &str| status.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-        let position = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
-            (Some(file), Some(pos)) if !file.is_empty() => BinlogPosition {
-                file,
-                pos: pos
-                    .parse()
-                    .map_err(|_| SnapshotError::Unavailable(format!("bad binlog_snapshot_position {pos}")))?,
-            },
-            _ => return Err(SnapshotError::Unavailable("the primary reports no binlog snapshot position".into())),
-        };
+        let position = Self::start_snapshot(&mut conn).await?;
         // Definitions read after the snapshot began: a DDL after that makes the SELECT fail (ER_TABLE_DEF_CHANGED).
         let columns = Self::columns(&mut conn, &req.schema, &req.table).await?;
         if columns.is_empty() {
@@ -412,82 +424,56 @@ impl Snapshots {
             return Ok(());
         }
 
-        let select: Vec<String> =
-            columns
-                .iter()
-                .map(|c| {
-                    if c.as_binary {
-                        format!("CAST({} AS BINARY)", ident(&c.column.name))
-                    } else {
-                        ident(&c.column.name)
-                    }
-                })
-                .collect();
-        let mut sql = format!("SELECT {} FROM {}.{}", select.join(", "), ident(&req.schema), ident(&req.table));
-        let mut params: Vec<My> = Vec::new();
-        if !key_index.is_empty() {
-            if !after.is_empty() {
-                // (k1, k2, ...) > (v1, v2, ...), spelled out so the optimizer uses the key as a range.
-                let mut ors = Vec::new();
-                for i in 0..key_index.len() {
-                    let mut ands = Vec::new();
-                    for (j, k) in key_index.iter().enumerate().take(i + 1) {
-                        let col = &columns[*k as usize].column;
-                        let op = if j == i { ">" } else { "=" };
-                        let ph = if col.collation == 63 && !columns[*k as usize].as_binary {
-                            "CAST(? AS BINARY)"
-                        } else {
-                            "?"
-                        };
-                        ands.push(format!("{} {op} {ph}", ident(&col.name)));
-                        params.push(common::sql_value::to_mysql(&after[j]));
-                    }
-                    ors.push(format!("({})", ands.join(" AND ")));
-                }
-                sql.push_str(&format!(" WHERE {}", ors.join(" OR ")));
-            }
-            let order: Vec<String> = key.columns.iter().map(|k| ident(k)).collect();
-            let limit = if req.limit == 0 { DEFAULT_CHUNK } else { req.limit };
-            sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
-        }
+        let limit = if req.limit == 0 { DEFAULT_CHUNK } else { req.limit };
+        let (sql, params) = chunk_select(&shape, &columns, &key.columns, &after, limit);
         self.status.counters.copy_chunks.inc();
-        let mut result = conn.exec_iter(sql, params).await?;
-        let mut part = TableChange { columns: Vec::new(), primary_key: Vec::new(), ..shape.clone() };
-        let mut bytes = 0usize;
-        while let Some(row) = result.next().await? {
-            let values = row
-                .unwrap()
-                .into_iter()
-                .zip(&columns)
-                .map(|(v, c)| value(v, &c.column))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SnapshotError::Invalid(format!("{}.{}: {e}", req.schema, req.table)))?;
-            self.status.counters.copy_rows.inc();
-            bytes += values.iter().map(Value::approx_size).sum::<usize>();
-            part.rows.push(RowChange::Insert { after: values });
-            if part.rows.len() >= PART_ROWS || bytes >= PART_BYTES {
-                let rows = std::mem::take(&mut part.rows);
-                bytes = 0;
-                let msg = proto::ChunkPart {
-                    rows: Some((&TableChange { rows, ..part.clone() }).into()),
-                    ..Default::default()
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        drop(result);
-        if !part.rows.is_empty() {
-            let msg = proto::ChunkPart { rows: Some((&part).into()), ..Default::default() };
-            let _ = tx.send(Ok(msg)).await;
-        }
+        self.stream_rows(&mut conn, sql, params, &shape, &columns, &tx).await?;
         conn.query_drop("COMMIT").await?;
         Ok(())
     }
 }
 
 /// A selected value as the journal carries the same column's value from the binlog.
+/// The SELECT of one chunk: the columns (UUID and INET as their stored bytes), rows after `after` in key order
+/// — `(k1, k2, ...) > (v1, v2, ...)` spelled out so the optimizer uses the key as a range — up to `limit`; a
+/// table without a key is read whole.
+fn chunk_select(
+    shape: &TableChange,
+    columns: &[ChunkColumn],
+    key: &[String],
+    after: &[Value],
+    limit: u32,
+) -> (String, Vec<My>) {
+    let select: Vec<String> = columns
+        .iter()
+        .map(|c| if c.as_binary { format!("CAST({} AS BINARY)", ident(&c.column.name)) } else { ident(&c.column.name) })
+        .collect();
+    let mut sql = format!("SELECT {} FROM {}.{}", select.join(", "), ident(&shape.schema), ident(&shape.table));
+    let mut params: Vec<My> = Vec::new();
+    let key_index = &shape.primary_key;
+    if key_index.is_empty() {
+        return (sql, params);
+    }
+    if !after.is_empty() {
+        let mut ors = Vec::new();
+        for i in 0..key_index.len() {
+            let mut ands = Vec::new();
+            for (j, k) in key_index.iter().enumerate().take(i + 1) {
+                let c = &columns[*k as usize];
+                let op = if j == i { ">" } else { "=" };
+                let ph = if c.column.collation == 63 && !c.as_binary { "CAST(? AS BINARY)" } else { "?" };
+                ands.push(format!("{} {op} {ph}", ident(&c.column.name)));
+                params.push(common::sql_value::to_mysql(&after[j]));
+            }
+            ors.push(format!("({})", ands.join(" AND ")));
+        }
+        sql.push_str(&format!(" WHERE {}", ors.join(" OR ")));
+    }
+    let order: Vec<String> = key.iter().map(|k| ident(k)).collect();
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
+    (sql, params)
+}
+
 fn value(v: My, col: &Column) -> Result<Value, String> {
     use ColumnType as T;
     let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| format!("column {} is not valid UTF-8", col.name));
@@ -520,4 +506,45 @@ fn value(v: My, col: &Column) -> Result<Value, String> {
             Value::Time { negative, hours: days * 24 + u32::from(hours), minutes, seconds, micros }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, collation: u16, as_binary: bool) -> ChunkColumn {
+        let column = Column {
+            name: name.into(),
+            ty: ColumnType::Int,
+            unsigned: false,
+            nullable: false,
+            binlog_type: 0,
+            binlog_meta: 0,
+            collation,
+        };
+        ChunkColumn { column, as_binary }
+    }
+
+    fn shape(primary_key: Vec<u32>) -> TableChange {
+        TableChange { schema: "s".into(), table: "t".into(), columns: vec![], primary_key, rows: vec![] }
+    }
+
+    #[test]
+    fn a_chunk_selects_the_rows_after_the_last_key_in_key_order() {
+        let columns = [column("a", 33, false), column("b", 63, false), column("u", 63, true)];
+        let key = ["a".to_owned(), "b".to_owned()];
+        let (sql, params) = chunk_select(&shape(vec![0, 1]), &columns, &key, &[], 10);
+        assert_eq!(sql, "SELECT `a`, `b`, CAST(`u` AS BINARY) FROM `s`.`t` ORDER BY `a`, `b` LIMIT 10");
+        assert!(params.is_empty());
+        let after = [Value::Int(1), Value::Bytes(vec![2])];
+        let (sql, params) = chunk_select(&shape(vec![0, 1]), &columns, &key, &after, 10);
+        assert_eq!(
+            sql,
+            "SELECT `a`, `b`, CAST(`u` AS BINARY) FROM `s`.`t` WHERE (`a` > ?) OR (`a` = ? AND `b` > CAST(? AS BINARY)) \
+             ORDER BY `a`, `b` LIMIT 10"
+        );
+        assert_eq!(params.len(), 3);
+        let (sql, _) = chunk_select(&shape(vec![]), &columns, &[], &[], 10);
+        assert_eq!(sql, "SELECT `a`, `b`, CAST(`u` AS BINARY) FROM `s`.`t`", "a keyless table is read whole");
+    }
 }

@@ -1,0 +1,315 @@
+//! The assembler: turns the primary's binlog events into committed transactions, one handler per kind of
+//! event. A transaction is handed on only at its end (XID, COMMIT, XA PREPARE/COMMIT/ROLLBACK, or the end of a
+//! standalone statement), with the position after it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::event::{Body, TableChange};
+use common::position::{BinlogPosition, Gtid, GtidState};
+use mysql_async::binlog::events::{Event, EventData, QueryEvent, RotateEvent, RowsEventData, TableMapEvent};
+use tracing::{debug, info, warn};
+
+use crate::binlog::decode::TableInfo;
+use crate::binlog::mariadb_events as maria;
+use crate::binlog::preflight::PrimaryInfo;
+use crate::binlog::statement::{self, classify, Statement};
+use crate::config::Config;
+use crate::error::ReaderError;
+use crate::pipeline::{Committed, Xa};
+
+/// A source transaction being assembled.
+struct Pending {
+    /// Binlog position where the transaction starts.
+    start_pos: u64,
+    gtid: Option<Gtid>,
+    standalone: bool,
+    bodies: Vec<Body>,
+}
+
+impl Pending {
+    fn new(start_pos: u64, standalone: bool) -> Self {
+        Self { start_pos, gtid: None, standalone, bodies: Vec::new() }
+    }
+
+    fn push_change(&mut self, info: &TableInfo) -> &mut TableChange {
+        let same_table = matches!(
+            self.bodies.last(),
+            Some(Body::Transaction(changes))
+                if changes.last().is_some_and(|c| c.schema == info.schema && c.table == info.table && c.columns == info.columns)
+        );
+        if !matches!(self.bodies.last(), Some(Body::Transaction(_))) {
+            self.bodies.push(Body::Transaction(Vec::new()));
+        }
+        let Some(Body::Transaction(changes)) = self.bodies.last_mut() else { unreachable!("just pushed") };
+        if !same_table {
+            changes.push(info.new_change());
+        }
+        changes.last_mut().unwrap_or_else(|| unreachable!("just pushed"))
+    }
+}
+
+/// Where an event is, for messages.
+struct Here<'a> {
+    file: &'a str,
+    log_pos: u64,
+    timestamp: u32,
+}
+
+impl Here<'_> {
+    fn at(&self) -> String {
+        format!("{}:{}", self.file, self.log_pos)
+    }
+
+    fn unsupported(&self, what: impl Into<String>) -> ReaderError {
+        ReaderError::Unsupported { position: self.at(), what: what.into() }
+    }
+}
+
+/// Turns a sequence of binlog events into committed transactions.
+pub struct Assembler<'a> {
+    config: &'a Config,
+    primary: &'a PrimaryInfo,
+    gtid_state: GtidState,
+    /// Whether `gtid_state` is complete (every domain), so that it can be resumed from.
+    gtid_known: bool,
+    pending: Option<Pending>,
+    /// Table id → decoded table info, or None when the filter leaves the table out.
+    tables: HashMap<u64, Option<Arc<TableInfo>>>,
+    fde_seen: bool,
+}
+
+impl<'a> Assembler<'a> {
+    /// `gtid_state`: the complete GTID state the stream starts from, when it starts from a GTID.
+    pub fn new(config: &'a Config, primary: &'a PrimaryInfo, gtid_state: Option<&GtidState>) -> Self {
+        Self {
+            config,
+            primary,
+            gtid_state: gtid_state.cloned().unwrap_or_default(),
+            // From a file position the GTID state is unknown until a GTID_LIST event (the full state at the
+            // start of every binlog) arrives; until then the reader keeps resuming by file and position.
+            gtid_known: gtid_state.is_some(),
+            pending: None,
+            tables: HashMap::new(),
+            fde_seen: false,
+        }
+    }
+
+    /// Takes one event; returns a transaction it completes, with its binlog bytes (which stand in for its
+    /// decoded size). `file` follows rotations.
+    pub fn handle(&mut self, event: &Event, file: &mut String) -> Result<Option<(Committed, u64)>, ReaderError> {
+        let start = self.pending.as_ref().map(|p| p.start_pos);
+        let committed = self.handle_event(event, file)?;
+        let end = u64::from(event.header().log_pos());
+        let bytes = match start {
+            Some(s) if end > s => end - s,
+            _ => event.header().event_size().into(),
+        };
+        Ok(committed.map(|c| (c, bytes)))
+    }
+
+    fn handle_event(&mut self, event: &Event, file: &mut String) -> Result<Option<Committed>, ReaderError> {
+        let header = event.header();
+        let kind = header.event_type_raw();
+        let log_pos = u64::from(header.log_pos());
+        let here = Here { file: file.as_str(), log_pos, timestamp: header.timestamp() };
+        match kind {
+            maria::GTID => return self.on_gtid(event, &here),
+            maria::GTID_LIST => return self.on_gtid_list(event, &here),
+            maria::BINLOG_CHECKPOINT | maria::START_ENCRYPTION | 160 => return Ok(None),
+            maria::COMPRESSED_FIRST..=maria::COMPRESSED_LAST => {
+                return Err(here.unsupported(format!(
+                    "compressed binlog event (type {kind}); set log_bin_compress=OFF on the primary and restart \
+                     the reader at a position after the compressed events. Nothing was skipped"
+                )))
+            }
+            _ => {}
+        }
+        let data = event.read_data().map_err(|e| here.unsupported(format!("unreadable event type {kind}: {e}")))?;
+        let Some(data) = data else { return Err(here.unsupported(format!("unknown event type {kind}"))) };
+        match data {
+            EventData::RotateEvent(r) => {
+                let name = self.on_rotate(&r, event, here.file);
+                *file = name;
+            }
+            EventData::FormatDescriptionEvent(_) => self.fde_seen = true,
+            EventData::TableMapEvent(tme) => self.on_table_map(&tme, &here)?,
+            EventData::RowsEvent(rows) => self.on_rows(&rows, &here)?,
+            EventData::XidEvent(_) => return Ok(self.commit(&here)),
+            EventData::XaPrepareLogEvent(body) => {
+                // The first phase of an XA transaction: its changes wait in the journal for XA COMMIT.
+                let xid = statement::xid_key(&body).ok_or_else(|| here.unsupported("malformed XA_PREPARE event"))?;
+                return Ok(self.commit(&here).map(|mut c| {
+                    let bodies = std::mem::take(&mut c.bodies);
+                    Committed { xa: Some(Xa::Prepare { xid, bodies }), ..c }
+                }));
+            }
+            EventData::QueryEvent(q) => return self.on_query(&q, &here),
+            EventData::IncidentEvent(i) => {
+                let message =
+                    format!("incident event on the primary ({:?}): its binlog may be missing changes", i.message());
+                return Err(here.unsupported(message));
+            }
+            EventData::IntvarEvent(_) | EventData::RandEvent(_) | EventData::UserVarEvent(_) => {
+                // Only logged for statement-based DML, which the QUERY event that follows refuses.
+            }
+            _ if kind == 27 => {} // heartbeat
+            other => debug!(kind, event = ?std::mem::discriminant(&other), "event ignored"),
+        }
+        Ok(None)
+    }
+
+    fn on_gtid(&mut self, event: &Event, here: &Here<'_>) -> Result<Option<Committed>, ReaderError> {
+        let header = event.header();
+        let g = maria::parse_gtid(event.data(), header.server_id())
+            .map_err(|source| ReaderError::Malformed { position: here.at(), source })?;
+        if let Some(p) = &self.pending {
+            warn!(gtid = ?p.gtid, "transaction without an end event was dropped by the primary's binlog");
+        }
+        let mut pending =
+            Pending::new(here.log_pos.saturating_sub(header.event_size().into()), g.flags & maria::FL_STANDALONE != 0);
+        pending.gtid = Some(g.gtid);
+        self.pending = Some(pending);
+        Ok(None)
+    }
+
+    fn on_gtid_list(&mut self, event: &Event, here: &Here<'_>) -> Result<Option<Committed>, ReaderError> {
+        let list = maria::parse_gtid_list(event.data())
+            .map_err(|source| ReaderError::Malformed { position: here.at(), source })?;
+        if !self.gtid_known && self.pending.is_none() {
+            list.into_iter().for_each(|g| self.gtid_state.advance(g));
+            self.gtid_known = true;
+        }
+        Ok(None)
+    }
+
+    /// Returns the name of the binlog file the stream continues in.
+    fn on_rotate(&mut self, r: &RotateEvent<'_>, event: &Event, file: &str) -> String {
+        let mut raw = r.name_raw().to_vec();
+        // Before the format description arrives, mysql_common does not know checksums are on, so the first
+        // (artificial) rotate's name still ends with its 4-byte CRC32.
+        if !self.fde_seen && event.header().event_size() as usize == 19 + 8 + raw.len() && raw.len() > 4 {
+            raw.truncate(raw.len() - 4);
+        }
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        if file != name {
+            debug!(file = %name, "binlog rotated");
+        }
+        // The table-map cache is cleared at each rotate.
+        self.tables.clear();
+        name
+    }
+
+    fn on_table_map(&mut self, tme: &TableMapEvent<'_>, here: &Here<'_>) -> Result<(), ReaderError> {
+        let entry = if self.config.filter.table(&tme.database_name(), &tme.table_name()) {
+            let info =
+                TableInfo::from_table_map(tme).map_err(|source| ReaderError::Decode { position: here.at(), source })?;
+            Some(Arc::new(info))
+        } else {
+            None
+        };
+        self.tables.insert(tme.table_id(), entry);
+        Ok(())
+    }
+
+    fn on_rows(&mut self, rows: &RowsEventData<'_>, here: &Here<'_>) -> Result<(), ReaderError> {
+        let id = rows.table_id();
+        let info = match self.tables.get(&id) {
+            Some(Some(info)) => info.clone(),
+            Some(None) => return Ok(()),
+            None => return Err(here.unsupported(format!("rows event for table id {id} without its table map"))),
+        };
+        let pending = self.pending.get_or_insert_with(|| Pending::new(here.log_pos, false));
+        let change = pending.push_change(&info);
+        info.decode_rows(rows, &mut change.rows).map_err(|source| ReaderError::Decode { position: here.at(), source })
+    }
+
+    fn on_query(&mut self, q: &QueryEvent<'_>, here: &Here<'_>) -> Result<Option<Committed>, ReaderError> {
+        let statement = q.query();
+        match classify(&statement) {
+            Statement::Begin => {
+                if self.pending.is_none() {
+                    self.pending = Some(Pending::new(here.log_pos, false));
+                }
+            }
+            Statement::Commit => return Ok(self.commit(here)),
+            Statement::Rollback => {
+                if let Some(p) = self.pending.as_mut() {
+                    if !p.bodies.is_empty() {
+                        warn!(gtid = ?p.gtid, "a transaction that changed non-transactional tables was rolled \
+                              back on the primary; its logged changes are not journaled");
+                    }
+                    p.bodies.clear();
+                }
+                return Ok(self.commit(here));
+            }
+            Statement::Savepoint | Statement::XaBracket => {}
+            Statement::XaCommit(xid) => {
+                return Ok(self.commit(here).map(|c| Committed { xa: Some(Xa::Commit { xid }), ..c }))
+            }
+            Statement::XaRollback(xid) => {
+                return Ok(self.commit(here).map(|c| Committed { xa: Some(Xa::Rollback { xid }), ..c }))
+            }
+            Statement::StatementDml => {
+                return Err(here.unsupported(format!(
+                    "statement-based DML in the binlog ({statement:.80}): a session used binlog_format other than \
+                     ROW. Nothing was skipped; the reader cannot turn statements into rows"
+                )))
+            }
+            Statement::NotData(what) => {
+                info!(gtid = ?self.pending.as_ref().and_then(|p| p.gtid), kind = what, "statement not journaled (not data)");
+            }
+            Statement::Unknown => {
+                warn!(gtid = ?self.pending.as_ref().and_then(|p| p.gtid), statement = %format!("{statement:.120}"),
+                      "statement not journaled (not recognised as DDL)");
+            }
+            Statement::Ddl { schema, table } => self.on_ddl(schema, table, q.schema().into_owned(), &statement, here),
+        }
+        if self.pending.as_ref().is_some_and(|p| p.standalone) {
+            return Ok(self.commit(here));
+        }
+        Ok(None)
+    }
+
+    fn on_ddl(
+        &mut self,
+        schema: Option<String>,
+        table: Option<String>,
+        default_schema: String,
+        statement: &str,
+        here: &Here<'_>,
+    ) {
+        let target = schema.clone().unwrap_or_else(|| default_schema.clone());
+        let admitted = match &table {
+            Some(t) => self.config.filter.table(&target, t),
+            None => !target.is_empty() && self.config.filter.schema(&target),
+        };
+        let pending = self.pending.get_or_insert_with(|| Pending::new(here.log_pos, true));
+        if admitted {
+            // CREATE/DROP DATABASE name their database, and MariaDB logs that database as the event's default
+            // schema even though it may not exist (yet) where it is applied.
+            let schema = if table.is_none() && schema.is_some() { String::new() } else { default_schema };
+            pending.bodies.push(Body::Ddl { schema, statement: statement.to_owned() });
+        }
+        // Table ids may be reused for the changed table.
+        self.tables.clear();
+    }
+
+    /// Ends the pending transaction at the event `here`.
+    fn commit(&mut self, here: &Here<'_>) -> Option<Committed> {
+        let p = self.pending.take()?;
+        if let (Some(g), true) = (p.gtid, self.gtid_known) {
+            self.gtid_state.advance(g);
+        }
+        Some(Committed {
+            gtid: p.gtid,
+            source: BinlogPosition { file: here.file.to_owned(), pos: here.log_pos },
+            commit_unix_seconds: i64::from(here.timestamp),
+            bodies: p.bodies,
+            gtid_state: self.gtid_state.clone(),
+            server_id: self.primary.server_id,
+            binlog_basename: self.primary.binlog_basename.clone(),
+            xa: None,
+        })
+    }
+}

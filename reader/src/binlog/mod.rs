@@ -1,0 +1,11 @@
+//! Reading the primary: the replication connection and its resume rules ([`source`]), events turned into
+//! committed transactions ([`assemble`]), row images decoded exactly ([`decode`]), logged statements
+//! classified ([`statement`]), MariaDB-specific events ([`mariadb_events`]) and the checks of the primary's
+//! settings before streaming ([`preflight`]).
+
+pub mod assemble;
+pub mod decode;
+pub mod mariadb_events;
+pub mod preflight;
+pub mod source;
+pub mod statement;

@@ -1,0 +1,68 @@
+//! The types passed between the reader's stages: what the binlog source hands the journal writer
+//! ([`Committed`], [`Xa`]), and the live state the source and the writer share with health, metrics and the
+//! snapshot reads ([`SourceStatus`], [`Counters`]).
+
+use std::sync::atomic::AtomicBool;
+
+use common::event::Body;
+use common::position::{BinlogPosition, Gtid, GtidState};
+use prometheus_client::metrics::counter::Counter;
+
+/// A committed source transaction ready to be journaled: zero or more records, then the position after it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub gtid: Option<Gtid>,
+    pub source: BinlogPosition,
+    pub commit_unix_seconds: i64,
+    /// Usually one body; none when every change was filtered out; several when a transaction mixed DDL and rows.
+    pub bodies: Vec<Body>,
+    pub gtid_state: GtidState,
+    pub server_id: u32,
+    pub binlog_basename: String,
+    /// Set for the parts of a two-phase XA transaction.
+    pub xa: Option<Xa>,
+}
+
+/// A step of a two-phase XA transaction, journaled atomically with the position after it.
+#[derive(Debug, Clone)]
+pub enum Xa {
+    /// Keep these changes until the transaction's XA COMMIT or XA ROLLBACK.
+    Prepare { xid: String, bodies: Vec<Body> },
+    /// Journal the prepared changes now, under the commit's GTID and position.
+    Commit { xid: String },
+    /// Forget the prepared changes.
+    Rollback { xid: String },
+}
+
+/// Counters the source and the writer increment as they go (exported by [`crate::metrics`]).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub reconnects: Counter,
+    pub transactions: Counter,
+    pub rows: Counter,
+    /// Chunks and rows served to appliers' initial copies.
+    pub copy_chunks: Counter,
+    pub copy_rows: Counter,
+}
+
+/// Live state shown in status and health.
+#[derive(Debug)]
+pub struct SourceStatus {
+    pub connected: AtomicBool,
+    pub backpressure: AtomicBool,
+    pub counters: Counters,
+    /// How far the source has read the primary's binlog: every transaction that ends at or before this
+    /// position has been handed to the journal writer. Snapshot reads wait on it (see `serve::snapshot`).
+    pub read_through: tokio::sync::watch::Sender<Option<BinlogPosition>>,
+}
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        Self {
+            connected: AtomicBool::default(),
+            backpressure: AtomicBool::default(),
+            counters: Default::default(),
+            read_through: tokio::sync::watch::Sender::new(None),
+        }
+    }
+}

@@ -257,9 +257,13 @@ async fn pause_stops_the_copy_and_resume_finishes_it_with_status_through_grpcurl
     assert!(services.contains("replica.v1.Applier"), "reflection lists the admin service: {services}");
     let paused = tests::run_grpcurl(&["-plaintext", &admin, "replica.v1.Applier/PauseCopy"]);
     assert!(paused.contains("\"paused\": true"), "{paused}");
-    // A chunk being written finishes; then nothing moves.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let held = rows_copied(&secondary, "pausable").await;
+    // A chunk being written finishes (the count stands still for a second); then nothing moves.
+    let held = tests::eventually(WAIT, "the chunk being written when paused to finish", || async {
+        let before = rows_copied(&secondary, "pausable").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (rows_copied(&secondary, "pausable").await == before).then_some(before)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rows_copied(&secondary, "pausable").await, held, "no rows move while paused");
     let status = tests::run_grpcurl(&["-plaintext", &admin, "replica.v1.Applier/GetStatus"]);

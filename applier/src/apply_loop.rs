@@ -16,7 +16,8 @@ use crate::copy::chunk::ChunkDone;
 use crate::copy::place::Placer;
 use crate::copy::CopyItem;
 use crate::error::ApplyError;
-use crate::plan::Planner;
+use crate::metrics::ApplierMetrics;
+use crate::plan::{Limits, Planner};
 use crate::stream::Received;
 use crate::table::{TableKey, Tables};
 use crate::writer::{Resumed, Writer};
@@ -30,14 +31,14 @@ pub struct Inputs {
 }
 
 pub struct ApplyLoop {
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     pub writer: Writer,
     pub tables: Tables,
-    pub placer: Placer,
-    pub planner: Planner,
-    pub board: Arc<CopyBoard>,
+    placer: Placer,
+    planner: Planner,
+    board: Arc<CopyBoard>,
     /// Copy items by (boundary, id), waiting for the checkpoint to reach their boundary.
-    pub waiting: BTreeMap<(u64, u64), CopyItem>,
+    waiting: BTreeMap<(u64, u64), CopyItem>,
 }
 
 /// The waiting item to place next: its boundary is reached, and it is not a chunk of a table whose previous
@@ -55,6 +56,26 @@ pub fn next_due(
 }
 
 impl ApplyLoop {
+    /// The loop around `writer`; chunks written for the copy are reported on `chunks`.
+    pub fn new(
+        config: Arc<Config>,
+        writer: Writer,
+        board: Arc<CopyBoard>,
+        chunks: mpsc::Sender<ChunkDone>,
+        metrics: ApplierMetrics,
+    ) -> Self {
+        let limits = Limits { rows: config.batch_rows, bytes: config.batch_bytes, time: config.batch_time };
+        Self {
+            placer: Placer::new(config.clone(), board.clone(), chunks, metrics),
+            planner: Planner::new(limits),
+            tables: Tables::default(),
+            waiting: BTreeMap::new(),
+            config,
+            writer,
+            board,
+        }
+    }
+
     /// Takes up what the secondary kept (quarantines, unfinished copies) and begins an initial copy if one is
     /// needed. False if the applier stopped first.
     pub async fn prepare(&mut self, resumed: Resumed, shutdown: &CancellationToken) -> Result<bool, ApplyError> {

@@ -70,6 +70,10 @@ pub enum ApplyError {
         #[source]
         status: tonic::Status,
     },
+    #[error("{} is not on the primary (dropped or renamed)", show(&Some(.table.clone())))]
+    TableGone { table: TableKey },
+    #[error("the reader's answer to {call} is incomplete: {what}")]
+    ReaderIncomplete { call: &'static str, what: &'static str },
     #[error("malformed data from the reader")]
     Wire(#[from] common::convert::WireError),
     #[error("journal offset {got} arrived where {expected} was expected: the stream skipped or repeated records")]
@@ -118,12 +122,14 @@ impl ApplyError {
             ApplyError::ReaderRefused { status, .. } => status_transient(status),
             ApplyError::ReaderUnreachable { .. }
             | ApplyError::ReaderEnded
+            | ApplyError::ReaderIncomplete { .. }
             | ApplyError::StaleChunk { .. }
             | ApplyError::ChunkFetch { .. }
             | ApplyError::ChunkStalled { .. } => true,
             ApplyError::Drift { .. }
             | ApplyError::Panic { .. }
             | ApplyError::ReaderSettings { .. }
+            | ApplyError::TableGone { .. }
             | ApplyError::Wire(_)
             | ApplyError::Gap { .. }
             | ApplyError::NonEmptyTarget { .. }
@@ -151,15 +157,20 @@ impl ApplyError {
         match self {
             ApplyError::Statement { table, .. } | ApplyError::Drift { table, .. } => table.as_ref(),
             ApplyError::StaleChunk { table, .. }
+            | ApplyError::TableGone { table }
             | ApplyError::ChunkFetch { table, .. }
             | ApplyError::ChunkStalled { table, .. } => Some(table),
             _ => None,
         }
     }
 
-    /// Whether the reader answered that the thing asked for does not exist (e.g. a table dropped on the primary).
+    /// Whether the table asked for is not on the primary (the reader says NotFound, or lists nothing).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ApplyError::ReaderRefused { status, .. } if status.code() == tonic::Code::NotFound)
+        match self {
+            ApplyError::TableGone { .. } => true,
+            ApplyError::ReaderRefused { status, .. } => status.code() == tonic::Code::NotFound,
+            _ => false,
+        }
     }
 }
 

@@ -46,7 +46,6 @@ pub mod stream;
 pub mod table;
 pub mod writer;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,12 +56,9 @@ use tracing::{info, warn};
 use crate::apply_loop::{ApplyLoop, Inputs};
 use crate::config::Config;
 use crate::copy::board::CopyBoard;
-use crate::copy::place::Placer;
 use crate::error::ApplyError;
 use crate::metrics::ApplierMetrics;
-use crate::plan::{Limits, Planner};
 use crate::stream::{StreamState, Subscription};
-use crate::table::Tables;
 use crate::writer::Writer;
 
 /// Runs the applier until `shutdown` (Ok) or a permanent error.
@@ -74,16 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let secondary_ok = writer.secondary().ok_flag();
     let board = Arc::new(CopyBoard::default());
     let (chunks_tx, chunks_rx) = mpsc::channel(16);
-    let limits = Limits { rows: config.batch_rows, bytes: config.batch_bytes, time: config.batch_time };
-    let mut apply = ApplyLoop {
-        config: config.clone(),
-        writer,
-        tables: Tables::default(),
-        placer: Placer::new(config.clone(), board.clone(), chunks_tx, metrics.clone()),
-        planner: Planner::new(limits),
-        board: board.clone(),
-        waiting: BTreeMap::new(),
-    };
+    let mut apply = ApplyLoop::new(config.clone(), writer, board.clone(), chunks_tx, metrics.clone());
     if !apply.prepare(resumed, &shutdown).await? {
         return Ok(());
     }
@@ -124,18 +111,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     };
     tasks.spawn(watch.run(shutdown.clone()));
 
+    // Before the copy workers start: their floors begin at the last offset received.
+    let (subscription, records) = Subscription::new(config.clone(), applied + 1, stream_state.clone());
     let (items_tx, items_rx) = mpsc::channel(16);
     let copy_stop = shutdown.child_token();
-    let workers = copy::worker::Workers {
-        config: config.clone(),
-        board: board.clone(),
-        stream: stream_state.clone(),
-        items: items_tx,
-    };
+    let workers =
+        copy::worker::Workers { config: config.clone(), board: board.clone(), stream: stream_state, items: items_tx };
     let copying = tokio::spawn(workers.run(copy_stop.clone()));
     tasks.spawn(copy::report::run(board.clone(), copy_stop.clone()));
 
-    let (subscription, records) = Subscription::new(config.clone(), applied + 1, stream_state);
     let stream_stop = shutdown.child_token();
     let streaming = tokio::spawn(subscription.run(stream_stop.clone()));
     // Stopped only after the apply loop, so that its final ack covers the last commit.

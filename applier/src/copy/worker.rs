@@ -141,7 +141,7 @@ impl Workers {
                 ListTablesRequest { schema: table.0.clone(), table: table.1.clone(), consumer: String::new() };
             let defs = client.list_tables(request).await.map_err(refused("ListTables"))?.into_inner();
             let Some(def) = defs.tables.into_iter().next() else {
-                return Err(refused("ListTables")(tonic::Status::not_found("the table is not on the primary")));
+                return Err(ApplyError::TableGone { table: table.clone() });
             };
             floors.set(id, defs.boundary_offset);
             let (done, outcome) = oneshot::channel();
@@ -217,7 +217,7 @@ impl Workers {
         };
         let shape: TableChange = first
             .rows
-            .ok_or_else(|| refused("ReadChunk")(tonic::Status::data_loss("the chunk's first part has no columns")))?
+            .ok_or(ApplyError::ReaderIncomplete { call: "ReadChunk", what: "the chunk's first part has no columns" })?
             .try_into()?;
         self.board.floors.set(id, first.boundary_offset);
         let key_index = shape.primary_key.clone();
@@ -241,7 +241,8 @@ impl Workers {
         let (mut rows, mut last_key) = (0u64, after);
         while let Some(part) = stream.next().await {
             let part = part.map_err(refused("ReadChunk")).and_then(|p| {
-                let rows = p.rows.ok_or_else(|| refused("ReadChunk")(tonic::Status::data_loss("empty chunk part")))?;
+                let rows =
+                    p.rows.ok_or(ApplyError::ReaderIncomplete { call: "ReadChunk", what: "a part has no rows" })?;
                 Ok(TableChange::try_from(rows)?)
             });
             if let Ok(p) = &part {

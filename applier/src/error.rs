@@ -23,6 +23,12 @@ pub mod codes {
         1061, // duplicate key name
         1091, // can't drop: does not exist
         1146, // table does not exist (RENAME, TRUNCATE of a dropped table)
+        1304, // procedure or function exists
+        1305, // procedure or function does not exist
+        1359, // trigger exists
+        1360, // trigger does not exist
+        1537, // event exists
+        1539, // event does not exist
     ];
 }
 

@@ -18,7 +18,7 @@
 //! | --- | --- | --- |
 //! | stream from the reader | [`stream`], [`reader_client`] | the subscription, the receive buffer, acks |
 //! | planner | [`plan`], [`net`] | grouping limits, the carried record, net changes per key |
-//! | writer | [`writer`], [`rows`], [`sql`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
+//! | writer | [`writer`], [`rows`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
 //! | per-table policy | [`table`] | copy modes and quarantines |
 //! | initial copy | [`copy`] | copy state machine, workers, floors, chunk placement |
 //! | apply loop | [`apply_loop`] | the order of everything that moves the checkpoint |
@@ -32,6 +32,7 @@ pub mod apply_loop;
 pub mod checkpoint;
 pub mod config;
 pub mod copy;
+pub mod ddl;
 pub mod drift;
 pub mod error;
 pub mod health;

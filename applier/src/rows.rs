@@ -41,8 +41,9 @@ pub async fn apply_net(tx: &mut Transaction<'_>, net: &NetTable, lenient: bool) 
     let mut done = 0;
     while done < inserts.len() {
         let n = sql::insert_chunk(inserts.len() - done, shape.columns.len());
-        let stmt = sql::insert(shape, n);
-        let params: Vec<_> = inserts[done..done + n].iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
+        let rows = &inserts[done..done + n];
+        let stmt = sql::relaxed_if(sql::needs_relaxed(&shape.columns, rows.iter().copied()), sql::insert(shape, n));
+        let params: Vec<_> = rows.iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
         tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
         done += n;
     }
@@ -69,7 +70,7 @@ pub async fn apply_keyless(
                 ))?;
             }
             if let RowChange::Insert { after } | RowChange::Update { after, .. } = row {
-                let stmt = sql::replace(c, 1);
+                let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::replace(c, 1));
                 let params: Vec<_> = after.iter().map(sql::to_mysql).collect();
                 tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
             }
@@ -84,20 +85,23 @@ pub async fn apply_keyless(
                 let mut done = 0;
                 while done < run {
                     let n = sql::insert_chunk(run - done, c.columns.len());
-                    let stmt = sql::insert(c, n);
-                    let mut params = Vec::with_capacity(n * c.columns.len());
-                    for row in &c.rows[i + done..i + done + n] {
-                        if let RowChange::Insert { after } = row {
-                            params.extend(after.iter().map(sql::to_mysql));
-                        }
-                    }
+                    let images: Vec<&[common::event::Value]> = c.rows[i + done..i + done + n]
+                        .iter()
+                        .filter_map(|row| match row {
+                            RowChange::Insert { after } => Some(after.as_slice()),
+                            _ => None,
+                        })
+                        .collect();
+                    let stmt =
+                        sql::relaxed_if(sql::needs_relaxed(&c.columns, images.iter().copied()), sql::insert(c, n));
+                    let params: Vec<_> = images.iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
                     tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
                     done += n;
                 }
                 i += run;
             }
             RowChange::Update { before, after } => {
-                let stmt = sql::update(c);
+                let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::update(c));
                 let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
                 params.extend(sql::key_params(c, before));
                 tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;

@@ -11,9 +11,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::error::ApplyError;
 
-/// Connection options for the secondary: UTC (journal TIMESTAMPs are instants), zero dates allowed, explicit 0
-/// ids kept, errors not warnings, foreign key checks off as on a replica, and found (not changed) rows counted
-/// so that a missing row is drift, not silence.
+/// Connection options for the secondary: UTC (journal TIMESTAMPs are instants), the strict sql_mode of
+/// [`crate::sql::STRICT_MODE`], foreign key checks off as on a replica, `@replica_applier` set (triggers that
+/// came through the journal do nothing for this session: see [`crate::ddl`]), and found (not changed) rows
+/// counted so that a missing row is drift, not silence.
 pub fn opts(config: &Config) -> OptsBuilder {
     common::mariadb::opts(&common::mariadb::Server {
         host: &config.host,
@@ -24,10 +25,10 @@ pub fn opts(config: &Config) -> OptsBuilder {
     })
     .client_found_rows(true)
     .stmt_cache_size(512)
-    .setup(vec!["SET NAMES utf8mb4, time_zone = '+00:00', \
-         sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
-         foreign_key_checks = 0"
-        .to_owned()])
+    .setup(vec![format!(
+        "SET NAMES utf8mb4, time_zone = '+00:00', sql_mode = '{}', foreign_key_checks = 0, @replica_applier = 1",
+        crate::sql::STRICT_MODE
+    )])
 }
 
 /// Connections that write copy chunks, next to the apply loop's own.

@@ -4,6 +4,34 @@
 use common::event::{Column, ColumnType, TableChange, Value};
 use mysql_async::Value as My;
 
+/// The secondary session's sql_mode: strict (errors, not warnings, so a value the secondary cannot hold is
+/// never changed silently), zero dates allowed, explicit 0 ids kept.
+pub const STRICT_MODE: &str = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION";
+
+/// The same without strictness, for the rare statement that writes a value only a non-strict primary can store:
+/// an ENUM's empty error value (index 0). A native replica applies row events whatever the sql_mode; this
+/// applies just those statements so, and every other one strictly.
+const RELAXED: &str = "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR ";
+
+/// Whether writing `rows` with `columns` needs [`relaxed`]: an ENUM column holds its empty error value.
+pub fn needs_relaxed<'a>(columns: &[Column], rows: impl IntoIterator<Item = &'a [Value]>) -> bool {
+    let enums: Vec<usize> =
+        columns.iter().enumerate().filter(|(_, c)| c.ty == ColumnType::Enum).map(|(i, _)| i).collect();
+    if enums.is_empty() {
+        return false;
+    }
+    rows.into_iter().any(|row| enums.iter().any(|&i| matches!(row.get(i), Some(Value::Text(s)) if s.is_empty())))
+}
+
+/// `stmt`, run without strictness when `relax` (see [`needs_relaxed`]).
+pub fn relaxed_if(relax: bool, stmt: String) -> String {
+    if relax {
+        format!("{RELAXED}{stmt}")
+    } else {
+        stmt
+    }
+}
+
 /// Most rows in one multi-row INSERT; inserts are cut into power-of-two chunks so a table needs at most a
 /// handful of distinct prepared statements.
 pub const MAX_INSERT_ROWS: usize = 128;
@@ -173,6 +201,19 @@ mod tests {
         assert_eq!(update(&table(vec![0])), "UPDATE `s`.`t``x` SET `id` = ?, `v` = ? WHERE `id` <=> ?");
         assert_eq!(delete(&table(vec![])), "DELETE FROM `s`.`t``x` WHERE `id` <=> ? AND `v` <=> ? LIMIT 1");
         assert_eq!(delete_keys(&table(vec![1, 0]), 2), "DELETE FROM `s`.`t``x` WHERE (`v`,`id`) IN ((?,?),(?,?))");
+    }
+
+    #[test]
+    fn only_rows_with_an_empty_enum_value_are_written_without_strictness() {
+        let mut c = table(vec![0]);
+        let rows = [vec![Value::Int(1), Value::Text(String::new())]];
+        assert!(!needs_relaxed(&c.columns, rows.iter().map(Vec::as_slice)), "not an ENUM column");
+        c.columns[1].ty = ColumnType::Enum;
+        assert!(needs_relaxed(&c.columns, rows.iter().map(Vec::as_slice)));
+        let named = [vec![Value::Int(1), Value::Text("a".into())]];
+        assert!(!needs_relaxed(&c.columns, named.iter().map(Vec::as_slice)));
+        assert_eq!(relaxed_if(false, "INSERT".into()), "INSERT");
+        assert!(relaxed_if(true, "INSERT".into()).starts_with("SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO"));
     }
 
     #[test]

@@ -343,12 +343,13 @@ impl Writer {
             let use_schema = format!("USE {}", sql::ident(schema));
             conn.query_drop(&use_schema).await.map_err(statement(offset, None, &use_schema))?;
         }
-        match conn.query_drop(ddl).await {
+        let ddl = crate::ddl::for_secondary(ddl);
+        match conn.query_drop(&ddl).await {
             Ok(()) => {}
             Err(mysql_async::Error::Server(e)) if replay && codes::DDL_ALREADY_DONE.contains(&e.code) => {
                 info!(consumer = %name, offset, error = %e.message, "DDL had been applied before a restart");
             }
-            Err(e) => return Err(statement(offset, None, ddl)(e)),
+            Err(e) => return Err(statement(offset, None, &ddl)(e)),
         }
         let gtid = record.gtid.map(|g| g.to_string()).unwrap_or_default();
         checkpoint::save(conn, &name, offset, &gtid, &record.source.file, record.source.pos).await?;

@@ -73,6 +73,8 @@ pub struct CopyBoard {
     pub errors: AtomicU64,
     /// (when, total rows copied) samples for the rate.
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// When the current copy began (a table became pending or copying while none was), until it is reported.
+    began: Mutex<Option<Instant>>,
 }
 
 impl Default for CopyBoard {
@@ -85,6 +87,7 @@ impl Default for CopyBoard {
             queue_changed: watch::Sender::new(0),
             errors: AtomicU64::new(0),
             samples: Mutex::default(),
+            began: Mutex::default(),
         }
     }
 }
@@ -114,7 +117,22 @@ impl CopyBoard {
     }
 
     pub fn set(&self, table: &TableKey, p: Progress) {
+        let active = p.state.active();
         lock(&self.progress).insert(table.clone(), p);
+        let mut began = lock(&self.began);
+        if active && began.is_none() {
+            *began = Some(Instant::now());
+            self.errors.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When a copy that has finished since began; once per copy, however short it was.
+    pub fn finished(&self) -> Option<Instant> {
+        let mut began = lock(&self.began);
+        if began.is_none() || self.copying() {
+            return None;
+        }
+        began.take()
     }
 
     pub fn get(&self, table: &TableKey) -> Option<Progress> {
@@ -186,8 +204,11 @@ mod tests {
         board.set(&t, Progress::start(CopyState::Copying, KeyKind::Primary, 100));
         assert!(board.copying());
         assert_eq!(board.totals(), (0, 100));
+        assert_eq!(board.finished(), None, "still copying");
         board.set(&t, Progress { rows_copied: 120, ..Progress::start(CopyState::Done, KeyKind::Primary, 100) });
         assert!(!board.copying());
         assert_eq!(board.totals(), (120, 120));
+        assert!(board.finished().is_some(), "a copy that began and ended between two looks is reported");
+        assert_eq!(board.finished(), None, "once");
     }
 }

@@ -82,8 +82,10 @@ pub async fn write(
         while done < images.len() {
             let n = sql::copy_chunk(images.len() - done, shape.columns.len());
             // REPLACE: a row already written by a record since the copy began equals this one (see copy/mod.rs).
+            let rows = &images[done..done + n];
             let stmt = if one_read { sql::insert(&shape, n) } else { sql::replace(&shape, n) };
-            let params: Vec<_> = images[done..done + n].iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
+            let stmt = sql::relaxed_if(sql::needs_relaxed(&shape.columns, rows.iter().map(|r| r.as_slice())), stmt);
+            let params: Vec<_> = rows.iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
             tx.exec_drop(&stmt, params).await.map_err(statement(boundary, Some(&key), &stmt))?;
             done += n;
         }

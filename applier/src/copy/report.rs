@@ -21,7 +21,6 @@ pub async fn run(board: Arc<CopyBoard>, stop: CancellationToken) {
     let mut shown: HashMap<TableKey, indicatif::ProgressBar> = HashMap::new();
     let style = indicatif::ProgressStyle::with_template("{prefix:30} [{bar:30}] {pos}/{len} rows {per_sec} ETA {eta}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    let mut started: Option<Instant> = None;
     let mut last_log = Instant::now();
     loop {
         tokio::select! {
@@ -29,10 +28,6 @@ pub async fn run(board: Arc<CopyBoard>, stop: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(if terminal { 200 } else { 1000 })) => {}
         }
         let copying = board.copying();
-        if copying && started.is_none() {
-            started = Some(Instant::now());
-            board.errors.store(0, Ordering::Relaxed);
-        }
         let snapshot = board.snapshot();
         if terminal {
             for (key, p) in &snapshot {
@@ -66,7 +61,7 @@ pub async fn run(board: Arc<CopyBoard>, stop: CancellationToken) {
                 "copy progress"
             );
         }
-        if let (Some(since), false) = (started, copying) {
+        if let Some(since) = board.finished() {
             let (copied, _) = board.totals();
             let secs = since.elapsed().as_secs_f64();
             let tables = snapshot.values().filter(|p| p.state == CopyState::Done).count();
@@ -79,7 +74,6 @@ pub async fn run(board: Arc<CopyBoard>, stop: CancellationToken) {
                 "copy finished: streaming"
             );
             shown.clear();
-            started = None;
         }
     }
 }

@@ -1,0 +1,156 @@
+//! Real schemas: triggers and scheduled events that must not apply their effects twice on a secondary, and
+//! values that only a non-strict primary can store, on the copy and on the stream.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use tests::{assert_same_data, caught_up, eventually, Applier, MariaDb, Reader, Role};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+const TRIGGERS: &str = "
+CREATE DATABASE tr;
+CREATE TABLE tr.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT, note VARCHAR(20));
+CREATE TABLE tr.audit (id INT PRIMARY KEY AUTO_INCREMENT, what VARCHAR(20), t_id INT, v INT);
+CREATE TABLE tr.ticks (id INT PRIMARY KEY AUTO_INCREMENT, at DATETIME(6));
+CREATE TRIGGER tr.t_bi BEFORE INSERT ON tr.t FOR EACH ROW SET NEW.note = CONCAT('bi:', NEW.v);
+CREATE TRIGGER tr.t_ai AFTER INSERT ON tr.t FOR EACH ROW INSERT INTO tr.audit (what, t_id, v) VALUES ('ai', NEW.id, NEW.v);
+CREATE TRIGGER tr.t_bu BEFORE UPDATE ON tr.t FOR EACH ROW BEGIN SET NEW.note = CONCAT('bu:', NEW.v); INSERT INTO tr.audit (what, t_id, v) VALUES ('bu', OLD.id, OLD.v); END;
+CREATE TRIGGER tr.t_au AFTER UPDATE ON tr.t FOR EACH ROW INSERT INTO tr.audit (what, t_id, v) VALUES ('au', NEW.id, NEW.v);
+CREATE TRIGGER tr.t_bd BEFORE DELETE ON tr.t FOR EACH ROW INSERT INTO tr.audit (what, t_id, v) VALUES ('bd', OLD.id, OLD.v);
+CREATE TRIGGER tr.t_ad AFTER DELETE ON tr.t FOR EACH ROW INSERT INTO tr.audit (what, t_id, v) VALUES ('ad', OLD.id, NULL);
+CREATE EVENT tr.tick ON SCHEDULE EVERY 1 SECOND DO INSERT INTO tr.ticks (at) VALUES (NOW(6));
+";
+
+async fn auto_increment(db: &MariaDb, table: &str) -> Vec<Option<u64>> {
+    db.query(&format!(
+        "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'tr' AND TABLE_NAME = '{table}'"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_and_events_of_the_primary_take_effect_once_on_the_secondary() {
+    let primary = MariaDb::start_with(Role::Primary, 1, &["--event-scheduler=ON"]).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &["--event-scheduler=ON"]).await;
+    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec(TRIGGERS).await;
+    for i in 0..20 {
+        primary.exec(&format!("INSERT INTO tr.t (v) VALUES ({i}), ({})", i + 100)).await;
+    }
+    primary.exec("UPDATE tr.t SET v = v + 1 WHERE id % 3 = 0; DELETE FROM tr.t WHERE id % 5 = 0").await;
+    primary.exec("INSERT INTO tr.t (v) VALUES (7); UPDATE tr.t SET v = 8 WHERE v = 7").await;
+    // The event runs on the primary; its rows arrive through the journal, and the secondary's copy of it is off.
+    eventually(WAIT, "the event to run on the primary", || async {
+        let n: Vec<u64> = primary.query("SELECT COUNT(*) FROM tr.ticks").await;
+        (n[0] >= 2).then_some(())
+    })
+    .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    let status: Vec<String> =
+        secondary.query("SELECT STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'tr'").await;
+    assert_eq!(status, vec!["SLAVESIDE_DISABLED".to_owned()], "a replicated event does not run on the secondary");
+    primary.exec("DROP EVENT tr.tick").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+
+    assert_same_data(&primary, &secondary, "tr").await;
+    let audit: Vec<u64> = secondary.query("SELECT COUNT(*) FROM tr.audit").await;
+    assert!(audit[0] > 40, "the triggers' rows came through the journal: {audit:?}");
+    for table in ["t", "audit", "ticks"] {
+        assert_eq!(
+            auto_increment(&secondary, table).await,
+            auto_increment(&primary, table).await,
+            "tr.{table}: the same AUTO_INCREMENT counter"
+        );
+    }
+    let triggers: Vec<u64> =
+        secondary.query("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = 'tr'").await;
+    assert_eq!(triggers, vec![6], "the triggers exist on the secondary");
+    // Promotable: a write by anyone but the applier fires them.
+    secondary.exec("INSERT INTO tr.t (v) VALUES (555)").await;
+    let fired: Vec<(String, String)> =
+        secondary.query("SELECT t.note, a.what FROM tr.t t JOIN tr.audit a ON a.t_id = t.id WHERE t.v = 555").await;
+    assert_eq!(fired, vec![("bi:555".to_owned(), "ai".to_owned())]);
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}
+
+/// Values a non-strict primary stores and a strict session refuses (or changes).
+const LOOSE: &str = "
+SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO';
+INSERT INTO loose.vals VALUES
+  (1, 'zzz', '0000-00-00', '2020-00-15 10:00:00', 'ab', 1000, -5),
+  (2, 'b', '2021-02-00', '0000-00-00 00:00:00', 'x  ', -1000, 70000),
+  (3, '', '2021-13-45', NULL, NULL, 1, 1);
+INSERT INTO loose.keyless VALUES ('nope', 1), ('a', 2), ('', 3);
+INSERT INTO loose.ids VALUES (0, 'zero'), (5, 'five');
+";
+
+async fn copy_done(secondary: &MariaDb, applier: &Applier) {
+    eventually(WAIT, "the initial copy to finish", || async {
+        let mut c = secondary.conn().await;
+        // replica_meta appears once the applier has connected.
+        let left: Option<(u64, u64)> = c
+            .exec_first(
+                "SELECT COALESCE(SUM(state IN ('pending', 'copying')), 0), COUNT(*) FROM replica_meta.copy_state \
+                 WHERE consumer = ?",
+                (&applier.name,),
+            )
+            .await
+            .ok()
+            .flatten();
+        matches!(left, Some((0, total)) if total > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_only_a_non_strict_primary_stores_reach_the_secondary_on_copy_and_stream() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    primary
+        .exec(
+            "CREATE DATABASE loose;
+             CREATE TABLE loose.vals (id INT PRIMARY KEY, e ENUM('a','b'), d DATE, dt DATETIME, c CHAR(5),
+               n TINYINT, s SMALLINT UNSIGNED);
+             CREATE TABLE loose.keyless (e ENUM('a','b'), v INT);
+             CREATE TABLE loose.ids (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(10));",
+        )
+        .await;
+    primary.exec(LOOSE).await;
+    // The copy path: these rows exist before the applier starts.
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let a = Applier::start(&reader, &secondary, "loose", &[]);
+    copy_done(&secondary, &a).await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "loose").await;
+    // Even a copy shorter than a progress tick reports its transfer statistics.
+    eventually(WAIT, "the copy's statistics in the log", || async {
+        a.log_text().contains("copy finished").then_some(())
+    })
+    .await;
+    // The stream path: the same values again, as inserts and as updates.
+    primary
+        .exec(
+            &LOOSE
+                .replace("(1, ", "(11, ")
+                .replace("(2, ", "(12, ")
+                .replace("(3, ", "(13, ")
+                .replace("(0, 'zero')", "(6, 'six')")
+                .replace("(5, 'five')", "(7, 'seven')"),
+        )
+        .await;
+    primary
+        .exec(
+            "SET SESSION sql_mode = '';
+             UPDATE loose.vals SET e = 'nope', d = '0000-00-00' WHERE id = 2;
+             UPDATE loose.keyless SET e = 'bad' WHERE v = 2;
+             UPDATE loose.vals SET e = 'a' WHERE id = 1;",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "loose").await;
+    let empty: Vec<u64> = secondary.query("SELECT COUNT(*) FROM loose.vals WHERE e = ''").await;
+    assert!(empty[0] >= 3, "the ENUM's empty value is kept: {empty:?}");
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}

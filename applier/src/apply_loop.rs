@@ -206,6 +206,7 @@ mod tests {
             columns: vec![],
             primary_key: vec![],
             rows: vec![],
+            foreign_key_checks: true,
         };
         let item =
             CopyItem::Chunk { id, boundary, after_key: None, shape, key_kind: KeyKind::Primary, limit: 1, parts, done };

@@ -36,6 +36,7 @@ impl NetTable {
                 columns: c.columns.clone(),
                 primary_key: c.primary_key.clone(),
                 rows: Vec::new(),
+                foreign_key_checks: c.foreign_key_checks,
             },
             first_offset: offset,
             order: Vec::new(),
@@ -110,6 +111,7 @@ mod tests {
             columns: vec![col("id"), col("v")],
             primary_key: vec![0],
             rows,
+            foreign_key_checks: true,
         }
     }
 

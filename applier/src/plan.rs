@@ -133,6 +133,7 @@ mod tests {
                 columns: vec![col],
                 primary_key: vec![0],
                 rows: (0..rows).map(|i| RowChange::Insert { after: vec![Value::Int(i as i64)] }).collect(),
+                foreign_key_checks: true,
             }])
         };
         let record = Record {

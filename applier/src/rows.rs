@@ -1,5 +1,6 @@
 //! Row changes executed inside a secondary transaction: net changes of keyed tables as multi-row DELETE and
-//! INSERT, keyless tables row by row in order. An UPDATE or DELETE that does not find the row the primary
+//! INSERT; keyless tables, and tables in foreign keys, row by row in source order (consecutive inserts in
+//! one statement), located by primary key or, without one, by every column. An UPDATE or DELETE that does not find the row the primary
 //! changed is drift, except for a table being copied (`lenient`), whose row may not be copied yet.
 
 use common::event::{RowChange, TableChange};
@@ -50,9 +51,9 @@ pub async fn apply_net(tx: &mut Transaction<'_>, net: &NetTable, lenient: bool) 
     Ok(())
 }
 
-/// Row by row, for tables without a primary key. `lenient` (the table is being copied, by a unique key): a row
-/// may be missing, and the after image replaces any row with the same unique key.
-pub async fn apply_keyless(
+/// Row by row in source order, for tables without a primary key or in foreign keys. `lenient` (the table is
+/// being copied): a row may be missing, and the after image replaces any row with the same key.
+pub async fn apply_in_order(
     tx: &mut Transaction<'_>,
     offset: u64,
     c: &TableChange,

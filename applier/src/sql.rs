@@ -74,6 +74,7 @@ pub fn without_columns(c: &TableChange, drop: &[usize]) -> TableChange {
                 }
             })
             .collect(),
+        foreign_key_checks: c.foreign_key_checks,
     }
 }
 
@@ -192,6 +193,7 @@ mod tests {
             columns: vec![col("id"), col("v")],
             primary_key: pk,
             rows: vec![],
+            foreign_key_checks: true,
         }
     }
 

@@ -41,11 +41,16 @@ use crate::secondary::Secondary;
 use crate::sql;
 use crate::table::{TableKey, TableMode, Tables};
 
-/// A table's columns as checked against the secondary, and which of them the secondary generates.
+/// A table's columns as checked against the secondary, which of them the secondary generates, and whether it
+/// takes part in foreign keys there.
 #[derive(Debug)]
 struct Shape {
     columns: Vec<Column>,
     generated: Vec<usize>,
+    /// It has a foreign key or is referenced by one: its changes are applied in source order, updates as
+    /// UPDATEs, with foreign key checks as the primary's session had them, so that cascades happen here as
+    /// they did there (InnoDB performs them below the binlog).
+    in_foreign_keys: bool,
 }
 
 /// What the secondary holds when the applier starts.
@@ -248,9 +253,12 @@ impl Writer {
         let name = self.config.name.clone();
         let conn = self.secondary.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(meta("starting a transaction"))?;
-        // Tables with a primary key are applied as net changes after the keyless ones, which go row by row in
-        // order; changes to different tables do not interact (foreign key checks are off, as on a replica).
+        // Tables with a primary key and no part in foreign keys are applied as net changes after the others,
+        // which go row by row in source order; changes to different tables of the two kinds do not interact.
         let mut nets: Vec<NetTable> = Vec::new();
+        // The session's foreign_key_checks as this attempt set it (None: not set yet, so unknown: a failed
+        // attempt may have left it on).
+        let mut checks: Option<bool> = None;
         for record in group {
             let Body::Transaction(changes) = &record.body else { unreachable!("DDL records are grouped alone") };
             for c in changes {
@@ -259,16 +267,27 @@ impl Writer {
                     TableMode::Skip => continue,
                     mode => mode == TableMode::Lenient,
                 };
+                let shape = self.shapes.get(&key);
+                let in_foreign_keys = shape.is_some_and(|s| s.in_foreign_keys);
                 let stripped;
-                let c = match self.shapes.get(&key) {
+                let c = match shape {
                     Some(shape) if !shape.generated.is_empty() => {
                         stripped = sql::without_columns(c, &shape.generated);
                         &stripped
                     }
                     _ => c,
                 };
-                if c.primary_key.is_empty() {
-                    rows::apply_keyless(&mut tx, record.offset.0, c, lenient).await?;
+                if in_foreign_keys {
+                    // A table being copied is loaded with checks off, like the copy itself.
+                    let want = c.foreign_key_checks && !lenient;
+                    if checks != Some(want) {
+                        let set = format!("SET foreign_key_checks = {}", u8::from(want));
+                        tx.query_drop(&set).await.map_err(statement(record.offset.0, Some(&key), &set))?;
+                        checks = Some(want);
+                    }
+                }
+                if c.primary_key.is_empty() || in_foreign_keys {
+                    rows::apply_in_order(&mut tx, record.offset.0, c, lenient).await?;
                     continue;
                 }
                 match nets.iter_mut().find(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
@@ -284,6 +303,10 @@ impl Writer {
         for net in &nets {
             let key = (net.shape.schema.clone(), net.shape.table.clone());
             rows::apply_net(&mut tx, net, tables.mode(&key) == TableMode::Lenient).await?;
+        }
+        if checks == Some(true) {
+            // Back to the session's default for whatever runs next on this connection.
+            tx.query_drop("SET foreign_key_checks = 0").await.map_err(meta("restoring foreign_key_checks"))?;
         }
         let last = &group[group.len() - 1];
         let gtid = last.gtid.map(|g| g.to_string()).unwrap_or_default();
@@ -324,7 +347,10 @@ impl Writer {
                 });
             }
             let generated = drift::generated(&found, &c.columns);
-            self.shapes.insert(key, Shape { columns: c.columns.clone(), generated });
+            let in_foreign_keys = common::mariadb::in_foreign_keys(conn, &c.schema, &c.table).await.map_err(
+                statement(offset, Some(&key), "(foreign keys from information_schema.REFERENTIAL_CONSTRAINTS)"),
+            )?;
+            self.shapes.insert(key, Shape { columns: c.columns.clone(), generated, in_foreign_keys });
         }
         Ok(())
     }
@@ -339,6 +365,9 @@ impl Writer {
             // From here a retry may find the DDL already applied.
             self.ddl_pending = Some(offset);
         }
+        // As the session's default: a failed attempt at rows may have left checks on.
+        let checks_off = "SET foreign_key_checks = 0";
+        conn.query_drop(checks_off).await.map_err(statement(offset, None, checks_off))?;
         if !schema.is_empty() {
             let use_schema = format!("USE {}", sql::ident(schema));
             conn.query_drop(&use_schema).await.map_err(statement(offset, None, &use_schema))?;

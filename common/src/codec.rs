@@ -1,9 +1,13 @@
 //! The journal record codec: a version byte followed by the bincode 2 encoding of the record.
+//!
+//! Versions: 1, the first layout; 2 adds each table change's `foreign_key_checks`. Records of version 1 (a
+//! journal written by an older build) still decode, with foreign key checks on, as sessions have them by
+//! default.
 
 use crate::event::Record;
 
-/// The only record layout so far. A reader refuses records of a version it does not know.
-pub const RECORD_VERSION: u8 = 1;
+/// The layout this build writes. A reader refuses records of a version it does not know.
+pub const RECORD_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -30,11 +34,77 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, CodecError> {
 
 pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != RECORD_VERSION {
-        return Err(CodecError::UnknownVersion(version));
+    match version {
+        RECORD_VERSION => Ok(bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?.0),
+        1 => {
+            let (record, _): (v1::Record, _) =
+                bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
+            Ok(record.into())
+        }
+        other => Err(CodecError::UnknownVersion(other)),
     }
-    let (record, _) = bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
-    Ok(record)
+}
+
+/// The version 1 layout, read only.
+mod v1 {
+    use serde::Deserialize;
+
+    use crate::event::{self, Column, RowChange};
+    use crate::position::{BinlogPosition, Gtid, JournalOffset};
+
+    #[derive(Deserialize)]
+    pub struct Record {
+        offset: JournalOffset,
+        gtid: Option<Gtid>,
+        source: BinlogPosition,
+        commit_unix_seconds: i64,
+        journaled_unix_ms: i64,
+        body: Body,
+    }
+
+    #[derive(Deserialize)]
+    enum Body {
+        Transaction(Vec<TableChange>),
+        Ddl { schema: String, statement: String },
+    }
+
+    #[derive(Deserialize)]
+    struct TableChange {
+        schema: String,
+        table: String,
+        columns: Vec<Column>,
+        primary_key: Vec<u32>,
+        rows: Vec<RowChange>,
+    }
+
+    impl From<Record> for event::Record {
+        fn from(r: Record) -> Self {
+            let body = match r.body {
+                Body::Ddl { schema, statement } => event::Body::Ddl { schema, statement },
+                Body::Transaction(changes) => event::Body::Transaction(
+                    changes
+                        .into_iter()
+                        .map(|c| event::TableChange {
+                            schema: c.schema,
+                            table: c.table,
+                            columns: c.columns,
+                            primary_key: c.primary_key,
+                            rows: c.rows,
+                            foreign_key_checks: true,
+                        })
+                        .collect(),
+                ),
+            };
+            event::Record {
+                offset: r.offset,
+                gtid: r.gtid,
+                source: r.source,
+                commit_unix_seconds: r.commit_unix_seconds,
+                journaled_unix_ms: r.journaled_unix_ms,
+                body,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +138,7 @@ mod tests {
                     RowChange::Update { before: vec![Value::Null], after: vec![Value::Double(-1.5e308)] },
                     RowChange::Delete { before: vec![Value::Text("é😀".into())] },
                 ],
+                foreign_key_checks: false,
             }]),
         }
     }
@@ -78,6 +149,49 @@ mod tests {
         let bytes = encode(&r).expect("encodes");
         assert_eq!(bytes[0], RECORD_VERSION);
         assert_eq!(decode(&bytes).expect("decodes"), r);
+    }
+
+    /// The version 1 layout: the same fields without `foreign_key_checks`.
+    #[derive(serde::Serialize)]
+    struct V1Change<'a> {
+        schema: &'a str,
+        table: &'a str,
+        columns: &'a [Column],
+        primary_key: &'a [u32],
+        rows: &'a [RowChange],
+    }
+
+    #[test]
+    fn records_of_the_first_layout_still_decode_with_foreign_key_checks_on() {
+        let r = sample();
+        let Body::Transaction(changes) = &r.body else { unreachable!("a transaction") };
+        let c = &changes[0];
+        #[derive(serde::Serialize)]
+        enum V1Body<'a> {
+            Transaction(Vec<V1Change<'a>>),
+        }
+        let v1 = (
+            r.offset,
+            r.gtid,
+            &r.source,
+            r.commit_unix_seconds,
+            r.journaled_unix_ms,
+            V1Body::Transaction(vec![V1Change {
+                schema: &c.schema,
+                table: &c.table,
+                columns: &c.columns,
+                primary_key: &c.primary_key,
+                rows: &c.rows,
+            }]),
+        );
+        let mut bytes = vec![1u8];
+        bincode::serde::encode_into_std_write(&v1, &mut bytes, config()).expect("encodes");
+        let decoded = decode(&bytes).expect("a version 1 record decodes");
+        let mut expected = r.clone();
+        if let Body::Transaction(changes) = &mut expected.body {
+            changes[0].foreign_key_checks = true;
+        }
+        assert_eq!(decoded, expected);
     }
 
     #[test]

@@ -38,6 +38,7 @@ impl From<&TableChange> for proto::TableChange {
             columns: c.columns.iter().map(Into::into).collect(),
             primary_key: c.primary_key.clone(),
             rows: c.rows.iter().map(Into::into).collect(),
+            no_foreign_key_checks: !c.foreign_key_checks,
         }
     }
 }
@@ -216,6 +217,13 @@ impl TryFrom<proto::TableChange> for TableChange {
         if c.primary_key.iter().any(|&i| i as usize >= columns.len()) {
             return Err(WireError("primary key index out of range"));
         }
-        Ok(TableChange { schema: c.schema, table: c.table, columns, primary_key: c.primary_key, rows })
+        Ok(TableChange {
+            schema: c.schema,
+            table: c.table,
+            columns,
+            primary_key: c.primary_key,
+            rows,
+            foreign_key_checks: !c.no_foreign_key_checks,
+        })
     }
 }

@@ -50,6 +50,9 @@ pub struct TableChange {
     /// Indexes into `columns` of the primary key, in key order; empty if the table has none.
     pub primary_key: Vec<u32>,
     pub rows: Vec<RowChange>,
+    /// Whether the primary's session checked foreign keys for these changes (the rows event's flag): a
+    /// secondary applies them the same way, so that cascades happen there as they did on the primary.
+    pub foreign_key_checks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

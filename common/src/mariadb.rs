@@ -70,3 +70,16 @@ pub async fn columns(
         })
         .collect())
 }
+
+/// Whether `schema.table` has a foreign key or is referenced by one (so changes to it may check or cascade).
+pub async fn in_foreign_keys(conn: &mut impl Queryable, schema: &str, table: &str) -> Result<bool, mysql_async::Error> {
+    let found: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             WHERE (CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?) OR (UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?) \
+             LIMIT 1",
+            (schema, table, schema, table),
+        )
+        .await?;
+    Ok(found.is_some())
+}

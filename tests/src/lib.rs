@@ -36,8 +36,22 @@ where
     }
 }
 
+/// A loopback port nothing listens on, for a server a test starts. Ports come from below the kernel's
+/// ephemeral range (32768 and up), walked from a random start, never the same twice in a process: a port the
+/// kernel hands out for `:0` is ephemeral, and any outgoing connection may take it before the server binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, rand::random_range(1..SPAN), Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 fn workspace_root() -> PathBuf {

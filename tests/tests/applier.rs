@@ -226,10 +226,9 @@ async fn a_stopped_applier_replays_what_it_missed_while_the_other_stays_current(
     }
     load.await.expect("load");
     assert!(lags.windows(2).any(|w| w[1] > w[0]), "A's lag grows while it is down: {lags:?}");
-    assert!(
-        b_progress.windows(2).filter(|w| w[1] > w[0]).count() >= b_progress.len() / 2,
-        "B keeps applying: {b_progress:?}"
-    );
+    // Not blocked by A: B's checkpoint moves on again and again while A is down (it applies in groups, so
+    // not at every look).
+    assert!(b_progress.windows(2).filter(|w| w[1] > w[0]).count() >= 3, "B keeps applying: {b_progress:?}");
     caught_up(&primary, &reader, &s_b, &b).await;
     assert!(reader.info().await.first_offset <= a_acked + 1, "still held for A after B acked everything");
 

@@ -154,3 +154,65 @@ async fn values_only_a_non_strict_primary_stores_reach_the_secondary_on_copy_and
     assert!(empty[0] >= 3, "the ENUM's empty value is kept: {empty:?}");
     assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
 }
+
+const FOREIGN_KEYS: &str = "
+CREATE DATABASE fk;
+CREATE TABLE fk.parent (id INT PRIMARY KEY, name VARCHAR(20));
+CREATE TABLE fk.child (id INT PRIMARY KEY, parent_id INT, v INT,
+  FOREIGN KEY (parent_id) REFERENCES fk.parent (id) ON DELETE CASCADE ON UPDATE CASCADE);
+CREATE TABLE fk.grandchild (id INT PRIMARY KEY, child_id INT,
+  FOREIGN KEY (child_id) REFERENCES fk.child (id) ON DELETE CASCADE ON UPDATE CASCADE);
+CREATE TABLE fk.orphanable (id INT PRIMARY KEY, parent_id INT NULL,
+  FOREIGN KEY (parent_id) REFERENCES fk.parent (id) ON DELETE SET NULL ON UPDATE SET NULL);
+CREATE TABLE fk.emp (id INT PRIMARY KEY, manager_id INT NULL,
+  FOREIGN KEY (manager_id) REFERENCES fk.emp (id) ON DELETE CASCADE);
+CREATE TABLE fk.plain (id INT PRIMARY KEY, v INT);
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_key_cascades_happen_on_the_secondary_as_they_did_on_the_primary() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec(FOREIGN_KEYS).await;
+    let values = |n: i32, f: &dyn Fn(i32) -> String| (1..=n).map(f).collect::<Vec<_>>().join(",");
+    primary
+        .exec(&format!(
+            "INSERT INTO fk.parent VALUES {}; INSERT INTO fk.child VALUES {}; INSERT INTO fk.grandchild VALUES {};
+             INSERT INTO fk.orphanable VALUES {}; INSERT INTO fk.emp VALUES (1, NULL), (2, 1), (3, 1), (4, 2), (5, 4), (6, 3);
+             INSERT INTO fk.plain VALUES {}",
+            values(10, &|i| format!("({i}, 'p{i}')")),
+            values(30, &|i| format!("({i}, {}, {i})", i % 10 + 1)),
+            values(60, &|i| format!("({i}, {})", i % 30 + 1)),
+            values(10, &|i| format!("({i}, {i})")),
+            values(10, &|i| format!("({i}, {i})")),
+        ))
+        .await;
+    // Deletes cascade two levels down and set NULL; a key update cascades; an update that keeps the key must
+    // not cascade as a delete would; a self-referencing tree is cut at a branch.
+    primary.exec("DELETE FROM fk.parent WHERE id IN (1, 2)").await;
+    primary
+        .exec("UPDATE fk.parent SET id = 100 WHERE id = 3; UPDATE fk.parent SET name = 'renamed' WHERE id = 4")
+        .await;
+    primary.exec("UPDATE fk.child SET id = 1000 WHERE id = 4").await;
+    primary.exec("DELETE FROM fk.emp WHERE id = 2").await;
+    // Several statements in one transaction, mixed with a table outside foreign keys.
+    primary
+        .exec(
+            "START TRANSACTION; UPDATE fk.plain SET v = v + 1; DELETE FROM fk.parent WHERE id = 6;
+             UPDATE fk.parent SET id = 60 WHERE id = 7; INSERT INTO fk.parent VALUES (7, 'again');
+             INSERT INTO fk.child VALUES (31, 7, 0); UPDATE fk.plain SET v = v + 1; COMMIT",
+        )
+        .await;
+    // A session with checks off: no cascade on the primary, and none on the secondary either.
+    primary.exec("SET foreign_key_checks = 0; INSERT INTO fk.child VALUES (999, 12345, 1); DELETE FROM fk.parent WHERE id = 5").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+
+    assert_same_data(&primary, &secondary, "fk").await;
+    let kept: Vec<u64> = secondary.query("SELECT COUNT(*) FROM fk.child WHERE parent_id = 4").await;
+    assert_eq!(kept, vec![3], "an update of a parent's other columns keeps its children");
+    let orphans: Vec<u64> = secondary.query("SELECT COUNT(*) FROM fk.child WHERE parent_id IN (5, 12345)").await;
+    assert_eq!(orphans, vec![4], "changes made with checks off stay unchecked");
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}

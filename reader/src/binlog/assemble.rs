@@ -8,6 +8,7 @@ use std::sync::Arc;
 use common::event::{Body, TableChange};
 use common::position::{BinlogPosition, Gtid, GtidState};
 use mysql_async::binlog::events::{Event, EventData, QueryEvent, RotateEvent, RowsEventData, TableMapEvent};
+use mysql_async::binlog::RowsEventFlags;
 use tracing::{debug, info, warn};
 
 use crate::binlog::decode::TableInfo;
@@ -32,18 +33,21 @@ impl Pending {
         Self { start_pos, gtid: None, standalone, bodies: Vec::new() }
     }
 
-    fn push_change(&mut self, info: &TableInfo) -> &mut TableChange {
+    /// The run of changes the next rows go to: the last one if it is of the same table, shape and foreign key
+    /// checks, else a new one.
+    fn push_change(&mut self, info: &TableInfo, foreign_key_checks: bool) -> &mut TableChange {
         let same_table = matches!(
             self.bodies.last(),
             Some(Body::Transaction(changes))
-                if changes.last().is_some_and(|c| c.schema == info.schema && c.table == info.table && c.columns == info.columns)
+                if changes.last().is_some_and(|c| c.schema == info.schema && c.table == info.table
+                    && c.columns == info.columns && c.foreign_key_checks == foreign_key_checks)
         );
         if !matches!(self.bodies.last(), Some(Body::Transaction(_))) {
             self.bodies.push(Body::Transaction(Vec::new()));
         }
         let Some(Body::Transaction(changes)) = self.bodies.last_mut() else { unreachable!("just pushed") };
         if !same_table {
-            changes.push(info.new_change());
+            changes.push(info.new_change(foreign_key_checks));
         }
         changes.last_mut().unwrap_or_else(|| unreachable!("just pushed"))
     }
@@ -220,7 +224,8 @@ impl<'a> Assembler<'a> {
             None => return Err(here.unsupported(format!("rows event for table id {id} without its table map"))),
         };
         let pending = self.pending.get_or_insert_with(|| Pending::new(here.log_pos, false));
-        let change = pending.push_change(&info);
+        let checks = !rows.flags().contains(RowsEventFlags::NO_FOREIGN_KEY_CHECKS);
+        let change = pending.push_change(&info, checks);
         info.decode_rows(rows, &mut change.rows).map_err(|source| ReaderError::Decode { position: here.at(), source })
     }
 

@@ -185,14 +185,15 @@ impl TableInfo {
         Ok(Self { schema, table, columns, primary_key, text, members, wire })
     }
 
-    /// An empty run of changes to this table.
-    pub fn new_change(&self) -> TableChange {
+    /// An empty run of changes to this table, made with foreign key checks on or off.
+    pub fn new_change(&self, foreign_key_checks: bool) -> TableChange {
         TableChange {
             schema: self.schema.clone(),
             table: self.table.clone(),
             columns: self.columns.clone(),
             primary_key: self.primary_key.clone(),
             rows: Vec::new(),
+            foreign_key_checks,
         }
     }
 

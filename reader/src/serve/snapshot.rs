@@ -409,6 +409,8 @@ impl Snapshots {
             columns: columns.iter().map(|c| c.column.clone()).collect(),
             primary_key: key_index.clone(),
             rows: Vec::new(),
+            // A copy is written with checks off, whatever this says.
+            foreign_key_checks: false,
         };
         let first = proto::ChunkPart {
             boundary_offset: boundary,
@@ -526,7 +528,14 @@ mod tests {
     }
 
     fn shape(primary_key: Vec<u32>) -> TableChange {
-        TableChange { schema: "s".into(), table: "t".into(), columns: vec![], primary_key, rows: vec![] }
+        TableChange {
+            schema: "s".into(),
+            table: "t".into(),
+            columns: vec![],
+            primary_key,
+            rows: vec![],
+            foreign_key_checks: false,
+        }
     }
 
     #[test]

@@ -707,6 +707,36 @@ pub async fn caught_up(primary: &MariaDb, reader: &Reader, secondary: &MariaDb, 
     }
 }
 
+/// Waits until `applier`'s initial copy has finished: every table of its consumer in `replica_meta.copy_state`
+/// is done (or gone), and there is at least one.
+pub async fn copy_done(secondary: &MariaDb, applier: &Applier, reader: &Reader, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut c = secondary.conn().await;
+        // replica_meta appears once the applier has connected.
+        let counts: Option<(u64, u64)> = c
+            .exec_first(
+                "SELECT COALESCE(SUM(state IN ('pending', 'copying')), 0), COUNT(*) FROM replica_meta.copy_state \
+                 WHERE consumer = ?",
+                (&applier.name,),
+            )
+            .await
+            .ok()
+            .flatten();
+        if matches!(counts, Some((0, total)) if total > 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}'s copy did not end:\n{}\nreader:\n{}",
+            applier.name,
+            applier.log_text(),
+            reader.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every row of every table in `schema`, ordered by all columns.
 pub async fn dump(db: &MariaDb, schema: &str) -> Vec<(String, Vec<Vec<mysql_async::Value>>)> {
     let mut c = db.conn().await;

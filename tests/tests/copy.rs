@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use tests::{assert_same_data, caught_up, pt_table_sync, Applier, MariaDb, Reader, Role};
+use tests::{assert_same_data, caught_up, copy_done, pt_table_sync, Applier, MariaDb, Reader, Role};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -111,34 +111,6 @@ async fn copy_state(secondary: &MariaDb, name: &str, table: &str) -> Option<(Str
     .flatten()
 }
 
-/// Waits until every table of `name`'s copy is done.
-async fn copy_done(secondary: &MariaDb, applier: &Applier, reader: &Reader) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let mut c = secondary.conn().await;
-        let counts: Option<(u64, u64)> = c
-            .exec_first(
-                "SELECT COALESCE(SUM(state IN ('pending', 'copying')), 0), COUNT(*) FROM replica_meta.copy_state \
-                 WHERE consumer = ?",
-                (&applier.name,),
-            )
-            .await
-            .ok()
-            .flatten();
-        if matches!(counts, Some((0, total)) if total > 0) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}'s copy did not end:\n{}\nreader:\n{}",
-            applier.name,
-            applier.log_text(),
-            reader.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn assert_identical(primary: &MariaDb, reader: &Reader, secondary: &MariaDb, applier: &Applier) {
     // One more transaction, so that the reader has journaled something to catch up with.
     primary.exec("UPDATE shop.ints SET v = v + 1 WHERE id = 2").await;
@@ -157,7 +129,7 @@ async fn a_copy_under_a_live_write_load_ends_identical_to_the_primary() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a =
         Applier::start(&reader, &secondary, "fresh", &[("TRANSFER_BATCH_SIZE", "400"), ("REPLICA_COPY_WORKERS", "2")]);
-    copy_done(&secondary, &a, &reader).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     // Streaming goes on under the load for a while after the copy.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -231,7 +203,7 @@ async fn killing_the_applier_reader_or_secondary_during_a_copy_resumes_from_its_
     reader.restart().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     secondary.restart().await;
-    copy_done(&secondary, &a, &reader).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load task");
     assert_identical(&primary, &reader, &secondary, &a).await;
@@ -270,7 +242,7 @@ async fn pause_stops_the_copy_and_resume_finishes_it_with_status_through_grpcurl
     assert!(status.contains("\"phase\": \"copying\"") && status.contains("\"copyPaused\": true"), "{status}");
     assert!(status.contains("\"table\": \"ints\"") && status.contains("\"rowsEstimated\""), "{status}");
     tests::run_grpcurl(&["-plaintext", &admin, "replica.v1.Applier/ResumeCopy"]);
-    copy_done(&secondary, &a, &reader).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     let status = tests::run_grpcurl(&["-plaintext", &admin, "replica.v1.Applier/GetStatus"]);
     assert!(status.contains("\"phase\": \"streaming\"") && status.contains("\"state\": \"done\""), "{status}");
     assert_identical(&primary, &reader, &secondary, &a).await;
@@ -287,7 +259,7 @@ async fn resync_table_repairs_a_damaged_table_and_heals_a_quarantined_one_while_
         "healer",
         &[("REPLICA_ADMIN_ADDR", &admin), ("REPLICA_SKIP_FAILING_TABLES", "true"), ("REPLICA_MAX_TABLE_FAILURES", "1")],
     );
-    copy_done(&secondary, &a, &reader).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(write_load(primary.root_opts(), stop.clone()));
     // Damage by hand: wrong values in one table, a missing row in another that the primary then updates.
@@ -306,7 +278,7 @@ async fn resync_table_repairs_a_damaged_table_and_heals_a_quarantined_one_while_
     }
     // The other tables keep streaming meanwhile; then the re-copied ones are done.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    copy_done(&secondary, &a, &reader).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load task");
     assert_identical(&primary, &reader, &secondary, &a).await;
@@ -334,7 +306,7 @@ async fn a_copy_longer_than_the_journal_retention_still_converges() {
         "slow",
         &[("TRANSFER_BATCH_SIZE", "500"), ("REPLICA_COPY_ROWS_PER_SECOND", "2500")],
     );
-    copy_done(&secondary, &a, &reader).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load task");
@@ -363,6 +335,6 @@ async fn a_secondary_with_rows_is_not_overwritten_without_resync() {
     let kept: Vec<u64> = secondary.query("SELECT COUNT(*) FROM shop.ints").await;
     assert_eq!(kept, vec![1], "nothing was touched");
     let a = Applier::start(&reader, &secondary, "careful", &[("REPLICA_RESYNC", "true")]);
-    copy_done(&secondary, &a, &reader).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     assert_identical(&primary, &reader, &secondary, &a).await;
 }

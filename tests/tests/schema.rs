@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use mysql_async::prelude::Queryable;
-use tests::{assert_same_data, caught_up, eventually, Applier, MariaDb, Reader, Role};
+use tests::{assert_same_data, caught_up, copy_done, eventually, Applier, MariaDb, Reader, Role};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -86,24 +85,6 @@ INSERT INTO loose.keyless VALUES ('nope', 1), ('a', 2), ('', 3);
 INSERT INTO loose.ids VALUES (0, 'zero'), (5, 'five');
 ";
 
-async fn copy_done(secondary: &MariaDb, applier: &Applier) {
-    eventually(WAIT, "the initial copy to finish", || async {
-        let mut c = secondary.conn().await;
-        // replica_meta appears once the applier has connected.
-        let left: Option<(u64, u64)> = c
-            .exec_first(
-                "SELECT COALESCE(SUM(state IN ('pending', 'copying')), 0), COUNT(*) FROM replica_meta.copy_state \
-                 WHERE consumer = ?",
-                (&applier.name,),
-            )
-            .await
-            .ok()
-            .flatten();
-        matches!(left, Some((0, total)) if total > 0).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn values_only_a_non_strict_primary_stores_reach_the_secondary_on_copy_and_stream() {
     let primary = MariaDb::start(Role::Primary).await;
@@ -121,7 +102,7 @@ async fn values_only_a_non_strict_primary_stores_reach_the_secondary_on_copy_and
     // The copy path: these rows exist before the applier starts.
     let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
     let a = Applier::start(&reader, &secondary, "loose", &[]);
-    copy_done(&secondary, &a).await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
     caught_up(&primary, &reader, &secondary, &a).await;
     assert_same_data(&primary, &secondary, "loose").await;
     // Even a copy shorter than a progress tick reports its transfer statistics.

@@ -57,6 +57,7 @@ mod tests {
             nullable: true,
             collation: 0,
             generated,
+            auto_increment: false,
         }
     }
 

@@ -6,6 +6,13 @@
 //! touched row ends in its final state, so no unique constraint can be violated that the primary did not
 //! violate. It turns thousands of single-row statements into a few multi-row ones. The DELETE must remove
 //! exactly the keys that existed; any other count means the secondary has drifted.
+//!
+//! A key inserted and deleted within the transaction leaves no row, but on the primary its insert moved the
+//! table's AUTO_INCREMENT counter. For tables with such a counter, [`NetTable::highest_transient`] gives the
+//! one such row whose counter value is highest (its last image); it is inserted and deleted again between the
+//! deletes and the final inserts, so the counter ends where the primary's is. No unique key can collide: every
+//! row that existed and changed is deleted by then, no final image is inserted yet, and untouched rows stood
+//! beside that image on the primary.
 
 use std::collections::HashMap;
 
@@ -25,6 +32,8 @@ struct Entry {
     key_values: Vec<Value>,
     existed: bool,
     final_image: Option<Vec<Value>>,
+    /// The last image the key had in the transaction (for a key inserted and deleted again).
+    last_image: Option<Vec<Value>>,
 }
 
 impl NetTable {
@@ -54,24 +63,40 @@ impl NetTable {
         if !self.entries.contains_key(&k) {
             self.order.push(k.clone());
         }
-        self.entries.entry(k).or_insert(Entry { key_values, existed, final_image: None })
+        self.entries.entry(k).or_insert(Entry { key_values, existed, final_image: None, last_image: None })
     }
 
     pub fn add(&mut self, c: &TableChange) {
         for row in &c.rows {
             match row {
-                RowChange::Insert { after } => self.touch(after, false).final_image = Some(after.clone()),
-                RowChange::Delete { before } => self.touch(before, true).final_image = None,
+                RowChange::Insert { after } => self.touch(after, false).set(Some(after)),
+                RowChange::Delete { before } => self.touch(before, true).set(None),
                 RowChange::Update { before, after } => {
                     if self.key(before).0 != self.key(after).0 {
-                        self.touch(before, true).final_image = None;
-                        self.touch(after, false).final_image = Some(after.clone());
+                        self.touch(before, true).set(None);
+                        self.touch(after, false).set(Some(after));
                     } else {
-                        self.touch(before, true).final_image = Some(after.clone());
+                        self.touch(before, true).set(Some(after));
                     }
                 }
             }
         }
+    }
+
+    /// Of the keys that did not exist before the transaction and do not exist after it, the last image and
+    /// key values of the one whose column `counter` (the AUTO_INCREMENT column) is highest.
+    pub fn highest_transient(&self, counter: usize) -> Option<(&[Value], &[Value])> {
+        let number = |v: &Value| match v {
+            Value::Int(i) => i128::from(*i),
+            Value::UInt(u) => i128::from(*u),
+            _ => i128::MIN,
+        };
+        self.order
+            .iter()
+            .filter_map(|k| self.entries.get(k))
+            .filter(|e| !e.existed && e.final_image.is_none())
+            .filter_map(|e| e.last_image.as_deref().map(|image| (image, e.key_values.as_slice())))
+            .max_by_key(|(image, _)| image.get(counter).map_or(i128::MIN, number))
     }
 
     /// Key values of the rows that must exist now and are deleted first.
@@ -87,6 +112,15 @@ impl NetTable {
     /// Final images to insert.
     pub fn inserts(&self) -> Vec<&[Value]> {
         self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image.as_deref()).collect()
+    }
+}
+
+impl Entry {
+    fn set(&mut self, image: Option<&Vec<Value>>) {
+        self.final_image = image.cloned();
+        if image.is_some() {
+            self.last_image = image.cloned();
+        }
     }
 }
 
@@ -135,5 +169,18 @@ mod tests {
         let ids = |v: Vec<&[Value]>| v.iter().map(|r| r[0].clone()).collect::<Vec<_>>();
         assert_eq!(ids(net.deletes()), vec![Value::Int(1), Value::Int(2), Value::Int(3)]);
         assert_eq!(net.inserts(), vec![row(1, 3).as_slice(), row(2, 9).as_slice(), row(4, 3).as_slice()]);
+        let (image, key) = net.highest_transient(0).expect("5 was inserted and deleted again");
+        assert_eq!((image, key), (row(5, 5).as_slice(), [Value::Int(5)].as_slice()));
+        let mut moved = NetTable::new(&c, 1);
+        moved.add(&table(vec![
+            RowChange::Insert { after: row(6, 6) },
+            RowChange::Update { before: row(6, 6), after: row(100, 6) },
+            RowChange::Delete { before: row(100, 6) },
+        ]));
+        assert_eq!(
+            moved.highest_transient(0).map(|(image, _)| image),
+            Some(row(100, 6).as_slice()),
+            "one row, the highest"
+        );
     }
 }

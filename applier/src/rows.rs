@@ -3,7 +3,7 @@
 //! one statement), located by primary key or, without one, by every column. An UPDATE or DELETE that does not find the row the primary
 //! changed is drift, except for a table being copied (`lenient`), whose row may not be copied yet.
 
-use common::event::{RowChange, TableChange};
+use common::event::{RowChange, TableChange, Value};
 use mysql_async::prelude::Queryable;
 use mysql_async::Transaction;
 
@@ -16,17 +16,36 @@ fn key_of(c: &TableChange) -> TableKey {
     (c.schema.clone(), c.table.clone())
 }
 
-/// Applies one keyed table's net changes: every key that existed is deleted, then every final image inserted.
-pub async fn apply_net(tx: &mut Transaction<'_>, net: &NetTable, lenient: bool) -> Result<(), ApplyError> {
-    let shape = &net.shape;
-    let offset = net.first_offset;
-    let table = key_of(shape);
-    let deletes = net.deletes();
+/// Applies one keyed table's net changes: every key that existed is deleted, then (for a table whose
+/// AUTO_INCREMENT column is `counter`) the highest row inserted and deleted within the group is written and
+/// deleted again, then every final image is inserted.
+pub async fn apply_net(
+    tx: &mut Transaction<'_>,
+    net: &NetTable,
+    lenient: bool,
+    counter: Option<usize>,
+) -> Result<(), ApplyError> {
+    delete_keys(tx, net, &net.deletes(), lenient).await?;
+    if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
+        insert_images(tx, net, &[image]).await?;
+        delete_keys(tx, net, &[key], lenient).await?;
+    }
+    insert_images(tx, net, &net.inserts()).await
+}
+
+/// Deletes the rows with `keys`, which must all exist unless `lenient`.
+async fn delete_keys(
+    tx: &mut Transaction<'_>,
+    net: &NetTable,
+    keys: &[&[Value]],
+    lenient: bool,
+) -> Result<(), ApplyError> {
+    let (shape, offset, table) = (&net.shape, net.first_offset, key_of(&net.shape));
     let mut done = 0;
-    while done < deletes.len() {
-        let n = sql::insert_chunk(deletes.len() - done, shape.primary_key.len());
+    while done < keys.len() {
+        let n = sql::insert_chunk(keys.len() - done, shape.primary_key.len());
         let stmt = sql::delete_keys(shape, n);
-        let params: Vec<_> = deletes[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
+        let params: Vec<_> = keys[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
         tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
         if tx.affected_rows() != n as u64 && !lenient {
             return Err(ApplyError::Drift {
@@ -38,11 +57,16 @@ pub async fn apply_net(tx: &mut Transaction<'_>, net: &NetTable, lenient: bool) 
         }
         done += n;
     }
-    let inserts = net.inserts();
+    Ok(())
+}
+
+/// Inserts whole-row `images` in multi-row statements.
+async fn insert_images(tx: &mut Transaction<'_>, net: &NetTable, images: &[&[Value]]) -> Result<(), ApplyError> {
+    let (shape, offset, table) = (&net.shape, net.first_offset, key_of(&net.shape));
     let mut done = 0;
-    while done < inserts.len() {
-        let n = sql::insert_chunk(inserts.len() - done, shape.columns.len());
-        let rows = &inserts[done..done + n];
+    while done < images.len() {
+        let n = sql::insert_chunk(images.len() - done, shape.columns.len());
+        let rows = &images[done..done + n];
         let stmt = sql::relaxed_if(sql::needs_relaxed(&shape.columns, rows.iter().copied()), sql::insert(shape, n));
         let params: Vec<_> = rows.iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
         tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;

@@ -51,6 +51,9 @@ struct Shape {
     /// UPDATEs, with foreign key checks as the primary's session had them, so that cascades happen here as
     /// they did there (InnoDB performs them below the binlog).
     in_foreign_keys: bool,
+    /// Its AUTO_INCREMENT column: the highest row inserted and deleted within a group is written and deleted
+    /// again, so the counter ends where the primary's does (see [`crate::net`]).
+    auto_increment: Option<String>,
 }
 
 /// What the secondary holds when the applier starts.
@@ -302,7 +305,12 @@ impl Writer {
         }
         for net in &nets {
             let key = (net.shape.schema.clone(), net.shape.table.clone());
-            rows::apply_net(&mut tx, net, tables.mode(&key) == TableMode::Lenient).await?;
+            let counter = self
+                .shapes
+                .get(&key)
+                .and_then(|s| s.auto_increment.as_deref())
+                .and_then(|name| net.shape.columns.iter().position(|col| col.name.eq_ignore_ascii_case(name)));
+            rows::apply_net(&mut tx, net, tables.mode(&key) == TableMode::Lenient, counter).await?;
         }
         if checks == Some(true) {
             // Back to the session's default for whatever runs next on this connection.
@@ -350,7 +358,8 @@ impl Writer {
             let in_foreign_keys = common::mariadb::in_foreign_keys(conn, &c.schema, &c.table).await.map_err(
                 statement(offset, Some(&key), "(foreign keys from information_schema.REFERENTIAL_CONSTRAINTS)"),
             )?;
-            self.shapes.insert(key, Shape { columns: c.columns.clone(), generated, in_foreign_keys });
+            let auto_increment = found.iter().find(|col| col.auto_increment).map(|col| col.name.clone());
+            self.shapes.insert(key, Shape { columns: c.columns.clone(), generated, in_foreign_keys, auto_increment });
         }
         Ok(())
     }

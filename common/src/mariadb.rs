@@ -41,6 +41,8 @@ pub struct ColumnInfo {
     pub collation: u16,
     /// A generated (VIRTUAL or STORED) column, whose value the server computes.
     pub generated: bool,
+    /// The table's AUTO_INCREMENT column.
+    pub auto_increment: bool,
 }
 
 /// The columns of `schema.table` in their order; empty when the table does not exist.
@@ -49,9 +51,11 @@ pub async fn columns(
     schema: &str,
     table: &str,
 ) -> Result<Vec<ColumnInfo>, mysql_async::Error> {
-    let rows: Vec<(String, String, String, String, Option<u64>, String)> = conn
+    type Row = (String, String, String, String, Option<u64>, String, String);
+    let rows: Vec<Row> = conn
         .exec(
-            "SELECT c.COLUMN_NAME, LOWER(c.DATA_TYPE), LOWER(c.COLUMN_TYPE), c.IS_NULLABLE, co.ID, c.IS_GENERATED \
+            "SELECT c.COLUMN_NAME, LOWER(c.DATA_TYPE), LOWER(c.COLUMN_TYPE), c.IS_NULLABLE, co.ID, c.IS_GENERATED, \
+             LOWER(c.EXTRA) \
              FROM information_schema.COLUMNS c \
              LEFT JOIN information_schema.COLLATIONS co ON co.COLLATION_NAME = c.COLLATION_NAME \
              WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION",
@@ -60,13 +64,14 @@ pub async fn columns(
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, data_type, column_type, nullable, collation, generated)| ColumnInfo {
+        .map(|(name, data_type, column_type, nullable, collation, generated, extra)| ColumnInfo {
             name,
             data_type,
             column_type,
             nullable: nullable == "YES",
             collation: collation.unwrap_or(0) as u16,
             generated: generated == "ALWAYS",
+            auto_increment: extra.contains("auto_increment"),
         })
         .collect())
 }

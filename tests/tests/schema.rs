@@ -197,3 +197,30 @@ async fn foreign_key_cascades_happen_on_the_secondary_as_they_did_on_the_primary
     assert_eq!(orphans, vec![4], "changes made with checks off stay unchecked");
     assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_increment_counters_match_after_rows_inserted_and_deleted_in_one_transaction() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    primary
+        .exec(
+            "CREATE DATABASE ai; CREATE TABLE ai.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT UNIQUE);
+             CREATE TABLE ai.plain (id INT PRIMARY KEY, v INT);
+             INSERT INTO ai.t (v) VALUES (1), (2), (3);
+             START TRANSACTION; INSERT INTO ai.t (v) VALUES (4), (5); DELETE FROM ai.t WHERE v IN (4, 5);
+               INSERT INTO ai.plain VALUES (1, 1); DELETE FROM ai.plain WHERE id = 1; COMMIT;
+             START TRANSACTION; INSERT INTO ai.t (v) VALUES (6); UPDATE ai.t SET id = 100 WHERE v = 6;
+               DELETE FROM ai.t WHERE id = 100; UPDATE ai.t SET v = 7 WHERE v = 3; COMMIT;",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "ai").await;
+    let sql = "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'ai' AND TABLE_NAME = 't'";
+    let on_primary: Vec<Option<u64>> = primary.query(sql).await;
+    let on_secondary: Vec<Option<u64>> = secondary.query(sql).await;
+    assert_eq!(on_secondary, on_primary, "the AUTO_INCREMENT counter ends where the primary's is");
+    assert_eq!(on_primary, vec![Some(101)]);
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}

@@ -1,6 +1,7 @@
 //! The apply loop: the one owner of the checkpoint. It takes received records through the planner to the
 //! writer, places copy items exactly when the checkpoint reaches their boundary, never applies past the floor
-//! of a chunk being fetched, and carries out admin commands and health checks between transactions.
+//! of a chunk being fetched, and carries out admin commands and health checks between transactions (never
+//! while a fragmented source transaction is open on the writer's connection).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,13 +19,13 @@ use crate::copy::CopyItem;
 use crate::error::ApplyError;
 use crate::metrics::ApplierMetrics;
 use crate::plan::{Limits, Planner};
-use crate::stream::Received;
+use crate::stream::Records;
 use crate::table::{TableKey, Tables};
-use crate::writer::{Resumed, Writer};
+use crate::writer::{Applied, Resumed, Writer};
 
 /// What the loop listens to.
 pub struct Inputs {
-    pub records: mpsc::Receiver<Result<Received, ApplyError>>,
+    pub records: Records,
     pub items: mpsc::Receiver<CopyItem>,
     pub chunks: mpsc::Receiver<ChunkDone>,
     pub admin: mpsc::Receiver<AdminCmd>,
@@ -92,20 +93,24 @@ impl ApplyLoop {
     }
 
     /// Runs until `shutdown` (Ok) or a permanent error.
-    pub async fn run(&mut self, mut inputs: Inputs, shutdown: &CancellationToken) -> Result<(), ApplyError> {
+    pub async fn run(&mut self, inputs: &mut Inputs, shutdown: &CancellationToken) -> Result<(), ApplyError> {
         let mut floors = self.board.floors.subscribe();
         let mut health = tokio::time::interval(self.config.health_interval);
         health.tick().await;
         let (mut items_open, mut admin_open) = (true, true);
         loop {
-            self.place_due().await?;
+            // Copy work and admin commands use the writer's connection: not inside an open transaction.
+            let between = !self.writer.in_transaction();
+            if between {
+                self.place_due().await?;
+            }
             let limit = self.board.floors.limit();
             if !self.planner.ready(limit) {
                 let waiting_for_record = !self.planner.holds_record();
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Ok(()),
-                    item = inputs.items.recv(), if items_open => match item {
+                    item = inputs.items.recv(), if items_open && between => match item {
                         Some(item) => match item.id_and_boundary() {
                             Some((id, boundary)) => {
                                 self.waiting.insert((boundary, id), item);
@@ -114,29 +119,34 @@ impl ApplyLoop {
                         },
                         None => items_open = false,
                     },
-                    written = inputs.chunks.recv() => if let Some(written) = written {
+                    written = inputs.chunks.recv(), if between => if let Some(written) = written {
                         self.placer.chunk_done(written, &mut self.writer, &mut self.tables).await?;
                     },
-                    cmd = inputs.admin.recv(), if admin_open => match cmd {
+                    cmd = inputs.admin.recv(), if admin_open && between => match cmd {
                         Some(cmd) => self.handle(cmd).await,
                         None => admin_open = false,
                     },
                     changed = floors.changed() => if changed.is_err() { return Ok(()) },
                     _ = health.tick() => self.writer.health_check().await,
-                    r = inputs.records.recv(), if waiting_for_record => match r {
+                    r = inputs.records.rx.recv(), if waiting_for_record => match r {
                         Some(r) => self.planner.offer(r?),
                         None => return Ok(()),
                     },
                 }
                 continue;
             }
-            let applied = self.writer.applied();
-            let records = &mut inputs.records;
+            let applied = self.writer.applied_through();
+            let records = &mut inputs.records.rx;
             let Some(group) = self.planner.next_group(applied, limit, || records.try_recv().ok())? else { continue };
-            if !self.writer.apply(&group.records, &mut self.tables).await? {
-                return Ok(());
+            match self.writer.apply(&group.records, &mut self.tables).await? {
+                Applied::Done => {}
+                Applied::Stopped => return Ok(()),
+                Applied::ReadAgain => {
+                    drop(group);
+                    self.planner.clear();
+                    inputs.records.restart(self.writer.applied() + 1).await;
+                }
             }
-            drop(group);
             health.reset();
         }
     }

@@ -59,7 +59,7 @@ use crate::config::Config;
 use crate::copy::board::CopyBoard;
 use crate::error::ApplyError;
 use crate::metrics::ApplierMetrics;
-use crate::stream::{StreamState, Subscription};
+use crate::stream::{Records, StreamState};
 use crate::writer::Writer;
 
 /// Runs the applier until `shutdown` (Ok) or a permanent error.
@@ -113,7 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     tasks.spawn(watch.run(shutdown.clone()));
 
     // Before the copy workers start: their floors begin at the last offset received.
-    let (subscription, records) = Subscription::new(config.clone(), applied + 1, stream_state.clone());
+    let records = Records::start(config.clone(), applied + 1, stream_state.clone(), &shutdown);
     let (items_tx, items_rx) = mpsc::channel(16);
     let copy_stop = shutdown.child_token();
     let workers =
@@ -121,19 +121,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let copying = tokio::spawn(workers.run(copy_stop.clone()));
     tasks.spawn(copy::report::run(board.clone(), copy_stop.clone()));
 
-    let stream_stop = shutdown.child_token();
-    let streaming = tokio::spawn(subscription.run(stream_stop.clone()));
     // Stopped only after the apply loop, so that its final ack covers the last commit.
     let ack_stop = CancellationToken::new();
     let acks = tokio::spawn(stream::ack_loop(config.clone(), applied_rx, ack_stop.clone()));
 
-    let inputs = Inputs { records, items: items_rx, chunks: chunks_rx, admin: admin_rx };
-    let result = apply.run(inputs, &shutdown).await;
+    let mut inputs = Inputs { records, items: items_rx, chunks: chunks_rx, admin: admin_rx };
+    let result = apply.run(&mut inputs, &shutdown).await;
     copy_stop.cancel();
     let _ = copying.await;
-    stream_stop.cancel();
     ack_stop.cancel();
-    let _ = streaming.await;
+    inputs.records.stop().await;
     // The ack loop sends a final ack of what is committed before it ends.
     let _ = tokio::time::timeout(Duration::from_secs(5), acks).await;
     tasks.close();

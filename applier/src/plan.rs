@@ -4,7 +4,8 @@
 //! time spent gathering); a DDL record is always a group of its own (DDL commits implicitly in MariaDB). No
 //! group reaches past `limit`, the boundary of a copy chunk being fetched (see [`crate::copy`]): the first
 //! record past it is *carried* until the limit rises. Offsets must follow each other without a gap from the
-//! checkpoint on, or the stream is refused.
+//! checkpoint on, or the stream is refused. A group may end inside a fragmented source transaction (its last
+//! record `continues`): the writer then keeps the secondary transaction open for the next group.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,11 @@ impl Planner {
     /// Whether a group can be planned now under `limit`.
     pub fn ready(&self, limit: u64) -> bool {
         self.carry.as_ref().is_some_and(|r| r.record.offset.0 <= limit)
+    }
+
+    /// Forgets the carried record (the stream starts over).
+    pub fn clear(&mut self) {
+        self.carry = None;
     }
 
     /// Takes a received record; only when none is carried.
@@ -143,6 +149,7 @@ mod tests {
             commit_unix_seconds: 0,
             journaled_unix_ms: 0,
             body,
+            continues: false,
         };
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("permit");
         Received { weight: Weight::of(&record), record, permit }

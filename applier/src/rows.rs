@@ -5,7 +5,7 @@
 
 use common::event::{RowChange, TableChange, Value};
 use mysql_async::prelude::Queryable;
-use mysql_async::Transaction;
+use mysql_async::Conn;
 
 use crate::error::{statement, ApplyError};
 use crate::net::NetTable;
@@ -19,12 +19,7 @@ fn key_of(c: &TableChange) -> TableKey {
 /// Applies one keyed table's net changes: every key that existed is deleted, then (for a table whose
 /// AUTO_INCREMENT column is `counter`) the highest row inserted and deleted within the group is written and
 /// deleted again, then every final image is inserted.
-pub async fn apply_net(
-    tx: &mut Transaction<'_>,
-    net: &NetTable,
-    lenient: bool,
-    counter: Option<usize>,
-) -> Result<(), ApplyError> {
+pub async fn apply_net(tx: &mut Conn, net: &NetTable, lenient: bool, counter: Option<usize>) -> Result<(), ApplyError> {
     delete_keys(tx, net, &net.deletes(), lenient).await?;
     if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
         insert_images(tx, net, &[image]).await?;
@@ -34,12 +29,7 @@ pub async fn apply_net(
 }
 
 /// Deletes the rows with `keys`, which must all exist unless `lenient`.
-async fn delete_keys(
-    tx: &mut Transaction<'_>,
-    net: &NetTable,
-    keys: &[&[Value]],
-    lenient: bool,
-) -> Result<(), ApplyError> {
+async fn delete_keys(tx: &mut Conn, net: &NetTable, keys: &[&[Value]], lenient: bool) -> Result<(), ApplyError> {
     let (shape, offset, table) = (&net.shape, net.first_offset, key_of(&net.shape));
     let mut done = 0;
     while done < keys.len() {
@@ -61,7 +51,7 @@ async fn delete_keys(
 }
 
 /// Inserts whole-row `images` in multi-row statements.
-async fn insert_images(tx: &mut Transaction<'_>, net: &NetTable, images: &[&[Value]]) -> Result<(), ApplyError> {
+async fn insert_images(tx: &mut Conn, net: &NetTable, images: &[&[Value]]) -> Result<(), ApplyError> {
     let (shape, offset, table) = (&net.shape, net.first_offset, key_of(&net.shape));
     let mut done = 0;
     while done < images.len() {
@@ -77,12 +67,7 @@ async fn insert_images(tx: &mut Transaction<'_>, net: &NetTable, images: &[&[Val
 
 /// Row by row in source order, for tables without a primary key or in foreign keys. `lenient` (the table is
 /// being copied): a row may be missing, and the after image replaces any row with the same key.
-pub async fn apply_in_order(
-    tx: &mut Transaction<'_>,
-    offset: u64,
-    c: &TableChange,
-    lenient: bool,
-) -> Result<(), ApplyError> {
+pub async fn apply_in_order(tx: &mut Conn, offset: u64, c: &TableChange, lenient: bool) -> Result<(), ApplyError> {
     let table = key_of(c);
     if lenient {
         for row in &c.rows {
@@ -149,7 +134,7 @@ pub async fn apply_in_order(
 }
 
 /// An UPDATE or DELETE that finds no row means the secondary has drifted from the primary.
-fn expect_one(tx: &Transaction<'_>, offset: u64, table: &TableKey, stmt: String, what: &str) -> Result<(), ApplyError> {
+fn expect_one(tx: &Conn, offset: u64, table: &TableKey, stmt: String, what: &str) -> Result<(), ApplyError> {
     if tx.affected_rows() == 1 {
         return Ok(());
     }

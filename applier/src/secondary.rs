@@ -83,6 +83,16 @@ impl Secondary {
         }
     }
 
+    /// Rolls back whatever a failed attempt left open; a connection that cannot is dropped (which rolls back).
+    pub async fn rollback(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            if let Err(e) = conn.query_drop("ROLLBACK").await {
+                warn!(consumer = %self.config.name, error = %e, "rollback failed; reconnecting");
+                self.conn = None;
+            }
+        }
+    }
+
     /// Takes note that a statement succeeded.
     pub fn succeeded(&self) {
         self.ok.store(true, Ordering::Relaxed);

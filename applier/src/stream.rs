@@ -25,8 +25,10 @@ use crate::reader_client::{self, ReaderClient};
 /// transactions (a 256-record buffer kept sysbench-sized groups at ~1,000 rows and the applier at 1.17× of
 /// native replication instead of 1.46×). Their memory is bounded by [`BUFFER_BYTES`].
 pub const RECORD_BUFFER: usize = 2048;
-/// Approximate bytes of records received but not yet applied.
-pub const BUFFER_BYTES: u32 = 64 << 20;
+/// Approximate bytes of records received but not yet applied (decoded values take two to three times this:
+/// with the fragments of a large transaction, 16 MiB kept the applier near 100 MiB where 64 MiB let it reach
+/// 285 MiB).
+pub const BUFFER_BYTES: u32 = 16 << 20;
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Row changes and approximate bytes of a record, for bounding transactions and buffers.
@@ -161,6 +163,47 @@ impl Subscription {
                 sent = self.tx.send(Ok(Received { record, weight, permit })) => if sent.is_err() { return Ok(()) },
             }
         }
+    }
+}
+
+/// The running subscription as the apply loop sees it: its buffer, and a way to start over from an offset
+/// (after a failure inside a transaction whose earlier fragments are applied and gone from memory).
+pub struct Records {
+    config: Arc<Config>,
+    state: Arc<StreamState>,
+    parent: CancellationToken,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    pub rx: mpsc::Receiver<Result<Received, ApplyError>>,
+}
+
+impl Records {
+    /// Subscribes from `next`; the subscription stops with `parent` or [`Records::stop`].
+    pub fn start(config: Arc<Config>, next: u64, state: Arc<StreamState>, parent: &CancellationToken) -> Self {
+        let (subscription, rx) = Subscription::new(config.clone(), next, state.clone());
+        let stop = parent.child_token();
+        let task = tokio::spawn(subscription.run(stop.clone()));
+        Self { config, state, parent: parent.clone(), stop, task, rx }
+    }
+
+    /// Drops everything buffered and subscribes again from `next`.
+    pub async fn restart(&mut self, next: u64) {
+        self.stop.cancel();
+        self.rx.close();
+        let _ = (&mut self.task).await;
+        let (tx, rx) = mpsc::channel(RECORD_BUFFER);
+        let subscription = Subscription { config: self.config.clone(), next, tx, state: self.state.clone() };
+        self.stop = self.parent.child_token();
+        self.task = tokio::spawn(subscription.run(self.stop.clone()));
+        self.rx = rx;
+        info!(consumer = %self.config.name, offset = next, "reading the transaction again from its first record");
+    }
+
+    /// Stops the subscription and waits for it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        drop(self.rx);
+        let _ = self.task.await;
     }
 }
 

@@ -10,6 +10,14 @@
 //! the process dies after the statement but before the checkpoint, the DDL is run again at restart, and the
 //! "already exists / does not exist" errors are then taken to mean it had been applied.
 //!
+//! A source transaction too large for memory arrives as several records (fragments: every one but the last
+//! `continues`); the planner hands it over in several groups. They are applied into one secondary transaction
+//! that stays open between groups, and only the group with the last fragment moves the checkpoint and
+//! commits. A crash or a failure before that rolls the whole transaction back; its earlier fragments are no
+//! longer in memory, so the apply loop reads it again from its first record (checkpoint + 1) and the attempt
+//! starts over. The exactly-once argument is the same as for one group: the checkpoint and the transaction's
+//! changes commit together, or neither does.
+//!
 //! Transient errors are retried with the retry policy until they pass or the applier stops. A permanent
 //! error in a group of several records is narrowed down by applying them one at a time; on a single record it
 //! stops the applier, or (with `--skip-failing-tables`) counts against its table until the table is
@@ -24,10 +32,9 @@ use common::event::{Body, Column, Record, TableChange};
 use common::retry::{Retry, RetryPolicy};
 use futures_util::FutureExt;
 use mysql_async::prelude::Queryable;
-use mysql_async::TxOpts;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::checkpoint;
 use crate::config::Config;
@@ -67,8 +74,25 @@ pub struct Resumed {
     pub quarantined: Vec<(TableKey, u64, String)>,
 }
 
+/// What became of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied (committed, or part of the open transaction of a fragmented source transaction).
+    Done,
+    /// Shutdown interrupted it; nothing of it is committed.
+    Stopped,
+    /// A fragmented transaction failed after some of its fragments were applied and let go: it was rolled
+    /// back, and must be read again from checkpoint + 1.
+    ReadAgain,
+}
+
 pub struct Writer {
     config: Arc<Config>,
+    /// Offset of the last record applied into the secondary transaction left open for the rest of a
+    /// fragmented source transaction.
+    open: Option<u64>,
+    /// Waits between attempts at a fragmented transaction (which start over from the stream).
+    fragmented_retry: Retry,
     secondary: Secondary,
     /// Tables whose columns were checked against the secondary (cleared after every DDL).
     shapes: HashMap<TableKey, Shape>,
@@ -116,6 +140,8 @@ impl Writer {
             .collect();
         applied_tx.send_replace(cp.applied_offset);
         let writer = Self {
+            fragmented_retry: RetryPolicy::new(Duration::from_millis(50), config.retry_max).start(),
+            open: None,
             config,
             secondary,
             shapes: HashMap::new(),
@@ -131,6 +157,17 @@ impl Writer {
     /// Last journal offset committed on the secondary.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// Last journal offset applied, committed or in the open transaction: the next group starts after it.
+    pub fn applied_through(&self) -> u64 {
+        self.open.unwrap_or(self.applied)
+    }
+
+    /// Whether a fragmented source transaction is open on the secondary connection (nothing else may use
+    /// the connection until it commits).
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
     }
 
     /// The apply loop's connection, for copy work done between transactions.
@@ -153,30 +190,31 @@ impl Writer {
         self.secondary.ping().await;
     }
 
-    /// Applies consecutive records (offsets `applied + 1 ..`), retrying transient errors until shutdown.
-    /// Returns Ok(false) if shutdown interrupted it (nothing of the group is committed then).
-    pub async fn apply(&mut self, group: &[Record], tables: &mut Tables) -> Result<bool, ApplyError> {
+    /// Applies consecutive records (offsets `applied_through() + 1 ..`), retrying transient errors until
+    /// shutdown.
+    pub async fn apply(&mut self, group: &[Record], tables: &mut Tables) -> Result<Applied, ApplyError> {
+        let Some(last) = group.last() else { return Ok(Applied::Done) };
+        if self.open.is_some() || last.continues {
+            return self.apply_fragment(group, tables).await;
+        }
+        Ok(if self.apply_whole(group, tables).await? { Applied::Done } else { Applied::Stopped })
+    }
+
+    /// Applies a group that holds whole transactions; Ok(false) if shutdown interrupted it.
+    async fn apply_whole(&mut self, group: &[Record], tables: &mut Tables) -> Result<bool, ApplyError> {
         let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(true) };
         let mut retry = RetryPolicy::new(Duration::from_millis(50), self.config.retry_max).start();
         loop {
-            let e = match AssertUnwindSafe(self.attempt(group, tables)).catch_unwind().await {
-                Ok(Ok(())) => {
+            let e = match self.guarded_attempt(group, tables).await {
+                Ok(()) => {
                     self.metrics.applied(group);
                     self.secondary.succeeded();
                     self.moved_to(last.offset.0);
                     return Ok(true);
                 }
-                Ok(Err(e)) => e,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    ApplyError::Panic { offset: first.offset.0, what }
-                }
+                Err(e) => e,
             };
-            self.secondary.failed(&e);
+            self.abandon(&e).await;
             if e.is_transient() {
                 self.metrics.retried();
                 warn!(consumer = %self.config.name, offset = first.offset.0, error = %common::lifecycle::error_chain(&e),
@@ -189,7 +227,7 @@ impl Writer {
             if group.len() > 1 {
                 // Find the record that fails: apply the group one record at a time.
                 for record in group {
-                    if !Box::pin(self.apply(std::slice::from_ref(record), tables)).await? {
+                    if !Box::pin(self.apply_whole(std::slice::from_ref(record), tables)).await? {
                         return Ok(false);
                     }
                 }
@@ -199,6 +237,73 @@ impl Writer {
                 return Ok(false);
             }
         }
+    }
+
+    /// Applies a group of a fragmented source transaction into the transaction left open for it, committing
+    /// with the last fragment. Any failure rolls back the whole source transaction, which is read again.
+    async fn apply_fragment(&mut self, group: &[Record], tables: &mut Tables) -> Result<Applied, ApplyError> {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(Applied::Done) };
+        let e = match self.guarded_attempt(group, tables).await {
+            Ok(()) => {
+                self.metrics.applied(group);
+                self.secondary.succeeded();
+                if self.open.is_none() {
+                    info!(consumer = %self.config.name, offset = self.applied + 1,
+                          "large transaction: its fragments are applied in one secondary transaction");
+                }
+                debug!(consumer = %self.config.name, through = last.offset.0, ends = !last.continues,
+                       "large transaction: fragment applied");
+                if last.continues {
+                    self.open = Some(last.offset.0);
+                } else {
+                    self.open = None;
+                    self.fragmented_retry.reset();
+                    self.moved_to(last.offset.0);
+                }
+                return Ok(Applied::Done);
+            }
+            Err(e) => e,
+        };
+        let started = self.applied + 1;
+        self.abandon(&e).await;
+        let mut retry = std::mem::replace(
+            &mut self.fragmented_retry,
+            RetryPolicy::new(Duration::from_millis(50), self.config.retry_max).start(),
+        );
+        let go_on = if e.is_transient() {
+            self.metrics.retried();
+            warn!(consumer = %self.config.name, offset = first.offset.0, transaction_from = started,
+                  error = %common::lifecycle::error_chain(&e),
+                  "transient error in a large transaction; it is rolled back and applied again from its start");
+            self.pause(&mut retry).await
+        } else {
+            self.count_permanent(e, first.offset.0, tables, &mut retry).await?
+        };
+        self.fragmented_retry = retry;
+        Ok(if go_on { Applied::ReadAgain } else { Applied::Stopped })
+    }
+
+    /// One attempt, with a panic turned into an error.
+    async fn guarded_attempt(&mut self, group: &[Record], tables: &Tables) -> Result<(), ApplyError> {
+        let first = group.first().map_or(0, |r| r.offset.0);
+        match AssertUnwindSafe(self.attempt(group, tables)).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(ApplyError::Panic { offset: first, what })
+            }
+        }
+    }
+
+    /// After a failed attempt: the open transaction (if any) is rolled back, and a broken connection dropped.
+    async fn abandon(&mut self, e: &ApplyError) {
+        self.open = None;
+        self.secondary.failed(e);
+        self.secondary.rollback().await;
     }
 
     /// A permanent error on one record: the applier stops, unless its table may be quarantined; then it is,
@@ -255,7 +360,10 @@ impl Writer {
         self.check_shapes(group, tables).await?;
         let name = self.config.name.clone();
         let conn = self.secondary.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(meta("starting a transaction"))?;
+        if self.open.is_none() {
+            conn.query_drop("START TRANSACTION").await.map_err(meta("starting a transaction"))?;
+        }
+        let tx = conn;
         // Tables with a primary key and no part in foreign keys are applied as net changes after the others,
         // which go row by row in source order; changes to different tables of the two kinds do not interact.
         let mut nets: Vec<NetTable> = Vec::new();
@@ -290,7 +398,7 @@ impl Writer {
                     }
                 }
                 if c.primary_key.is_empty() || in_foreign_keys {
-                    rows::apply_in_order(&mut tx, record.offset.0, c, lenient).await?;
+                    rows::apply_in_order(tx, record.offset.0, c, lenient).await?;
                     continue;
                 }
                 match nets.iter_mut().find(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
@@ -310,16 +418,20 @@ impl Writer {
                 .get(&key)
                 .and_then(|s| s.auto_increment.as_deref())
                 .and_then(|name| net.shape.columns.iter().position(|col| col.name.eq_ignore_ascii_case(name)));
-            rows::apply_net(&mut tx, net, tables.mode(&key) == TableMode::Lenient, counter).await?;
+            rows::apply_net(tx, net, tables.mode(&key) == TableMode::Lenient, counter).await?;
         }
         if checks == Some(true) {
             // Back to the session's default for whatever runs next on this connection.
             tx.query_drop("SET foreign_key_checks = 0").await.map_err(meta("restoring foreign_key_checks"))?;
         }
         let last = &group[group.len() - 1];
+        if last.continues {
+            // The rest of the source transaction follows in the next group.
+            return Ok(());
+        }
         let gtid = last.gtid.map(|g| g.to_string()).unwrap_or_default();
-        checkpoint::save(&mut tx, &name, last.offset.0, &gtid, &last.source.file, last.source.pos).await?;
-        tx.commit().await.map_err(meta("committing"))
+        checkpoint::save(tx, &name, last.offset.0, &gtid, &last.source.file, last.source.pos).await?;
+        tx.query_drop("COMMIT").await.map_err(meta("committing"))
     }
 
     /// Checks, before the first change to each table (and after every DDL), that the secondary's table has the

@@ -1,13 +1,14 @@
 //! The journal record codec: a version byte followed by the bincode 2 encoding of the record.
 //!
-//! Versions: 1, the first layout; 2 adds each table change's `foreign_key_checks`. Records of version 1 (a
-//! journal written by an older build) still decode, with foreign key checks on, as sessions have them by
-//! default.
+//! Versions: 1, the first layout; 2 adds each table change's `foreign_key_checks`; 3 adds the record's
+//! `continues` (fragments of a large transaction). Older records (a journal written by an older build) still
+//! decode: version 1 with foreign key checks on, as sessions have them by default, and both with `continues`
+//! off (older builds journaled every transaction whole).
 
 use crate::event::Record;
 
 /// The layout this build writes. A reader refuses records of a version it does not know.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -36,12 +37,49 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
         RECORD_VERSION => Ok(bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?.0),
+        2 => {
+            let (record, _): (v2::Record, _) =
+                bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
+            Ok(record.into())
+        }
         1 => {
             let (record, _): (v1::Record, _) =
                 bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
             Ok(record.into())
         }
         other => Err(CodecError::UnknownVersion(other)),
+    }
+}
+
+/// The version 2 layout, read only: the record without `continues`.
+mod v2 {
+    use serde::Deserialize;
+
+    use crate::event::{self, Body};
+    use crate::position::{BinlogPosition, Gtid, JournalOffset};
+
+    #[derive(Deserialize)]
+    pub struct Record {
+        offset: JournalOffset,
+        gtid: Option<Gtid>,
+        source: BinlogPosition,
+        commit_unix_seconds: i64,
+        journaled_unix_ms: i64,
+        body: Body,
+    }
+
+    impl From<Record> for event::Record {
+        fn from(r: Record) -> Self {
+            event::Record {
+                offset: r.offset,
+                gtid: r.gtid,
+                source: r.source,
+                commit_unix_seconds: r.commit_unix_seconds,
+                journaled_unix_ms: r.journaled_unix_ms,
+                body: r.body,
+                continues: false,
+            }
+        }
     }
 }
 
@@ -102,6 +140,7 @@ mod v1 {
                 commit_unix_seconds: r.commit_unix_seconds,
                 journaled_unix_ms: r.journaled_unix_ms,
                 body,
+                continues: false,
             }
         }
     }
@@ -140,6 +179,7 @@ mod tests {
                 ],
                 foreign_key_checks: false,
             }]),
+            continues: true,
         }
     }
 
@@ -191,7 +231,18 @@ mod tests {
         if let Body::Transaction(changes) = &mut expected.body {
             changes[0].foreign_key_checks = true;
         }
+        expected.continues = false;
         assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn records_of_the_second_layout_still_decode_as_whole_transactions() {
+        let r = sample();
+        let v2 = (r.offset, r.gtid, &r.source, r.commit_unix_seconds, r.journaled_unix_ms, &r.body);
+        let mut bytes = vec![2u8];
+        bincode::serde::encode_into_std_write(v2, &mut bytes, config()).expect("encodes");
+        let decoded = decode(&bytes).expect("a version 2 record decodes");
+        assert_eq!(decoded, Record { continues: false, ..r });
     }
 
     #[test]

@@ -18,6 +18,7 @@ impl From<&Record> for proto::Record {
             source_position: r.source.pos,
             commit_unix_seconds: r.commit_unix_seconds,
             journaled_unix_ms: r.journaled_unix_ms,
+            continues: r.continues,
             body: Some(match &r.body {
                 Body::Transaction(changes) => proto::record::Body::Transaction(proto::Transaction {
                     changes: changes.iter().map(Into::into).collect(),
@@ -166,6 +167,9 @@ fn values(v: Vec<proto::Value>) -> Result<Vec<Value>, WireError> {
 impl TryFrom<proto::Record> for Record {
     type Error = WireError;
     fn try_from(r: proto::Record) -> Result<Self, WireError> {
+        if r.continues && matches!(r.body, Some(proto::record::Body::Ddl(_))) {
+            return Err(WireError("a DDL record marked as continuing"));
+        }
         let body = match r.body.ok_or(WireError("record without a body"))? {
             proto::record::Body::Ddl(d) => Body::Ddl { schema: d.schema, statement: d.statement },
             proto::record::Body::Transaction(t) => {
@@ -179,6 +183,7 @@ impl TryFrom<proto::Record> for Record {
             commit_unix_seconds: r.commit_unix_seconds,
             journaled_unix_ms: r.journaled_unix_ms,
             body,
+            continues: r.continues,
         })
     }
 }

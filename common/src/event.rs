@@ -21,6 +21,11 @@ pub struct Record {
     /// When the reader journaled it (Unix milliseconds); drives time-based retention.
     pub journaled_unix_ms: i64,
     pub body: Body,
+    /// The source transaction goes on in the next record: this record is one fragment of a transaction too
+    /// large to hold in memory at once (see the reader's `journal` module). A consumer applies every record up
+    /// to the next one without this flag in one transaction. Only row changes continue, and a record that
+    /// continues is always followed by row changes.
+    pub continues: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

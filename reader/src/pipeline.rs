@@ -8,7 +8,8 @@ use common::event::Body;
 use common::position::{BinlogPosition, Gtid, GtidState};
 use prometheus_client::metrics::counter::Counter;
 
-/// A committed source transaction ready to be journaled: zero or more records, then the position after it.
+/// A committed source transaction ready to be journaled: zero or more records, then the position after it; or
+/// a fragment of one (`continues`).
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub gtid: Option<Gtid>,
@@ -21,6 +22,9 @@ pub struct Committed {
     pub binlog_basename: String,
     /// Set for the parts of a two-phase XA transaction.
     pub xa: Option<Xa>,
+    /// A fragment of a transaction that goes on: `bodies` are its changes so far, and the position and GTID
+    /// state are not to be resumed from (the transaction is not complete).
+    pub continues: bool,
 }
 
 /// A step of a two-phase XA transaction, journaled atomically with the position after it.

@@ -1,6 +1,8 @@
 //! The assembler: turns the primary's binlog events into committed transactions, one handler per kind of
-//! event. A transaction is handed on only at its end (XID, COMMIT, XA PREPARE/COMMIT/ROLLBACK, or the end of a
-//! standalone statement), with the position after it.
+//! event. A transaction is handed on at its end (XID, COMMIT, XA PREPARE/COMMIT/ROLLBACK, or the end of a
+//! standalone statement), with the position after it. A transaction whose row events pass
+//! [`FRAGMENT_BYTES`] is handed on in fragments as it is read, so that memory does not grow with its size;
+//! the journal keeps fragments invisible until the transaction's end arrives (see [`crate::journal`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,18 +21,34 @@ use crate::config::Config;
 use crate::error::ReaderError;
 use crate::pipeline::{Committed, Xa};
 
+/// Binlog bytes of row events after which a transaction's changes so far are handed on as a fragment.
+/// Decoded rows take two to four times their binlog size.
+pub const FRAGMENT_BYTES: u64 = 2 << 20;
+
 /// A source transaction being assembled.
 struct Pending {
-    /// Binlog position where the transaction starts.
+    /// Binlog position where the transaction (or its part not handed on yet) starts.
     start_pos: u64,
     gtid: Option<Gtid>,
     standalone: bool,
     bodies: Vec<Body>,
+    /// Binlog bytes of the row events in `bodies`.
+    row_bytes: u64,
+    /// An XA transaction: its changes are kept whole until XA COMMIT (never fragmented).
+    xa: bool,
 }
 
 impl Pending {
     fn new(start_pos: u64, standalone: bool) -> Self {
-        Self { start_pos, gtid: None, standalone, bodies: Vec::new() }
+        Self { start_pos, gtid: None, standalone, bodies: Vec::new(), row_bytes: 0, xa: false }
+    }
+
+    /// Whether the changes so far should be handed on before more are added.
+    fn full(&self) -> bool {
+        self.row_bytes >= FRAGMENT_BYTES
+            && !self.xa
+            && !self.standalone
+            && matches!(self.bodies.as_slice(), [Body::Transaction(_)])
     }
 
     /// The run of changes the next rows go to: the last one if it is of the same table, shape and foreign key
@@ -138,7 +156,7 @@ impl<'a> Assembler<'a> {
             }
             EventData::FormatDescriptionEvent(_) => self.fde_seen = true,
             EventData::TableMapEvent(tme) => self.on_table_map(&tme, &here)?,
-            EventData::RowsEvent(rows) => self.on_rows(&rows, &here)?,
+            EventData::RowsEvent(rows) => return self.on_rows(&rows, event, &here),
             EventData::XidEvent(_) => return Ok(self.commit(&here)),
             EventData::XaPrepareLogEvent(body) => {
                 // The first phase of an XA transaction: its changes wait in the journal for XA COMMIT.
@@ -216,17 +234,52 @@ impl<'a> Assembler<'a> {
         Ok(())
     }
 
-    fn on_rows(&mut self, rows: &RowsEventData<'_>, here: &Here<'_>) -> Result<(), ReaderError> {
+    /// Adds the event's rows to the pending transaction; returns the changes before them as a fragment when
+    /// the transaction has grown past [`FRAGMENT_BYTES`].
+    fn on_rows(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        event: &Event,
+        here: &Here<'_>,
+    ) -> Result<Option<Committed>, ReaderError> {
         let id = rows.table_id();
         let info = match self.tables.get(&id) {
             Some(Some(info)) => info.clone(),
-            Some(None) => return Ok(()),
+            Some(None) => return Ok(None),
             None => return Err(here.unsupported(format!("rows event for table id {id} without its table map"))),
         };
+        let size = u64::from(event.header().event_size());
         let pending = self.pending.get_or_insert_with(|| Pending::new(here.log_pos, false));
+        let fragment = if pending.full() {
+            let bodies = std::mem::take(&mut pending.bodies);
+            pending.row_bytes = 0;
+            pending.start_pos = here.log_pos.saturating_sub(size);
+            Some(self.fragment(bodies, here))
+        } else {
+            None
+        };
+        let Some(pending) = self.pending.as_mut() else { unreachable!("inserted above") };
+        pending.row_bytes += size;
         let checks = !rows.flags().contains(RowsEventFlags::NO_FOREIGN_KEY_CHECKS);
         let change = pending.push_change(&info, checks);
-        info.decode_rows(rows, &mut change.rows).map_err(|source| ReaderError::Decode { position: here.at(), source })
+        info.decode_rows(rows, &mut change.rows)
+            .map_err(|source| ReaderError::Decode { position: here.at(), source })?;
+        Ok(fragment)
+    }
+
+    /// A fragment of the pending transaction: its changes so far, to be journaled ahead of the rest.
+    fn fragment(&self, bodies: Vec<Body>, here: &Here<'_>) -> Committed {
+        Committed {
+            gtid: self.pending.as_ref().and_then(|p| p.gtid),
+            source: BinlogPosition { file: here.file.to_owned(), pos: here.log_pos },
+            commit_unix_seconds: i64::from(here.timestamp),
+            bodies,
+            gtid_state: self.gtid_state.clone(),
+            server_id: self.primary.server_id,
+            binlog_basename: self.primary.binlog_basename.clone(),
+            xa: None,
+            continues: true,
+        }
     }
 
     fn on_query(&mut self, q: &QueryEvent<'_>, here: &Here<'_>) -> Result<Option<Committed>, ReaderError> {
@@ -248,7 +301,12 @@ impl<'a> Assembler<'a> {
                 }
                 return Ok(self.commit(here));
             }
-            Statement::Savepoint | Statement::XaBracket => {}
+            Statement::Savepoint => {}
+            Statement::XaBracket => {
+                if let Some(p) = self.pending.as_mut() {
+                    p.xa = true;
+                }
+            }
             Statement::XaCommit(xid) => {
                 return Ok(self.commit(here).map(|c| Committed { xa: Some(Xa::Commit { xid }), ..c }))
             }
@@ -315,6 +373,7 @@ impl<'a> Assembler<'a> {
             server_id: self.primary.server_id,
             binlog_basename: self.primary.binlog_basename.clone(),
             xa: None,
+            continues: false,
         })
     }
 }

@@ -92,6 +92,8 @@ struct Bounds {
     first: u64,
     resume: Option<ResumeState>,
     bytes: u64,
+    /// Offset of the last record written: the head, or past it while a fragmented transaction is written.
+    staged: u64,
 }
 
 /// The journal, shared by the writer, the gRPC service and the trimmer. sled calls block briefly; callers on
@@ -146,6 +148,7 @@ impl Journal {
             None => 0,
         };
         let last = resume.as_ref().map_or(0, |r| r.last_offset);
+        let bytes = Self::drop_unfinished(&tree, last, bytes)?;
         let first = match tree.scan_prefix([RECORD_PREFIX]).next() {
             Some(kv) => offset_of(&kv?.0).ok_or_else(|| JournalError::Meta("bad record key".into()))?,
             None => last + 1,
@@ -159,7 +162,35 @@ impl Journal {
         };
         let segments = Segments::open(&dir.join("segments"), valid_end)?;
         let (head, _) = watch::channel(last);
-        Ok(Arc::new(Self { db, segments, tree, consumers, bounds: Mutex::new(Bounds { first, resume, bytes }), head }))
+        let bounds = Bounds { first, resume, bytes, staged: last };
+        Ok(Arc::new(Self { db, segments, tree, consumers, bounds: Mutex::new(bounds), head }))
+    }
+
+    /// Removes the fragments of a transaction whose end a crash kept from the journal (records past the
+    /// resume state's last offset); the reader reads that transaction again from its start. Returns the
+    /// retained byte count without them.
+    fn drop_unfinished(tree: &sled::Tree, last: u64, bytes: u64) -> Result<u64, JournalError> {
+        let mut batch = sled::Batch::default();
+        let (mut count, mut freed) = (0u64, 0u64);
+        for kv in tree.range(record_key(last + 1)..=record_key(u64::MAX)) {
+            let (k, v) = kv?;
+            freed += u64::from(location(&v)?.len);
+            batch.remove(k);
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(bytes);
+        }
+        let bytes = bytes.saturating_sub(freed);
+        batch.insert(BYTES_KEY, &bytes.to_be_bytes());
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+        tracing::info!(
+            records = count,
+            after_offset = last,
+            "fragments of an unfinished transaction removed; it is read again"
+        );
+        Ok(bytes)
     }
 
     fn bounds(&self) -> MutexGuard<'_, Bounds> {
@@ -197,19 +228,34 @@ impl Journal {
     }
 
     /// Writes committed transactions and the resume state after the last one in one atomic batch, flushes,
-    /// then publishes the new head. Blocking.
+    /// then publishes the new head. Fragments of a transaction that goes on (`continues`) are written and
+    /// indexed too, but neither the head nor the resume state moves past them: they become visible with the
+    /// batch that holds the transaction's end, and a crash before it removes them (see [`Journal::open`]).
+    /// Blocking.
     pub fn append(&self, batch: Vec<Committed>) -> Result<(), JournalError> {
-        let Some(last_txn) = batch.last() else { return Ok(()) };
+        if batch.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         // Only the writer appends, so the offsets read here stay ours until the batch is applied.
-        let mut offset = self.head();
+        let mut offset = self.bounds().staged;
+        // Whether the last record written continues (a fragment waits for the rest of its transaction).
+        let mut open = offset > self.head();
         let mut sled_batch = sled::Batch::default();
         let mut encoded_records = Vec::new();
+        // The last complete transaction of the batch and the offset of its last record.
+        let mut complete: Option<(&Committed, u64)> = None;
         // XA changes prepared earlier in this same batch (not in the tree yet).
         let mut staged: HashMap<String, Option<Vec<Body>>> = HashMap::new();
         for txn in &batch {
             let bodies = self.stage_xa(txn, &mut sled_batch, &mut staged)?;
-            for body in txn.bodies.iter().chain(&bodies) {
+            let mut all: Vec<&Body> = txn.bodies.iter().chain(&bodies).collect();
+            // A record that continues is followed by row changes: an end without them gets an empty one.
+            let marker = Body::Transaction(Vec::new());
+            if open && !txn.continues && !matches!(all.first(), Some(Body::Transaction(_))) {
+                all.insert(0, &marker);
+            }
+            for body in all {
                 offset += 1;
                 let record = Record {
                     offset: JournalOffset(offset),
@@ -218,9 +264,16 @@ impl Journal {
                     commit_unix_seconds: txn.commit_unix_seconds,
                     journaled_unix_ms: now,
                     body: body.clone(),
+                    continues: txn.continues,
                 };
                 let encoded = codec::encode(&record).map_err(|source| JournalError::Corrupt { offset, source })?;
                 encoded_records.push(encoded);
+            }
+            if txn.continues {
+                open |= !txn.bodies.is_empty();
+            } else {
+                open = false;
+                complete = Some((txn, offset));
             }
         }
         let locations = self.segments.append(&encoded_records, now)?;
@@ -231,28 +284,38 @@ impl Journal {
             let v = bincode::serde::encode_to_vec(loc, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
             sled_batch.insert(&record_key(first_new + i as u64), v);
         }
-        let resume = ResumeState {
-            position: last_txn.source.clone(),
-            gtid: last_txn.gtid_state.clone(),
-            server_id: last_txn.server_id,
-            binlog_basename: last_txn.binlog_basename.clone(),
-            last_offset: offset,
+        let resume = match complete {
+            Some((txn, last_offset)) => {
+                let resume = ResumeState {
+                    position: txn.source.clone(),
+                    gtid: txn.gtid_state.clone(),
+                    server_id: txn.server_id,
+                    binlog_basename: txn.binlog_basename.clone(),
+                    last_offset,
+                };
+                let encoded = bincode::serde::encode_to_vec(&resume, bincode_cfg())
+                    .map_err(|e| JournalError::Meta(e.to_string()))?;
+                sled_batch.insert(RESUME_KEY, encoded);
+                Some(resume)
+            }
+            None => None,
         };
-        let encoded =
-            bincode::serde::encode_to_vec(&resume, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
-        sled_batch.insert(RESUME_KEY, encoded);
         let mut b = self.bounds();
         let bytes = b.bytes + added;
         sled_batch.insert(BYTES_KEY, &bytes.to_be_bytes());
         self.tree.apply_batch(sled_batch)?;
         b.bytes = bytes;
+        b.staged = offset;
         drop(b);
         self.db.flush()?;
         // Published together, once durable: a reader of `durable()` never sees a resume position whose
         // transaction is not at or below the head yet.
-        let mut b = self.bounds();
-        b.resume = Some(resume);
-        self.head.send_replace(offset);
+        if let Some(resume) = resume {
+            let mut b = self.bounds();
+            let head = resume.last_offset;
+            b.resume = Some(resume);
+            self.head.send_replace(head);
+        }
         Ok(())
     }
 
@@ -463,6 +526,7 @@ mod tests {
             server_id: 1,
             binlog_basename: "binlog".into(),
             xa: None,
+            continues: false,
         }
     }
 
@@ -494,21 +558,77 @@ mod tests {
             assert_eq!(j.head(), 3);
             assert_eq!(j.resume().expect("resume").position.pos, 200);
         }
+        let j = reopen(dir.path());
+        assert_eq!(j.head(), 3);
+        let recs = j.read(1, 10, usize::MAX).expect("read");
+        assert_eq!(recs.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(matches!(j.read(5, 1, usize::MAX), Err(JournalError::OutOfRange { .. })));
+    }
+
+    fn reopen(dir: &Path) -> Arc<Journal> {
         // sled's flusher thread may hold the directory's lock for a moment after the journal is dropped.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let j = loop {
-            match Journal::open(dir.path()) {
-                Ok(j) => break j,
+        loop {
+            match Journal::open(dir) {
+                Ok(j) => return j,
                 Err(e) => {
                     assert!(std::time::Instant::now() < deadline, "reopen: {e:?}");
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-        };
-        assert_eq!(j.head(), 3);
-        let recs = j.read(1, 10, usize::MAX).expect("read");
-        assert_eq!(recs.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert!(matches!(j.read(5, 1, usize::MAX), Err(JournalError::OutOfRange { .. })));
+        }
+    }
+
+    fn rows(n: usize) -> Body {
+        Body::Transaction(
+            (0..n)
+                .map(|i| common::event::TableChange {
+                    schema: "s".into(),
+                    table: format!("t{i}"),
+                    columns: vec![],
+                    primary_key: vec![],
+                    rows: vec![],
+                    foreign_key_checks: true,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn fragments_stay_invisible_until_their_transaction_ends_and_a_crash_drops_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fragment = |pos| Committed { continues: true, bodies: vec![rows(1)], ..committed(0, pos) };
+        {
+            let j = Journal::open(dir.path()).expect("open");
+            j.append(vec![committed(1, 100)]).expect("a whole transaction");
+            j.append(vec![fragment(150), fragment(160)]).expect("two fragments");
+            assert_eq!(j.head(), 1, "fragments are not served before their transaction's end");
+            assert_eq!(j.resume().expect("resume").position.pos, 100);
+            assert_eq!(j.read(1, 10, usize::MAX).expect("read").len(), 1);
+        }
+        // A crash before the end: the fragments are gone, and the transaction is journaled again from its start.
+        let j = reopen(dir.path());
+        assert_eq!(j.head(), 1);
+        j.append(vec![fragment(150)]).expect("fragment again");
+        j.append(vec![fragment(160), Committed { bodies: vec![], ..committed(0, 200) }]).expect("the end");
+        assert_eq!(j.head(), 4, "two fragments and a marker that ends the transaction");
+        let recs = j.read(2, 10, usize::MAX).expect("read");
+        assert_eq!(
+            recs.iter().map(|r| (r.offset.0, r.continues)).collect::<Vec<_>>(),
+            [(2, true), (3, true), (4, false)]
+        );
+        assert_eq!(
+            recs[2].body,
+            Body::Transaction(vec![]),
+            "an end with no changes of its own is marked by an empty one"
+        );
+        assert_eq!(j.resume().expect("resume").position.pos, 200);
+        // An end that starts with a DDL is preceded by the marker too: a continuing record is followed by rows.
+        j.append(vec![fragment(250), committed(1, 300)]).expect("fragment then DDL end");
+        let recs = j.read(5, 10, usize::MAX).expect("read");
+        assert_eq!(recs.iter().map(|r| r.continues).collect::<Vec<_>>(), [true, false, false]);
+        assert!(matches!(recs[1].body, Body::Transaction(_)));
+        assert!(matches!(recs[2].body, Body::Ddl { .. }));
     }
 
     #[test]

@@ -111,7 +111,8 @@ impl Writer {
                     next = self.rx.try_recv().ok();
                 }
             }
-            let (txns, rows) = (group.len() as u64, group.iter().flat_map(|c| &c.bodies).map(body_rows).sum::<u64>());
+            let txns = group.iter().filter(|c| !c.continues).count() as u64;
+            let rows = group.iter().flat_map(|c| &c.bodies).map(body_rows).sum::<u64>();
             self.journal.append(std::mem::take(&mut group))?;
             self.status.counters.transactions.inc_by(txns);
             self.status.counters.rows.inc_by(rows);

@@ -1,6 +1,8 @@
 //! The `replica.v1.Journal` gRPC service: inspection, subscriptions with live tailing, acks and consumers.
 //!
 //! Each subscriber gets its own task feeding a small bounded channel, so a slow subscriber only slows itself.
+//! The channel is bounded by records and by [`SUBSCRIBER_BYTES`]: a record's share is released when the
+//! transport takes it, so fragments of a large transaction never pile up in memory.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -26,6 +28,11 @@ const READ_CHUNK: usize = 256;
 const READ_BYTES: usize = 4 << 20;
 /// Records buffered per subscriber.
 const SUBSCRIBER_BUFFER: usize = 128;
+/// Encoded bytes of records buffered per subscriber (a larger record takes the whole budget alone).
+const SUBSCRIBER_BYTES: u32 = 8 << 20;
+
+/// A record on its way to a subscriber, with its share of the subscriber's byte budget.
+type Outgoing = (Result<proto::Record, Status>, Option<tokio::sync::OwnedSemaphorePermit>);
 
 pub struct JournalService {
     pub journal: Arc<Journal>,
@@ -117,7 +124,8 @@ impl JournalApi for JournalService {
         Ok(Response::new(proto::ReadResponse { records: records.iter().map(Into::into).collect() }))
     }
 
-    type SubscribeStream = ReceiverStream<Result<proto::Record, Status>>;
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Record, Status>> + Send + 'static>>;
 
     async fn subscribe(
         &self,
@@ -151,7 +159,8 @@ impl JournalApi for JournalService {
         info!(consumer = %name, offset = from, "subscriber connected");
         *self.connected.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default() += 1;
         let guard = Connection { name: name.clone(), connected: self.connected.clone() };
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let (tx, rx) = mpsc::channel::<Outgoing>(SUBSCRIBER_BUFFER);
+        let budget = Arc::new(tokio::sync::Semaphore::new(SUBSCRIBER_BYTES as usize));
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
@@ -173,13 +182,25 @@ impl JournalApi for JournalService {
                 let records = match chunk {
                     Ok(r) => r,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send((Err(status), None)).await;
                         break;
                     }
                 };
-                for record in &records {
+                for record in records {
                     next = record.offset.0 + 1;
-                    if tx.send(Ok(record.into())).await.is_err() {
+                    let wire = proto::Record::from(&record);
+                    drop(record);
+                    let share =
+                        (prost::Message::encoded_len(&wire) as u64).clamp(1, u64::from(SUBSCRIBER_BYTES)) as u32;
+                    let permit = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return,
+                        p = budget.clone().acquire_many_owned(share) => match p {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                    };
+                    if tx.send((Ok(wire), Some(permit))).await.is_err() {
                         debug!(consumer = %name, "subscriber went away");
                         return;
                     }
@@ -187,7 +208,9 @@ impl JournalApi for JournalService {
             }
             debug!(consumer = %name, "subscription ended");
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // The share is released as the transport takes the record.
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |(record, _permit)| record);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn ack(&self, req: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {

@@ -1,0 +1,102 @@
+//! Transactions too large to hold in memory: journaled as fragments, applied as one secondary transaction,
+//! and `kill -9` of the reader or the applier in the middle leaves nothing half-applied and nothing lost.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tests::{applied, caught_up, eventually, journaled, Applier, MariaDb, Reader, Role};
+
+const WAIT: Duration = Duration::from_secs(300);
+
+/// Rows in the large transaction (`REPLICA_TEST_LARGE_ROWS`, 1,000,000 by default).
+fn large_rows() -> u64 {
+    std::env::var("REPLICA_TEST_LARGE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+}
+
+/// Bytes of the journal's segment files.
+fn segment_bytes(journal: &Path) -> u64 {
+    std::fs::read_dir(journal.join("segments"))
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+async fn checksum(db: &MariaDb, table: &str) -> Vec<(String, Option<u64>)> {
+    db.query(&format!("CHECKSUM TABLE {table} EXTENDED")).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_of_a_million_rows_is_applied_whole_after_kill_9_of_the_reader_and_the_applier() {
+    let rows = large_rows();
+    let primary = MariaDb::start(Role::Primary).await;
+    let journal = primary.dir.path().join("journal");
+    let mut reader = Reader::start(&primary, &journal, &[]).await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let env = [("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "info,applier::writer=debug")];
+    let mut a = Applier::start(&reader, &secondary, "s", &env);
+    primary
+        .exec(
+            "CREATE DATABASE big; \
+             CREATE TABLE big.t (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(60) NOT NULL, pad VARCHAR(60) NOT NULL); \
+             CREATE TABLE big.small (id INT PRIMARY KEY AUTO_INCREMENT, v INT); \
+             INSERT INTO big.small (v) VALUES (1), (2); \
+             INSERT INTO big.t VALUES (0, 0, '', '')",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    let before = reader.info().await.last_offset;
+
+    // One transaction: a million rows, then an update of some of them and a small table's change.
+    primary
+        .exec(&format!(
+            "BEGIN; \
+             INSERT INTO big.t SELECT seq, seq % 1000, REPEAT(CHAR(65 + seq % 26), 60), CONCAT('pad-', seq) \
+             FROM big.seq_1_to_{rows}; \
+             UPDATE big.t SET k = k + 1 WHERE id % 100 = 0; \
+             INSERT INTO big.small (v) VALUES (3); \
+             COMMIT"
+        ))
+        .await;
+
+    // kill -9 of the reader while it has journaled part of the transaction: fragments are on disk, none served.
+    eventually(WAIT, "the reader to journal part of the large transaction", || async {
+        (segment_bytes(&journal) > 8 << 20).then_some(())
+    })
+    .await;
+    assert_eq!(reader.info().await.last_offset, before, "no fragment is served before the transaction's end");
+    reader.kill9();
+    reader.restart().await;
+    let head = journaled(&primary, &reader).await;
+    assert!(head > before + 3, "the transaction was journaled as several records: {before} → {head}");
+    assert!(reader.log_text().contains("fragments of an unfinished transaction removed"), "{}", reader.log_text());
+
+    // kill -9 of the applier while its secondary transaction holds some of the fragments (INNODB_TRX cannot
+    // tell: it blocks while a large INSERT runs).
+    eventually(WAIT, "the applier to apply fragments of the large transaction", || async {
+        (a.log_text().matches("large transaction: fragment applied").count() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(applied(&secondary, "s").await, before, "nothing of the transaction is committed yet");
+    a.kill9();
+    let count: Vec<u64> = secondary.query("SELECT COUNT(*) FROM big.t").await;
+    assert_eq!(count, vec![1], "the killed applier's open transaction was rolled back");
+    a.spawn();
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_eq!(a.log_text().matches("its fragments are applied in one secondary transaction").count(), 2);
+
+    let count: Vec<u64> = secondary.query("SELECT COUNT(*) FROM big.t").await;
+    assert_eq!(count, vec![rows + 1]);
+    assert_eq!(checksum(&secondary, "big.t").await, checksum(&primary, "big.t").await);
+    assert_eq!(checksum(&secondary, "big.small").await, checksum(&primary, "big.small").await);
+    let (reader_mib, applier_mib) = (peak_rss_mib(reader.pid()), peak_rss_mib(a.pid()));
+    eprintln!("peak RSS after restarts: reader {reader_mib} MiB, applier {applier_mib} MiB");
+}

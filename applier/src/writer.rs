@@ -74,6 +74,11 @@ pub struct Resumed {
     pub quarantined: Vec<(TableKey, u64, String)>,
 }
 
+/// Waits between attempts at applying.
+fn retries(config: &Config) -> Retry {
+    RetryPolicy::new(Duration::from_millis(50), config.retry_max).start()
+}
+
 /// What became of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -140,7 +145,7 @@ impl Writer {
             .collect();
         applied_tx.send_replace(cp.applied_offset);
         let writer = Self {
-            fragmented_retry: RetryPolicy::new(Duration::from_millis(50), config.retry_max).start(),
+            fragmented_retry: retries(&config),
             open: None,
             config,
             secondary,
@@ -203,7 +208,7 @@ impl Writer {
     /// Applies a group that holds whole transactions; Ok(false) if shutdown interrupted it.
     async fn apply_whole(&mut self, group: &[Record], tables: &mut Tables) -> Result<bool, ApplyError> {
         let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(true) };
-        let mut retry = RetryPolicy::new(Duration::from_millis(50), self.config.retry_max).start();
+        let mut retry = retries(&self.config);
         loop {
             let e = match self.guarded_attempt(group, tables).await {
                 Ok(()) => {
@@ -266,10 +271,7 @@ impl Writer {
         };
         let started = self.applied + 1;
         self.abandon(&e).await;
-        let mut retry = std::mem::replace(
-            &mut self.fragmented_retry,
-            RetryPolicy::new(Duration::from_millis(50), self.config.retry_max).start(),
-        );
+        let mut retry = std::mem::replace(&mut self.fragmented_retry, retries(&self.config));
         let go_on = if e.is_transient() {
             self.metrics.retried();
             warn!(consumer = %self.config.name, offset = first.offset.0, transaction_from = started,

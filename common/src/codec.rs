@@ -51,7 +51,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
     }
 }
 
-/// The version 2 layout, read only: the record without `continues`.
+/// The version 2 layout, read only: the record without `continues`. Its body type is a parameter so that
+/// version 1 (the same record around an older body) reads through it too.
 mod v2 {
     use serde::Deserialize;
 
@@ -59,55 +60,46 @@ mod v2 {
     use crate::position::{BinlogPosition, Gtid, JournalOffset};
 
     #[derive(Deserialize)]
-    pub struct Record {
+    pub struct Record<B = Body> {
         offset: JournalOffset,
         gtid: Option<Gtid>,
         source: BinlogPosition,
         commit_unix_seconds: i64,
         journaled_unix_ms: i64,
-        body: Body,
+        body: B,
     }
 
-    impl From<Record> for event::Record {
-        fn from(r: Record) -> Self {
+    impl<B: Into<Body>> From<Record<B>> for event::Record {
+        fn from(r: Record<B>) -> Self {
             event::Record {
                 offset: r.offset,
                 gtid: r.gtid,
                 source: r.source,
                 commit_unix_seconds: r.commit_unix_seconds,
                 journaled_unix_ms: r.journaled_unix_ms,
-                body: r.body,
+                body: r.body.into(),
                 continues: false,
             }
         }
     }
 }
 
-/// The version 1 layout, read only.
+/// The version 1 layout, read only: the version 2 record around a body without `foreign_key_checks`.
 mod v1 {
     use serde::Deserialize;
 
     use crate::event::{self, Column, RowChange};
-    use crate::position::{BinlogPosition, Gtid, JournalOffset};
+
+    pub type Record = super::v2::Record<Body>;
 
     #[derive(Deserialize)]
-    pub struct Record {
-        offset: JournalOffset,
-        gtid: Option<Gtid>,
-        source: BinlogPosition,
-        commit_unix_seconds: i64,
-        journaled_unix_ms: i64,
-        body: Body,
-    }
-
-    #[derive(Deserialize)]
-    enum Body {
+    pub enum Body {
         Transaction(Vec<TableChange>),
         Ddl { schema: String, statement: String },
     }
 
     #[derive(Deserialize)]
-    struct TableChange {
+    pub struct TableChange {
         schema: String,
         table: String,
         columns: Vec<Column>,
@@ -115,9 +107,9 @@ mod v1 {
         rows: Vec<RowChange>,
     }
 
-    impl From<Record> for event::Record {
-        fn from(r: Record) -> Self {
-            let body = match r.body {
+    impl From<Body> for event::Body {
+        fn from(b: Body) -> Self {
+            match b {
                 Body::Ddl { schema, statement } => event::Body::Ddl { schema, statement },
                 Body::Transaction(changes) => event::Body::Transaction(
                     changes
@@ -132,15 +124,6 @@ mod v1 {
                         })
                         .collect(),
                 ),
-            };
-            event::Record {
-                offset: r.offset,
-                gtid: r.gtid,
-                source: r.source,
-                commit_unix_seconds: r.commit_unix_seconds,
-                journaled_unix_ms: r.journaled_unix_ms,
-                body,
-                continues: false,
             }
         }
     }

@@ -254,7 +254,8 @@ impl<'a> Assembler<'a> {
             let bodies = std::mem::take(&mut pending.bodies);
             pending.row_bytes = 0;
             pending.start_pos = here.log_pos.saturating_sub(size);
-            Some(self.fragment(bodies, here))
+            let gtid = pending.gtid;
+            Some(self.committed(gtid, bodies, here, true))
         } else {
             None
         };
@@ -267,10 +268,11 @@ impl<'a> Assembler<'a> {
         Ok(fragment)
     }
 
-    /// A fragment of the pending transaction: its changes so far, to be journaled ahead of the rest.
-    fn fragment(&self, bodies: Vec<Body>, here: &Here<'_>) -> Committed {
+    /// What is handed on at `here`: a transaction's end (`continues` false, with the GTID state after it), or a
+    /// fragment of one (its changes so far, journaled ahead of the rest).
+    fn committed(&self, gtid: Option<Gtid>, bodies: Vec<Body>, here: &Here<'_>, continues: bool) -> Committed {
         Committed {
-            gtid: self.pending.as_ref().and_then(|p| p.gtid),
+            gtid,
             source: BinlogPosition { file: here.file.to_owned(), pos: here.log_pos },
             commit_unix_seconds: i64::from(here.timestamp),
             bodies,
@@ -278,7 +280,7 @@ impl<'a> Assembler<'a> {
             server_id: self.primary.server_id,
             binlog_basename: self.primary.binlog_basename.clone(),
             xa: None,
-            continues: true,
+            continues,
         }
     }
 
@@ -364,16 +366,6 @@ impl<'a> Assembler<'a> {
         if let (Some(g), true) = (p.gtid, self.gtid_known) {
             self.gtid_state.advance(g);
         }
-        Some(Committed {
-            gtid: p.gtid,
-            source: BinlogPosition { file: here.file.to_owned(), pos: here.log_pos },
-            commit_unix_seconds: i64::from(here.timestamp),
-            bodies: p.bodies,
-            gtid_state: self.gtid_state.clone(),
-            server_id: self.primary.server_id,
-            binlog_basename: self.primary.binlog_basename.clone(),
-            xa: None,
-            continues: false,
-        })
+        Some(self.committed(p.gtid, p.bodies, here, false))
     }
 }

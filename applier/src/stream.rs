@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::event::{Body, Record};
+use common::event::Record;
 use common::proto::{AckRequest, SubscribeRequest};
 use common::retry::RetryPolicy;
 use futures_util::StreamExt;
@@ -40,18 +40,7 @@ pub struct Weight {
 
 impl Weight {
     pub fn of(r: &Record) -> Self {
-        match &r.body {
-            Body::Ddl { statement, .. } => Weight { rows: 0, bytes: statement.len() as u64 },
-            Body::Transaction(changes) => Weight {
-                rows: r.row_count(),
-                bytes: changes
-                    .iter()
-                    .flat_map(|c| &c.rows)
-                    .flat_map(|row| row.values())
-                    .map(|v| v.approx_size() as u64)
-                    .sum(),
-            },
-        }
+        Weight { rows: r.row_count(), bytes: r.body.mem_size() as u64 }
     }
 }
 

@@ -36,6 +36,16 @@ pub enum Body {
     Ddl { schema: String, statement: String },
 }
 
+impl Body {
+    /// Bytes the body holds in memory (see [`Value::mem_size`]); what bounds the buffers it passes through.
+    pub fn mem_size(&self) -> usize {
+        match self {
+            Body::Transaction(changes) => changes.iter().map(TableChange::mem_size).sum(),
+            Body::Ddl { schema, statement } => schema.len() + statement.len(),
+        }
+    }
+}
+
 impl Record {
     /// Number of row changes (0 for DDL).
     pub fn row_count(&self) -> usize {
@@ -58,6 +68,18 @@ pub struct TableChange {
     /// Whether the primary's session checked foreign keys for these changes (the rows event's flag): a
     /// secondary applies them the same way, so that cascades happen there as they did on the primary.
     pub foreign_key_checks: bool,
+}
+
+impl TableChange {
+    /// Bytes the change holds in memory, rows and shape (see [`Value::mem_size`]).
+    pub fn mem_size(&self) -> usize {
+        let shape: usize = self.columns.iter().map(|c| std::mem::size_of::<Column>() + c.name.len()).sum();
+        std::mem::size_of::<TableChange>()
+            + self.schema.len()
+            + self.table.len()
+            + shape
+            + self.rows.iter().map(RowChange::mem_size).sum::<usize>()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +218,11 @@ impl RowChange {
         };
         before.iter().chain(after)
     }
+
+    /// Bytes the change holds in memory (see [`Value::mem_size`]).
+    pub fn mem_size(&self) -> usize {
+        std::mem::size_of::<RowChange>() + self.values().map(Value::mem_size).sum::<usize>()
+    }
 }
 
 /// A column value, exact: what the primary returns for a SELECT of the column.
@@ -242,13 +269,15 @@ pub enum Value {
 }
 
 impl Value {
-    /// Approximate bytes the value takes, for bounding buffers and transactions.
-    pub fn approx_size(&self) -> usize {
-        match self {
-            Value::Text(s) | Value::Decimal(s) => s.len(),
-            Value::Bytes(b) => b.len(),
-            _ => 8,
-        }
+    /// Bytes the value holds in memory, inline and on the heap: what bounds buffers and transactions. (A
+    /// small value takes several times its binlog or wire size once decoded, so those sizes do not do.)
+    pub fn mem_size(&self) -> usize {
+        std::mem::size_of::<Value>()
+            + match self {
+                Value::Text(s) | Value::Decimal(s) => s.len(),
+                Value::Bytes(b) => b.len(),
+                _ => 0,
+            }
     }
 }
 

@@ -27,6 +27,17 @@ pub struct Committed {
     pub continues: bool,
 }
 
+impl Committed {
+    /// Bytes its changes hold in memory ([`Body::mem_size`]): its share of the in-flight budget.
+    pub fn mem_size(&self) -> usize {
+        let prepared = match &self.xa {
+            Some(Xa::Prepare { bodies, .. }) => bodies.as_slice(),
+            _ => &[],
+        };
+        self.bodies.iter().chain(prepared).map(Body::mem_size).sum()
+    }
+}
+
 /// A step of a two-phase XA transaction, journaled atomically with the position after it.
 #[derive(Debug, Clone)]
 pub enum Xa {

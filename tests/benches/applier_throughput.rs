@@ -108,6 +108,7 @@ async fn main() {
     }
     let ours = t.elapsed();
     assert_eq!(checksum(&secondary).await, want, "the secondary matches the primary");
+    println!("peak RSS: reader {} MiB, applier {} MiB", reader.peak_rss_mib(), applier.peak_rss_mib());
     drop(applier);
     drop(reader);
 

@@ -282,6 +282,21 @@ impl Service {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Peak resident memory (VmHWM) of the process since it started or since [`Self::reset_peak_rss`], in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024)
+    }
+
+    /// Starts measuring [`Self::peak_rss_mib`] afresh (`/proc/PID/clear_refs` 5: the peak becomes the current RSS).
+    pub fn reset_peak_rss(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+
     /// The exit status if the process has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
@@ -554,6 +569,8 @@ enum ProxyState {
     Open,
     /// Bytes stop flowing but connections stay open: a silent network.
     Frozen,
+    /// Bytes flow at about 64 MB/s each way: a slow link, so a test can act while a large transfer is under way.
+    Slow,
 }
 
 impl Proxy {
@@ -580,7 +597,13 @@ impl Proxy {
         self.state.send_replace(ProxyState::Frozen);
     }
 
-    /// Forwarding resumes for new connections; connections that lived through the freeze are closed.
+    /// Forwarding goes on at about 64 MB/s per direction and connection, until `thaw`.
+    pub fn slow_down(&self) {
+        self.state.send_replace(ProxyState::Slow);
+    }
+
+    /// Forwarding resumes at full speed (after `slow_down`) or for new connections (after `freeze`:
+    /// connections that lived through the freeze are closed).
     pub fn thaw(&self) {
         self.state.send_replace(ProxyState::Open);
     }
@@ -608,6 +631,9 @@ async fn pipe(
                     }
                     if to.write_all(&buf[..n]).await.is_err() {
                         return;
+                    }
+                    if *state.borrow() == ProxyState::Slow {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
             },
@@ -646,7 +672,8 @@ pub mod bench {
         sysbench(db, &[&format!("--tables={tables}"), &format!("--table-size={rows}"), "--threads=2", "prepare"]);
     }
 
-    fn sysbench(db: &MariaDb, args: &[&str]) {
+    /// `sysbench oltp_write_only` with uniformly distributed keys against database `sbtest`, with `args`.
+    pub fn sysbench(db: &MariaDb, args: &[&str]) {
         let status = Command::new("sysbench")
             .args([
                 "oltp_write_only",
@@ -654,6 +681,7 @@ pub mod bench {
                 "--mysql-host=127.0.0.1",
                 "--mysql-user=root",
                 "--mysql-db=sbtest",
+                "--rand-type=uniform",
             ])
             .arg(format!("--mysql-port={}", db.port))
             .args(args)

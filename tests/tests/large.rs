@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tests::{applied, caught_up, eventually, journaled, Applier, MariaDb, Reader, Role};
+use tests::{applied, caught_up, eventually, journaled, Applier, MariaDb, Proxy, Reader, Role};
 
 const WAIT: Duration = Duration::from_secs(300);
 
@@ -18,16 +18,6 @@ fn segment_bytes(journal: &Path) -> u64 {
     std::fs::read_dir(journal.join("segments"))
         .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0)
-}
-
-/// Peak resident memory of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
 }
 
 async fn checksum(db: &MariaDb, table: &str) -> Vec<(String, Option<u64>)> {
@@ -97,6 +87,60 @@ async fn a_transaction_of_a_million_rows_is_applied_whole_after_kill_9_of_the_re
     assert_eq!(count, vec![rows + 1]);
     assert_eq!(checksum(&secondary, "big.t").await, checksum(&primary, "big.t").await);
     assert_eq!(checksum(&secondary, "big.small").await, checksum(&primary, "big.small").await);
-    let (reader_mib, applier_mib) = (peak_rss_mib(reader.pid()), peak_rss_mib(a.pid()));
+    let (reader_mib, applier_mib) = (reader.peak_rss_mib(), a.peak_rss_mib());
     eprintln!("peak RSS after restarts: reader {reader_mib} MiB, applier {applier_mib} MiB");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_of_64_mib_rows_is_applied_whole_after_kill_9_of_the_reader_and_the_applier() {
+    const ROWS: u64 = 3;
+    let server = ["--max-allowed-packet=512M"];
+    let primary = MariaDb::start_with(Role::Primary, 1, &server).await;
+    let journal = primary.dir.path().join("journal");
+    // The reader reads the binlog through a slow link, so that it can be killed while the transaction passes.
+    let proxy = Proxy::start(primary.port).await;
+    let port = proxy.port.to_string();
+    let mut reader = Reader::start(&primary, &journal, &[("MARIA_PRIMARY_PORT", &port)]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 2, &server).await;
+    let env = [("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "info,applier::writer=debug")];
+    let mut a = Applier::start(&reader, &secondary, "s", &env);
+    primary.exec("CREATE DATABASE big; CREATE TABLE big.blobs (id INT PRIMARY KEY, b LONGBLOB NOT NULL)").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    let before = reader.info().await.last_offset;
+
+    // One transaction of three rows of 64 MiB each (distinct bytes, so a row applied twice or cut would show).
+    proxy.slow_down();
+    let inserts: String = (1..=ROWS)
+        .map(|i| format!("INSERT INTO big.blobs VALUES ({i}, CONCAT(REPEAT(CHAR(64 + {i}), 64 << 20), '{i}'));"))
+        .collect();
+    primary.exec(&format!("BEGIN; {inserts} COMMIT")).await;
+
+    eventually(WAIT, "the reader to journal the first row", || async {
+        (segment_bytes(&journal) > 64 << 20).then_some(())
+    })
+    .await;
+    assert_eq!(reader.info().await.last_offset, before, "no fragment is served before the transaction's end");
+    reader.kill9();
+    reader.restart().await;
+    let head = journaled(&primary, &reader).await;
+    assert!(head >= before + ROWS, "each row was journaled as its own fragment: {before} → {head}");
+    assert!(reader.log_text().contains("fragments of an unfinished transaction removed"), "{}", reader.log_text());
+    proxy.thaw();
+
+    eventually(WAIT, "the applier to apply the first row", || async {
+        (a.log_text().matches("large transaction: fragment applied").count() >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(applied(&secondary, "s").await, before, "nothing of the transaction is committed yet");
+    a.kill9();
+    let count: Vec<u64> = secondary.query("SELECT COUNT(*) FROM big.blobs").await;
+    assert_eq!(count, vec![0], "the killed applier's open transaction was rolled back");
+    a.spawn();
+    caught_up(&primary, &reader, &secondary, &a).await;
+
+    let sizes = "SELECT id, LENGTH(b), MD5(b) FROM big.blobs ORDER BY id";
+    let want: Vec<(u64, u64, String)> = primary.query(sizes).await;
+    assert_eq!(want.len() as u64, ROWS);
+    assert_eq!(secondary.query::<(u64, u64, String)>(sizes).await, want);
+    eprintln!("peak RSS after restarts: reader {} MiB, applier {} MiB", reader.peak_rss_mib(), a.peak_rss_mib());
 }

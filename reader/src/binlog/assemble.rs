@@ -1,13 +1,13 @@
 //! The assembler: turns the primary's binlog events into committed transactions, one handler per kind of
 //! event. A transaction is handed on at its end (XID, COMMIT, XA PREPARE/COMMIT/ROLLBACK, or the end of a
-//! standalone statement), with the position after it. A transaction whose row events pass
+//! standalone statement), with the position after it. A transaction whose decoded rows pass
 //! [`FRAGMENT_BYTES`] is handed on in fragments as it is read, so that memory does not grow with its size;
 //! the journal keeps fragments invisible until the transaction's end arrives (see [`crate::journal`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::event::{Body, TableChange};
+use common::event::{Body, RowChange, TableChange};
 use common::position::{BinlogPosition, Gtid, GtidState};
 use mysql_async::binlog::events::{Event, EventData, QueryEvent, RotateEvent, RowsEventData, TableMapEvent};
 use mysql_async::binlog::RowsEventFlags;
@@ -21,9 +21,9 @@ use crate::config::Config;
 use crate::error::ReaderError;
 use crate::pipeline::{Committed, Xa};
 
-/// Binlog bytes of row events after which a transaction's changes so far are handed on as a fragment.
-/// Decoded rows take two to four times their binlog size.
-pub const FRAGMENT_BYTES: u64 = 2 << 20;
+/// Bytes of decoded row changes in memory ([`RowChange::mem_size`]) after which a transaction's changes so far
+/// are handed on as a fragment. (Decoded rows take two to ten times their binlog size.)
+pub const FRAGMENT_BYTES: usize = 4 << 20;
 
 /// A source transaction being assembled.
 struct Pending {
@@ -32,8 +32,8 @@ struct Pending {
     gtid: Option<Gtid>,
     standalone: bool,
     bodies: Vec<Body>,
-    /// Binlog bytes of the row events in `bodies`.
-    row_bytes: u64,
+    /// Memory the rows in `bodies` hold ([`RowChange::mem_size`]).
+    row_bytes: usize,
     /// An XA transaction: its changes are kept whole until XA COMMIT (never fragmented).
     xa: bool,
 }
@@ -117,20 +117,8 @@ impl<'a> Assembler<'a> {
         }
     }
 
-    /// Takes one event; returns a transaction it completes, with its binlog bytes (which stand in for its
-    /// decoded size). `file` follows rotations.
-    pub fn handle(&mut self, event: &Event, file: &mut String) -> Result<Option<(Committed, u64)>, ReaderError> {
-        let start = self.pending.as_ref().map(|p| p.start_pos);
-        let committed = self.handle_event(event, file)?;
-        let end = u64::from(event.header().log_pos());
-        let bytes = match start {
-            Some(s) if end > s => end - s,
-            _ => event.header().event_size().into(),
-        };
-        Ok(committed.map(|c| (c, bytes)))
-    }
-
-    fn handle_event(&mut self, event: &Event, file: &mut String) -> Result<Option<Committed>, ReaderError> {
+    /// Takes one event; returns a transaction (or a fragment of one) it completes. `file` follows rotations.
+    pub fn handle(&mut self, event: &Event, file: &mut String) -> Result<Option<Committed>, ReaderError> {
         let header = event.header();
         let kind = header.event_type_raw();
         let log_pos = u64::from(header.log_pos());
@@ -248,23 +236,25 @@ impl<'a> Assembler<'a> {
             Some(None) => return Ok(None),
             None => return Err(here.unsupported(format!("rows event for table id {id} without its table map"))),
         };
-        let size = u64::from(event.header().event_size());
+        let size = event.header().event_size();
         let pending = self.pending.get_or_insert_with(|| Pending::new(here.log_pos, false));
         let fragment = if pending.full() {
             let bodies = std::mem::take(&mut pending.bodies);
             pending.row_bytes = 0;
-            pending.start_pos = here.log_pos.saturating_sub(size);
+            pending.start_pos = here.log_pos.saturating_sub(u64::from(size));
             let gtid = pending.gtid;
             Some(self.committed(gtid, bodies, here, true))
         } else {
             None
         };
         let Some(pending) = self.pending.as_mut() else { unreachable!("inserted above") };
-        pending.row_bytes += size;
         let checks = !rows.flags().contains(RowsEventFlags::NO_FOREIGN_KEY_CHECKS);
         let change = pending.push_change(&info, checks);
+        let had = change.rows.len();
         info.decode_rows(rows, &mut change.rows)
             .map_err(|source| ReaderError::Decode { position: here.at(), source })?;
+        let added: usize = change.rows[had..].iter().map(RowChange::mem_size).sum();
+        pending.row_bytes += added;
         Ok(fragment)
     }
 

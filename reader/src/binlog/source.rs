@@ -30,13 +30,14 @@ use crate::journal::writer::WriterHandle;
 use crate::journal::ResumeState;
 use crate::pipeline::{Committed, SourceStatus};
 
-/// Binlog bytes of transactions decoded but not yet durable: bounds the reader's memory whatever the backlog.
+/// Memory held by transactions decoded but not yet durable ([`Committed::mem_size`]): bounds the reader's
+/// memory whatever the backlog.
 pub const IN_FLIGHT_BYTES: u32 = 16 << 20;
 
 pub struct Source {
     pub config: Arc<Config>,
     pub writer: WriterHandle,
-    /// Permits are binlog bytes (see [`IN_FLIGHT_BYTES`]).
+    /// Permits are bytes of decoded changes (see [`IN_FLIGHT_BYTES`]).
     pub budget: Arc<tokio::sync::Semaphore>,
     pub status: Arc<SourceStatus>,
     pub shutdown: CancellationToken,
@@ -145,8 +146,8 @@ impl Source {
                 first_event = false;
                 self.status.connected.store(true, Ordering::Relaxed);
             }
-            if let Some((committed, bytes)) = asm.handle(&event, &mut file)? {
-                if !self.hand_over(committed, bytes).await? {
+            if let Some(committed) = asm.handle(&event, &mut file)? {
+                if !self.hand_over(committed).await? {
                     return Ok(());
                 }
             }
@@ -156,8 +157,8 @@ impl Source {
 
     /// Hands a transaction to the writer, holding its share of the in-flight budget; false if shut down first.
     /// Awaiting here is the backpressure: when the writer is behind, reading from the primary stops.
-    async fn hand_over(&self, committed: Committed, bytes: u64) -> Result<bool, ReaderError> {
-        let permits = bytes.clamp(1, u64::from(IN_FLIGHT_BYTES)) as u32;
+    async fn hand_over(&self, committed: Committed) -> Result<bool, ReaderError> {
+        let permits = committed.mem_size().clamp(1, IN_FLIGHT_BYTES as usize) as u32;
         let permit = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Ok(false),

@@ -24,11 +24,13 @@ use crate::serve::snapshot::Snapshots;
 
 /// Records read from sled per step of a subscription.
 const READ_CHUNK: usize = 256;
-/// Encoded bytes read per step of a subscription or per `Read` response (at least one record).
-const READ_BYTES: usize = 4 << 20;
+/// Encoded bytes read per step of a subscription or per `Read` response (at least one record); decoded, small
+/// rows take up to ten times as much.
+const READ_BYTES: usize = 1 << 20;
 /// Records buffered per subscriber.
 const SUBSCRIBER_BUFFER: usize = 128;
-/// Encoded bytes of records buffered per subscriber (a larger record takes the whole budget alone).
+/// Bytes of records buffered per subscriber, as they are held in memory ([`common::event::Body::mem_size`];
+/// a larger record takes the whole budget alone).
 const SUBSCRIBER_BYTES: u32 = 8 << 20;
 
 /// A record on its way to a subscriber, with its share of the subscriber's byte budget.
@@ -188,10 +190,9 @@ impl JournalApi for JournalService {
                 };
                 for record in records {
                     next = record.offset.0 + 1;
+                    let share = record.body.mem_size().clamp(1, SUBSCRIBER_BYTES as usize) as u32;
                     let wire = proto::Record::from(&record);
                     drop(record);
-                    let share =
-                        (prost::Message::encoded_len(&wire) as u64).clamp(1, u64::from(SUBSCRIBER_BYTES)) as u32;
                     let permit = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return,

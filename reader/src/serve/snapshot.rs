@@ -336,7 +336,7 @@ impl Snapshots {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| SnapshotError::Invalid(format!("{}.{}: {e}", shape.schema, shape.table)))?;
             self.status.counters.copy_rows.inc();
-            bytes += values.iter().map(Value::approx_size).sum::<usize>();
+            bytes += values.iter().map(Value::mem_size).sum::<usize>();
             part.rows.push(RowChange::Insert { after: values });
             if part.rows.len() >= PART_ROWS || bytes >= PART_BYTES {
                 let rows = std::mem::take(&mut part.rows);

@@ -18,25 +18,26 @@ use std::collections::HashMap;
 
 use common::event::{RowChange, TableChange, Value};
 
-pub struct NetTable {
+/// Borrows the row images from the records it folds (`'a`): nothing is copied but the key values.
+pub struct NetTable<'a> {
     /// The table's shape (no rows), as the SQL builders take it.
     pub shape: TableChange,
     /// First journal offset that touched the table in this transaction (for error messages).
     pub first_offset: u64,
     /// Keys in first-touch order.
     order: Vec<String>,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Entry<'a>>,
 }
 
-struct Entry {
+struct Entry<'a> {
     key_values: Vec<Value>,
     existed: bool,
-    final_image: Option<Vec<Value>>,
+    final_image: Option<&'a [Value]>,
     /// The last image the key had in the transaction (for a key inserted and deleted again).
-    last_image: Option<Vec<Value>>,
+    last_image: Option<&'a [Value]>,
 }
 
-impl NetTable {
+impl<'a> NetTable<'a> {
     pub fn new(c: &TableChange, offset: u64) -> Self {
         Self {
             shape: TableChange {
@@ -58,7 +59,7 @@ impl NetTable {
         (format!("{values:?}"), values)
     }
 
-    fn touch(&mut self, image: &[Value], existed: bool) -> &mut Entry {
+    fn touch(&mut self, image: &[Value], existed: bool) -> &mut Entry<'a> {
         let (k, key_values) = self.key(image);
         if !self.entries.contains_key(&k) {
             self.order.push(k.clone());
@@ -66,7 +67,7 @@ impl NetTable {
         self.entries.entry(k).or_insert(Entry { key_values, existed, final_image: None, last_image: None })
     }
 
-    pub fn add(&mut self, c: &TableChange) {
+    pub fn add(&mut self, c: &'a TableChange) {
         for row in &c.rows {
             match row {
                 RowChange::Insert { after } => self.touch(after, false).set(Some(after)),
@@ -95,7 +96,7 @@ impl NetTable {
             .iter()
             .filter_map(|k| self.entries.get(k))
             .filter(|e| !e.existed && e.final_image.is_none())
-            .filter_map(|e| e.last_image.as_deref().map(|image| (image, e.key_values.as_slice())))
+            .filter_map(|e| e.last_image.map(|image| (image, e.key_values.as_slice())))
             .max_by_key(|(image, _)| image.get(counter).map_or(i128::MIN, number))
     }
 
@@ -111,15 +112,15 @@ impl NetTable {
 
     /// Final images to insert.
     pub fn inserts(&self) -> Vec<&[Value]> {
-        self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image.as_deref()).collect()
+        self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image).collect()
     }
 }
 
-impl Entry {
-    fn set(&mut self, image: Option<&Vec<Value>>) {
-        self.final_image = image.cloned();
+impl<'a> Entry<'a> {
+    fn set(&mut self, image: Option<&'a [Value]>) {
+        self.final_image = image;
         if image.is_some() {
-            self.last_image = image.cloned();
+            self.last_image = image;
         }
     }
 }
@@ -171,12 +172,13 @@ mod tests {
         assert_eq!(net.inserts(), vec![row(1, 3).as_slice(), row(2, 9).as_slice(), row(4, 3).as_slice()]);
         let (image, key) = net.highest_transient(0).expect("5 was inserted and deleted again");
         assert_eq!((image, key), (row(5, 5).as_slice(), [Value::Int(5)].as_slice()));
-        let mut moved = NetTable::new(&c, 1);
-        moved.add(&table(vec![
+        let changes = table(vec![
             RowChange::Insert { after: row(6, 6) },
             RowChange::Update { before: row(6, 6), after: row(100, 6) },
             RowChange::Delete { before: row(100, 6) },
-        ]));
+        ]);
+        let mut moved = NetTable::new(&c, 1);
+        moved.add(&changes);
         assert_eq!(
             moved.highest_transient(0).map(|(image, _)| image),
             Some(row(100, 6).as_slice()),

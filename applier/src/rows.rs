@@ -19,7 +19,12 @@ fn key_of(c: &TableChange) -> TableKey {
 /// Applies one keyed table's net changes: every key that existed is deleted, then (for a table whose
 /// AUTO_INCREMENT column is `counter`) the highest row inserted and deleted within the group is written and
 /// deleted again, then every final image is inserted.
-pub async fn apply_net(tx: &mut Conn, net: &NetTable, lenient: bool, counter: Option<usize>) -> Result<(), ApplyError> {
+pub async fn apply_net(
+    tx: &mut Conn,
+    net: &NetTable<'_>,
+    lenient: bool,
+    counter: Option<usize>,
+) -> Result<(), ApplyError> {
     delete_keys(tx, net, &net.deletes(), lenient).await?;
     if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
         insert_images(tx, net, &[image]).await?;
@@ -29,7 +34,7 @@ pub async fn apply_net(tx: &mut Conn, net: &NetTable, lenient: bool, counter: Op
 }
 
 /// Deletes the rows with `keys`, which must all exist unless `lenient`.
-async fn delete_keys(tx: &mut Conn, net: &NetTable, keys: &[&[Value]], lenient: bool) -> Result<(), ApplyError> {
+async fn delete_keys(tx: &mut Conn, net: &NetTable<'_>, keys: &[&[Value]], lenient: bool) -> Result<(), ApplyError> {
     let (shape, offset, table) = (&net.shape, net.first_offset, key_of(&net.shape));
     let mut done = 0;
     while done < keys.len() {
@@ -51,7 +56,7 @@ async fn delete_keys(tx: &mut Conn, net: &NetTable, keys: &[&[Value]], lenient: 
 }
 
 /// Inserts whole-row `images` in multi-row statements.
-async fn insert_images(tx: &mut Conn, net: &NetTable, images: &[&[Value]]) -> Result<(), ApplyError> {
+async fn insert_images(tx: &mut Conn, net: &NetTable<'_>, images: &[&[Value]]) -> Result<(), ApplyError> {
     let (shape, offset, table) = (&net.shape, net.first_offset, key_of(&net.shape));
     let mut done = 0;
     while done < images.len() {

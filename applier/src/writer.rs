@@ -23,6 +23,7 @@
 //! stops the applier, or (with `--skip-failing-tables`) counts against its table until the table is
 //! quarantined and its changes skipped.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -368,48 +369,52 @@ impl Writer {
         let tx = conn;
         // Tables with a primary key and no part in foreign keys are applied as net changes after the others,
         // which go row by row in source order; changes to different tables of the two kinds do not interact.
+        // The changes as they are written: borrowed from the records, copied only where generated columns are
+        // stripped (the secondary computes those).
+        let mut changes: Vec<(u64, Cow<'_, TableChange>)> = Vec::new();
+        for record in group {
+            let Body::Transaction(cs) = &record.body else { unreachable!("DDL records are grouped alone") };
+            for c in cs {
+                let key = (c.schema.clone(), c.table.clone());
+                if tables.mode(&key) == TableMode::Skip {
+                    continue;
+                }
+                let c = match self.shapes.get(&key) {
+                    Some(shape) if !shape.generated.is_empty() => Cow::Owned(sql::without_columns(c, &shape.generated)),
+                    _ => Cow::Borrowed(c),
+                };
+                changes.push((record.offset.0, c));
+            }
+        }
         let mut nets: Vec<NetTable> = Vec::new();
         // The session's foreign_key_checks as this attempt set it (None: not set yet, so unknown: a failed
         // attempt may have left it on).
         let mut checks: Option<bool> = None;
-        for record in group {
-            let Body::Transaction(changes) = &record.body else { unreachable!("DDL records are grouped alone") };
-            for c in changes {
-                let key = (c.schema.clone(), c.table.clone());
-                let lenient = match tables.mode(&key) {
-                    TableMode::Skip => continue,
-                    mode => mode == TableMode::Lenient,
-                };
-                let shape = self.shapes.get(&key);
-                let in_foreign_keys = shape.is_some_and(|s| s.in_foreign_keys);
-                let stripped;
-                let c = match shape {
-                    Some(shape) if !shape.generated.is_empty() => {
-                        stripped = sql::without_columns(c, &shape.generated);
-                        &stripped
-                    }
-                    _ => c,
-                };
-                if in_foreign_keys {
-                    // A table being copied is loaded with checks off, like the copy itself.
-                    let want = c.foreign_key_checks && !lenient;
-                    if checks != Some(want) {
-                        let set = format!("SET foreign_key_checks = {}", u8::from(want));
-                        tx.query_drop(&set).await.map_err(statement(record.offset.0, Some(&key), &set))?;
-                        checks = Some(want);
-                    }
+        for (offset, c) in &changes {
+            let offset = *offset;
+            let c: &TableChange = c;
+            let key = (c.schema.clone(), c.table.clone());
+            let lenient = tables.mode(&key) == TableMode::Lenient;
+            let in_foreign_keys = self.shapes.get(&key).is_some_and(|s| s.in_foreign_keys);
+            if in_foreign_keys {
+                // A table being copied is loaded with checks off, like the copy itself.
+                let want = c.foreign_key_checks && !lenient;
+                if checks != Some(want) {
+                    let set = format!("SET foreign_key_checks = {}", u8::from(want));
+                    tx.query_drop(&set).await.map_err(statement(offset, Some(&key), &set))?;
+                    checks = Some(want);
                 }
-                if c.primary_key.is_empty() || in_foreign_keys {
-                    rows::apply_in_order(tx, record.offset.0, c, lenient).await?;
-                    continue;
-                }
-                match nets.iter_mut().find(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
-                    Some(net) => net.add(c),
-                    None => {
-                        let mut net = NetTable::new(c, record.offset.0);
-                        net.add(c);
-                        nets.push(net);
-                    }
+            }
+            if c.primary_key.is_empty() || in_foreign_keys {
+                rows::apply_in_order(tx, offset, c, lenient).await?;
+                continue;
+            }
+            match nets.iter_mut().find(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
+                Some(net) => net.add(c),
+                None => {
+                    let mut net = NetTable::new(c, offset);
+                    net.add(c);
+                    nets.push(net);
                 }
             }
         }

@@ -5,7 +5,10 @@
 //! decode: version 1 with foreign key checks on, as sessions have them by default, and both with `continues`
 //! off (older builds journaled every transaction whole).
 
-use crate::event::Record;
+use serde::Serialize;
+
+use crate::event::{Body, Record};
+use crate::position::{BinlogPosition, Gtid, JournalOffset};
 
 /// The layout this build writes. A reader refuses records of a version it does not know.
 pub const RECORD_VERSION: u8 = 3;
@@ -26,10 +29,52 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// A record's parts, borrowed, in the record's field order: encodes exactly as the [`Record`] it describes,
+/// so a journal writer need not copy a body (which may be a fragment of many MiB) to encode it.
+#[derive(Debug, Serialize)]
+pub struct RecordParts<'a> {
+    pub offset: JournalOffset,
+    pub gtid: Option<Gtid>,
+    pub source: &'a BinlogPosition,
+    pub commit_unix_seconds: i64,
+    pub journaled_unix_ms: i64,
+    pub body: &'a Body,
+    pub continues: bool,
+}
+
+impl<'a> From<&'a Record> for RecordParts<'a> {
+    fn from(r: &'a Record) -> Self {
+        Self {
+            offset: r.offset,
+            gtid: r.gtid,
+            source: &r.source,
+            commit_unix_seconds: r.commit_unix_seconds,
+            journaled_unix_ms: r.journaled_unix_ms,
+            body: &r.body,
+            continues: r.continues,
+        }
+    }
+}
+
 pub fn encode(record: &Record) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(256);
+    encode_parts(&RecordParts::from(record))
+}
+
+/// Records holding more than this are measured before they are encoded, so that the buffer is allocated once
+/// at its exact size (growing it would briefly hold the record twice, then keep twice its size).
+const MEASURE_BYTES: usize = 1 << 20;
+
+pub fn encode_parts(parts: &RecordParts<'_>) -> Result<Vec<u8>, CodecError> {
+    let capacity = if parts.body.mem_size() > MEASURE_BYTES {
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::serde::encode_into_writer(parts, &mut size, config()).map_err(CodecError::Encode)?;
+        1 + size.bytes_written
+    } else {
+        256
+    };
+    let mut out = Vec::with_capacity(capacity);
     out.push(RECORD_VERSION);
-    bincode::serde::encode_into_std_write(record, &mut out, config()).map_err(CodecError::Encode)?;
+    bincode::serde::encode_into_std_write(parts, &mut out, config()).map_err(CodecError::Encode)?;
     Ok(out)
 }
 
@@ -172,6 +217,16 @@ mod tests {
         let bytes = encode(&r).expect("encodes");
         assert_eq!(bytes[0], RECORD_VERSION);
         assert_eq!(decode(&bytes).expect("decodes"), r);
+    }
+
+    #[test]
+    fn bytes_encode_as_the_byte_sequence_earlier_version_3_records_hold() {
+        // Value::Bytes is written as serde bytes (one copy, not byte by byte); bincode writes a length and the
+        // bytes either way, so journals written before still decode. Variant 7 is Bytes.
+        let bytes: Vec<u8> = (0..=255).collect();
+        let as_bytes = bincode::serde::encode_to_vec(Value::Bytes(bytes.clone()), config()).expect("encodes");
+        let as_sequence = bincode::serde::encode_to_vec((7u32, bytes), config()).expect("encodes");
+        assert_eq!(as_bytes, as_sequence);
     }
 
     /// The version 1 layout: the same fields without `foreign_key_checks`.

@@ -9,46 +9,46 @@ use crate::proto;
 #[error("malformed record from the reader: {0}")]
 pub struct WireError(&'static str);
 
-impl From<&Record> for proto::Record {
-    fn from(r: &Record) -> Self {
+// Domain to wire by value: a record's strings and bytes move into the wire record (a fragment may hold many
+// MiB, so it is not copied on its way to a subscriber).
+impl From<Record> for proto::Record {
+    fn from(r: Record) -> Self {
         proto::Record {
             offset: r.offset.0,
             gtid: r.gtid.map(|g| g.to_string()).unwrap_or_default(),
-            source_file: r.source.file.clone(),
+            source_file: r.source.file,
             source_position: r.source.pos,
             commit_unix_seconds: r.commit_unix_seconds,
             journaled_unix_ms: r.journaled_unix_ms,
             continues: r.continues,
-            body: Some(match &r.body {
+            body: Some(match r.body {
                 Body::Transaction(changes) => proto::record::Body::Transaction(proto::Transaction {
-                    changes: changes.iter().map(Into::into).collect(),
+                    changes: changes.into_iter().map(Into::into).collect(),
                 }),
-                Body::Ddl { schema, statement } => {
-                    proto::record::Body::Ddl(proto::Ddl { schema: schema.clone(), statement: statement.clone() })
-                }
+                Body::Ddl { schema, statement } => proto::record::Body::Ddl(proto::Ddl { schema, statement }),
             }),
         }
     }
 }
 
-impl From<&TableChange> for proto::TableChange {
-    fn from(c: &TableChange) -> Self {
+impl From<TableChange> for proto::TableChange {
+    fn from(c: TableChange) -> Self {
         proto::TableChange {
-            schema: c.schema.clone(),
-            table: c.table.clone(),
-            columns: c.columns.iter().map(Into::into).collect(),
-            primary_key: c.primary_key.clone(),
-            rows: c.rows.iter().map(Into::into).collect(),
+            schema: c.schema,
+            table: c.table,
+            columns: c.columns.into_iter().map(Into::into).collect(),
+            primary_key: c.primary_key,
+            rows: c.rows.into_iter().map(Into::into).collect(),
             no_foreign_key_checks: !c.foreign_key_checks,
         }
     }
 }
 
-impl From<&Column> for proto::Column {
-    fn from(c: &Column) -> Self {
+impl From<Column> for proto::Column {
+    fn from(c: Column) -> Self {
         proto::Column {
-            name: c.name.clone(),
             r#type: c.ty.name().to_owned(),
+            name: c.name,
             unsigned: c.unsigned,
             nullable: c.nullable,
             binlog_type: c.binlog_type.into(),
@@ -58,10 +58,10 @@ impl From<&Column> for proto::Column {
     }
 }
 
-impl From<&RowChange> for proto::RowChange {
-    fn from(r: &RowChange) -> Self {
+impl From<RowChange> for proto::RowChange {
+    fn from(r: RowChange) -> Self {
         use proto::row_change::Kind;
-        let vals = |v: &[Value]| v.iter().map(Into::into).collect();
+        let vals = |v: Vec<Value>| v.into_iter().map(Into::into).collect();
         match r {
             RowChange::Insert { after } => {
                 proto::RowChange { kind: Kind::Insert.into(), before: vec![], after: vals(after) }
@@ -76,41 +76,35 @@ impl From<&RowChange> for proto::RowChange {
     }
 }
 
-impl From<&Value> for proto::Value {
-    fn from(v: &Value) -> Self {
+impl From<Value> for proto::Value {
+    fn from(v: Value) -> Self {
         use proto::value::Kind;
         let kind = match v {
             Value::Null => Kind::Null(true),
-            Value::Int(x) => Kind::Int(*x),
-            Value::UInt(x) => Kind::Uint(*x),
-            Value::Float(x) => Kind::Float(*x),
-            Value::Double(x) => Kind::Double(*x),
-            Value::Decimal(x) => Kind::Decimal(x.clone()),
-            Value::Text(x) => Kind::Text(x.clone()),
-            Value::Bytes(x) => Kind::Bytes(x.clone()),
+            Value::Int(x) => Kind::Int(x),
+            Value::UInt(x) => Kind::Uint(x),
+            Value::Float(x) => Kind::Float(x),
+            Value::Double(x) => Kind::Double(x),
+            Value::Decimal(x) => Kind::Decimal(x),
+            Value::Text(x) => Kind::Text(x),
+            Value::Bytes(x) => Kind::Bytes(x),
             Value::Date { year, month, day } => {
-                Kind::Date(proto::Date { year: (*year).into(), month: (*month).into(), day: (*day).into() })
+                Kind::Date(proto::Date { year: year.into(), month: month.into(), day: day.into() })
             }
             Value::DateTime { year, month, day, hour, minute, second, micros } => Kind::Datetime(proto::DateTime {
-                year: (*year).into(),
-                month: (*month).into(),
-                day: (*day).into(),
-                hour: (*hour).into(),
-                minute: (*minute).into(),
-                second: (*second).into(),
-                micros: *micros,
+                year: year.into(),
+                month: month.into(),
+                day: day.into(),
+                hour: hour.into(),
+                minute: minute.into(),
+                second: second.into(),
+                micros,
             }),
-            Value::Time { negative, hours, minutes, seconds, micros } => Kind::Time(proto::Time {
-                negative: *negative,
-                hours: *hours,
-                minutes: (*minutes).into(),
-                seconds: (*seconds).into(),
-                micros: *micros,
-            }),
-            Value::Timestamp { seconds, micros } => {
-                Kind::Timestamp(proto::Timestamp { seconds: *seconds, micros: *micros })
+            Value::Time { negative, hours, minutes, seconds, micros } => {
+                Kind::Time(proto::Time { negative, hours, minutes: minutes.into(), seconds: seconds.into(), micros })
             }
-            Value::Year(y) => Kind::Year((*y).into()),
+            Value::Timestamp { seconds, micros } => Kind::Timestamp(proto::Timestamp { seconds, micros }),
+            Value::Year(y) => Kind::Year(y.into()),
         };
         proto::Value { kind: Some(kind) }
     }

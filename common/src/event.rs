@@ -238,7 +238,7 @@ pub enum Value {
     /// Character data in UTF-8 (converted from the column's charset), ENUM and SET names, JSON text.
     Text(String),
     /// Binary data; BIT as big-endian bytes; GEOMETRY as SRID + WKB.
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     Date {
         year: u16,
         month: u8,

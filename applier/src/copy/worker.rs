@@ -206,7 +206,7 @@ impl Workers {
         let request = ReadChunkRequest {
             schema: table.0.clone(),
             table: table.1.clone(),
-            after_key: after.iter().flatten().map(Into::into).collect(),
+            after_key: after.iter().flatten().cloned().map(Into::into).collect(),
             limit,
         };
         let mut stream = client.read_chunk(request).await.map_err(refused("ReadChunk"))?.into_inner();

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::codec;
+use common::codec::{self, RecordParts};
 use common::event::{Body, Record};
 use common::position::{BinlogPosition, GtidState, JournalOffset};
 use serde::{Deserialize, Serialize};
@@ -257,16 +257,17 @@ impl Journal {
             }
             for body in all {
                 offset += 1;
-                let record = Record {
+                let record = RecordParts {
                     offset: JournalOffset(offset),
                     gtid: txn.gtid,
-                    source: txn.source.clone(),
+                    source: &txn.source,
                     commit_unix_seconds: txn.commit_unix_seconds,
                     journaled_unix_ms: now,
-                    body: body.clone(),
+                    body,
                     continues: txn.continues,
                 };
-                let encoded = codec::encode(&record).map_err(|source| JournalError::Corrupt { offset, source })?;
+                let encoded =
+                    codec::encode_parts(&record).map_err(|source| JournalError::Corrupt { offset, source })?;
                 encoded_records.push(encoded);
             }
             if txn.continues {

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 /// A segment is closed and a new one started once it holds this much.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
+/// Records up to this size are gathered into one write.
+const COALESCE_BYTES: usize = 1 << 20;
+
 /// Where a record is, and what trimming needs to know without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
@@ -100,21 +103,32 @@ impl Segments {
             File::open(&self.dir)?.sync_all()?;
             *cur = Current { id, file, len: 0 };
         }
-        let mut buf = Vec::with_capacity(records.iter().map(Vec::len).sum());
+        // Small records are gathered into writes of up to COALESCE_BYTES; a larger one is written as it is,
+        // so that a fragment of many MiB is not copied once more.
         let mut out = Vec::with_capacity(records.len());
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut buf_at, mut pos) = (cur.len, cur.len);
         for r in records {
-            out.push(Location {
-                segment: cur.id,
-                pos: cur.len + buf.len() as u64,
-                len: r.len() as u32,
-                journaled_unix_ms,
-            });
-            buf.extend_from_slice(r);
+            out.push(Location { segment: cur.id, pos, len: r.len() as u32, journaled_unix_ms });
+            if !buf.is_empty() && buf.len() + r.len() > COALESCE_BYTES {
+                cur.file.write_all_at(&buf, buf_at)?;
+                buf.clear();
+            }
+            if r.len() > COALESCE_BYTES {
+                cur.file.write_all_at(r, pos)?;
+            } else {
+                if buf.is_empty() {
+                    buf_at = pos;
+                }
+                buf.extend_from_slice(r);
+            }
+            pos += r.len() as u64;
         }
-        let at = cur.len;
-        cur.file.write_all_at(&buf, at)?;
+        if !buf.is_empty() {
+            cur.file.write_all_at(&buf, buf_at)?;
+        }
         cur.file.sync_data()?;
-        cur.len += buf.len() as u64;
+        cur.len = pos;
         Ok(out)
     }
 

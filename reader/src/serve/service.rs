@@ -123,7 +123,7 @@ impl JournalApi for JournalService {
         let journal = self.journal.clone();
         let from = req.from_offset;
         let records = blocking(move || journal.read(from, limit, READ_BYTES)).await?;
-        Ok(Response::new(proto::ReadResponse { records: records.iter().map(Into::into).collect() }))
+        Ok(Response::new(proto::ReadResponse { records: records.into_iter().map(Into::into).collect() }))
     }
 
     type SubscribeStream =
@@ -191,8 +191,7 @@ impl JournalApi for JournalService {
                 for record in records {
                     next = record.offset.0 + 1;
                     let share = record.body.mem_size().clamp(1, SUBSCRIBER_BYTES as usize) as u32;
-                    let wire = proto::Record::from(&record);
-                    drop(record);
+                    let wire = proto::Record::from(record);
                     let permit = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return,

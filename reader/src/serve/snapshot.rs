@@ -341,10 +341,8 @@ impl Snapshots {
             if part.rows.len() >= PART_ROWS || bytes >= PART_BYTES {
                 let rows = std::mem::take(&mut part.rows);
                 bytes = 0;
-                let msg = proto::ChunkPart {
-                    rows: Some((&TableChange { rows, ..part.clone() }).into()),
-                    ..Default::default()
-                };
+                let msg =
+                    proto::ChunkPart { rows: Some(TableChange { rows, ..part.clone() }.into()), ..Default::default() };
                 if tx.send(Ok(msg)).await.is_err() {
                     return Ok(());
                 }
@@ -352,7 +350,7 @@ impl Snapshots {
         }
         drop(result);
         if !part.rows.is_empty() {
-            let msg = proto::ChunkPart { rows: Some((&part).into()), ..Default::default() };
+            let msg = proto::ChunkPart { rows: Some(part.into()), ..Default::default() };
             let _ = tx.send(Ok(msg)).await;
         }
         Ok(())
@@ -419,7 +417,7 @@ impl Snapshots {
                 position: position.pos,
                 gtid: String::new(),
             }),
-            rows: Some((&shape).into()),
+            rows: Some(shape.clone().into()),
             key_kind: key.kind.into(),
         };
         if tx.send(Ok(first)).await.is_err() {

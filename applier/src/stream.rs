@@ -25,9 +25,7 @@ use crate::reader_client::{self, ReaderClient};
 /// transactions (a 256-record buffer kept sysbench-sized groups at ~1,000 rows and the applier at 1.17× of
 /// native replication instead of 1.46×). Their memory is bounded by [`BUFFER_BYTES`].
 pub const RECORD_BUFFER: usize = 2048;
-/// Approximate bytes of records received but not yet applied (decoded values take two to three times this:
-/// with the fragments of a large transaction, 16 MiB kept the applier near 100 MiB where 64 MiB let it reach
-/// 285 MiB).
+/// Bytes that records received but not yet applied hold in memory ([`common::event::Body::mem_size`]).
 pub const BUFFER_BYTES: u32 = 16 << 20;
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 

@@ -444,6 +444,8 @@ impl Writer {
     /// Checks, before the first change to each table (and after every DDL), that the secondary's table has the
     /// columns the primary logged, and notes which of them the secondary generates.
     async fn check_shapes(&mut self, group: &[Record], tables: &Tables) -> Result<(), ApplyError> {
+        // Each table shape once per group: a group of thousands of changes to one table new to the writer
+        // (after a DDL, say) reads information_schema once, not once per change.
         let mut unchecked: Vec<(u64, &TableChange)> = Vec::new();
         for record in group {
             if let Body::Transaction(changes) = &record.body {
@@ -451,6 +453,9 @@ impl Writer {
                     let key = (c.schema.clone(), c.table.clone());
                     if tables.mode(&key) != TableMode::Skip
                         && self.shapes.get(&key).is_none_or(|s| s.columns != c.columns)
+                        && !unchecked
+                            .iter()
+                            .any(|(_, u)| u.schema == c.schema && u.table == c.table && u.columns == c.columns)
                     {
                         unchecked.push((record.offset.0, c));
                     }

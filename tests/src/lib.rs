@@ -672,8 +672,10 @@ pub mod bench {
         sysbench(db, &[&format!("--tables={tables}"), &format!("--table-size={rows}"), "--threads=2", "prepare"]);
     }
 
-    /// `sysbench oltp_write_only` with uniformly distributed keys against database `sbtest`, with `args`.
+    /// `sysbench oltp_write_only` against database `sbtest`, with `args`; keys are uniformly distributed unless
+    /// `BENCH_RAND_TYPE` names another sysbench distribution (`special` is sysbench's hot-key default).
     pub fn sysbench(db: &MariaDb, args: &[&str]) {
+        let rand = std::env::var("BENCH_RAND_TYPE").unwrap_or_else(|_| "uniform".into());
         let status = Command::new("sysbench")
             .args([
                 "oltp_write_only",
@@ -681,8 +683,8 @@ pub mod bench {
                 "--mysql-host=127.0.0.1",
                 "--mysql-user=root",
                 "--mysql-db=sbtest",
-                "--rand-type=uniform",
             ])
+            .arg(format!("--rand-type={rand}"))
             .arg(format!("--mysql-port={}", db.port))
             .args(args)
             .stdout(Stdio::null())

@@ -18,7 +18,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, Pool, PoolConstraints, PoolOpts, Value as My};
 use tokio::sync::mpsc;
 use tonic::Status;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::error::SnapshotError;
@@ -186,18 +186,30 @@ impl Snapshots {
         only_schema: &str,
         only_table: &str,
     ) -> Result<proto::ListTablesResponse, SnapshotError> {
-        let tables: Vec<(String, String, Option<u64>)> = conn
+        // Sequences are copied like a one-row table (their state is that row). System-versioned tables are not
+        // supported yet: said loudly here, and their row changes stop an applier as schema drift.
+        let tables: Vec<(String, String, Option<u64>, String)> = conn
             .query(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
-                 WHERE TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME",
+                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS, TABLE_TYPE FROM information_schema.TABLES \
+                 WHERE TABLE_TYPE IN ('BASE TABLE', 'SEQUENCE', 'SYSTEM VERSIONED') \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME",
             )
             .await?;
         let mut response = proto::ListTablesResponse::default();
-        for (schema, table, rows) in tables {
+        for (schema, table, rows, kind) in tables {
             if !self.config.filter.table(&schema, &table)
                 || (!only_schema.is_empty() && schema != only_schema)
                 || (!only_table.is_empty() && table != only_table)
             {
+                continue;
+            }
+            if kind == "SYSTEM VERSIONED" {
+                warn!(
+                    schema = %schema,
+                    table = %table,
+                    "system-versioned table not copied (not supported yet): exclude it with REPLICA_EXCLUDE, \
+                     else its first change stops every applier as schema drift"
+                );
                 continue;
             }
             if response.schemas.last().is_none_or(|s| s.name != schema) {

@@ -67,7 +67,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let config = Arc::new(config);
     let metrics = ApplierMetrics::default();
     let (applied_tx, applied_rx) = watch::channel(0u64);
-    let (mut writer, resumed) = Writer::open(config.clone(), applied_tx, metrics.clone(), shutdown.clone()).await?;
+    let Some((mut writer, resumed)) =
+        Writer::open(config.clone(), applied_tx, metrics.clone(), shutdown.clone()).await?
+    else {
+        return Ok(());
+    };
     let secondary_ok = writer.secondary().ok_flag();
     let board = Arc::new(CopyBoard::default());
     let (chunks_tx, chunks_rx) = mpsc::channel(16);

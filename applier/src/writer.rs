@@ -112,13 +112,58 @@ pub struct Writer {
 
 impl Writer {
     /// Connects, creates `replica_meta` if needed and reads the checkpoint and the applier's state.
+    /// Connects to the secondary and reads the checkpoint, waiting (with backoff, WARN logs naming the secondary)
+    /// while the secondary cannot be reached or refuses for a reason that may pass; None if shut down meanwhile.
     pub async fn open(
         config: Arc<Config>,
         applied_tx: watch::Sender<u64>,
         metrics: ApplierMetrics,
         shutdown: CancellationToken,
-    ) -> Result<(Self, Resumed), ApplyError> {
+    ) -> Result<Option<(Self, Resumed)>, ApplyError> {
         let mut secondary = Secondary::new(config.clone());
+        let mut retry = retries(&config);
+        let mut attempts = 0u32;
+        let (cp, resumed) = loop {
+            match Self::resume_state(&mut secondary, &config).await {
+                Ok(state) => break state,
+                Err(e) if e.is_transient() => {
+                    secondary.failed(&e);
+                    attempts += 1;
+                    warn!(
+                        consumer = %config.name,
+                        secondary = %crate::secondary::addr(&config),
+                        attempts,
+                        error = %common::lifecycle::error_chain(&e),
+                        "the secondary is not available yet; retrying"
+                    );
+                    if !retry.wait(&shutdown).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        applied_tx.send_replace(cp.applied_offset);
+        let writer = Self {
+            fragmented_retry: retries(&config),
+            open: None,
+            config,
+            secondary,
+            shapes: HashMap::new(),
+            ddl_pending: cp.ddl_pending,
+            applied: cp.applied_offset,
+            applied_tx,
+            metrics,
+            shutdown,
+        };
+        Ok(Some((writer, resumed)))
+    }
+
+    /// The checkpoint (saved first when starting at `--start-offset`), copy progress and quarantines.
+    async fn resume_state(
+        secondary: &mut Secondary,
+        config: &Config,
+    ) -> Result<(checkpoint::Checkpoint, Resumed), ApplyError> {
         let conn = secondary.conn().await?;
         checkpoint::ensure_schema(conn).await?;
         let mut needs_copy = config.resync;
@@ -144,20 +189,7 @@ impl Writer {
             .into_iter()
             .map(|(schema, table, since, error)| ((schema, table), since, error))
             .collect();
-        applied_tx.send_replace(cp.applied_offset);
-        let writer = Self {
-            fragmented_retry: retries(&config),
-            open: None,
-            config,
-            secondary,
-            shapes: HashMap::new(),
-            ddl_pending: cp.ddl_pending,
-            applied: cp.applied_offset,
-            applied_tx,
-            metrics,
-            shutdown,
-        };
-        Ok((writer, Resumed { needs_copy, copies, quarantined }))
+        Ok((cp, Resumed { needs_copy, copies, quarantined }))
     }
 
     /// Last journal offset committed on the secondary.

@@ -397,3 +397,50 @@ async fn sigterm_drains_the_applier_and_the_reader_and_both_exit_zero() {
     caught_up(&primary, &reader, secondary, &a).await;
     assert_same_data(&primary, secondary, "d").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_applier_started_while_its_secondary_is_down_waits_for_it_instead_of_exiting() {
+    let (primary, reader, mut secondaries) = pipeline(1).await;
+    primary
+        .exec("CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT); INSERT INTO w.t VALUES (1, 1)")
+        .await;
+    secondaries[0].stop();
+    let mut a = Applier::start(&reader, &secondaries[0], "w", &[("REPLICA_START_OFFSET", "1")]);
+    let waiting = |a: &Applier| a.log_text().matches("the secondary is not available yet").count();
+    tests::eventually(WAIT, "the applier to retry the secondary", || async { (waiting(&a) >= 2).then_some(()) }).await;
+    let log = a.log_text();
+    assert!(log.contains(&format!("127.0.0.1:{}", secondaries[0].port)), "the secondary is named:\n{log}");
+    assert!(a.exited().is_none(), "a secondary that is down is not a reason to exit:\n{log}");
+    // SIGTERM while waiting ends it cleanly.
+    assert_eq!(a.terminate().and_then(|s| s.code()), Some(0), "{}", a.log_text());
+
+    a.spawn();
+    tests::eventually(WAIT, "the applier to retry again", || async { (waiting(&a) >= 3).then_some(()) }).await;
+    primary.exec("INSERT INTO w.t VALUES (2, 2)").await;
+    secondaries[0].restart().await;
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+    assert_same_data(&primary, &secondaries[0], "w").await;
+    assert!(a.exited().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_applier_started_while_the_reader_is_down_waits_and_then_copies() {
+    let (primary, mut reader, secondaries) = pipeline(1).await;
+    primary
+        .exec("CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY, v INT); INSERT INTO r.t VALUES (1, 1), (2, 2)")
+        .await;
+    journaled(&primary, &reader).await;
+    reader.kill9();
+    let mut a = Applier::start(&reader, &secondaries[0], "r", &[]);
+    let waiting = |a: &Applier| a.log_text().matches("cannot start the initial copy yet; retrying").count();
+    tests::eventually(WAIT, "the applier to retry the reader", || async { (waiting(&a) >= 3).then_some(()) }).await;
+    let log = a.log_text();
+    assert!(log.contains(&format!("127.0.0.1:{}", reader.grpc_port)), "the reader is named:\n{log}");
+    assert!(a.exited().is_none(), "a reader that is down is not a reason to exit:\n{log}");
+    reader.restart().await;
+    tests::copy_done(&secondaries[0], &a, &reader, WAIT).await;
+    primary.exec("INSERT INTO r.t VALUES (3, 3)").await;
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+    assert_same_data(&primary, &secondaries[0], "r").await;
+    assert!(a.exited().is_none());
+}

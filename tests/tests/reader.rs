@@ -8,7 +8,7 @@ use common::event::{ColumnType, Value};
 use common::proto;
 use mysql_async::prelude::Queryable;
 use mysql_async::Value as My;
-use tests::{ddl_statements, eventually, row_changes, run_grpcurl, MariaDb, Proxy, Reader, Role, REPL_PASS};
+use tests::{ddl_statements, eventually, journaled, row_changes, run_grpcurl, MariaDb, Proxy, Reader, Role, REPL_PASS};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -618,4 +618,34 @@ async fn health_is_not_serving_while_the_primary_is_down() {
         health().contains("\"SERVING\"").then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifteen_cuts_of_the_primary_link_are_each_recovered_quickly() {
+    let db = MariaDb::start(Role::Primary).await;
+    let proxy = Proxy::start(db.port).await;
+    let port = proxy.port.to_string();
+    // The documented default maximum wait: the recoveries must not depend on a short cap.
+    let env = [("MARIA_PRIMARY_PORT", port.as_str()), ("REPLICA_RECONNECT_MAX", "30s")];
+    let reader = Reader::start(&db, &journal_dir(&db), &env).await;
+    db.exec("CREATE DATABASE cut; CREATE TABLE cut.t (id INT PRIMARY KEY)").await;
+    journaled(&db, &reader).await;
+    let mut recoveries = Vec::new();
+    for i in 0..15u64 {
+        proxy.freeze();
+        // The cut itself: 1 to 3 s of a silent link.
+        tokio::time::sleep(Duration::from_millis(1_000 + (i * 700) % 2_000)).await;
+        proxy.thaw();
+        let back = std::time::Instant::now();
+        db.exec(&format!("INSERT INTO cut.t VALUES ({i})")).await;
+        journaled(&db, &reader).await;
+        recoveries.push(back.elapsed());
+    }
+    recoveries.sort();
+    let median = recoveries[recoveries.len() / 2];
+    eprintln!("recovery after each cut, sorted: {recoveries:?}");
+    assert!(median < Duration::from_secs(2), "median recovery {median:?}: {recoveries:?}");
+    assert!(recoveries[14] < Duration::from_secs(5), "slowest recovery: {recoveries:?}");
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM cut.t").await;
+    assert_eq!(n, vec![15]);
 }

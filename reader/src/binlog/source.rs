@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::position::{BinlogPosition, GtidState, StartPosition};
 use common::retry::RetryPolicy;
@@ -56,14 +56,17 @@ impl Source {
         let mut retry = RetryPolicy::new(Duration::from_millis(200), self.config.reconnect_max).start();
         loop {
             let resume = self.writer.barrier().await?;
-            let started = Instant::now();
             let result = self.stream_once(resume).await;
-            self.status.connected.store(false, Ordering::Relaxed);
+            // Whether this connection streamed (the primary sent events): the link worked, so the next failure
+            // is a new cut and is retried from the shortest wait; only failures in a row back off further.
+            let streamed = self.status.connected.swap(false, Ordering::Relaxed);
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     self.status.counters.reconnects.inc();
-                    retry.reset_if_healthy(started, Duration::from_secs(30));
+                    if streamed {
+                        retry.reset();
+                    }
                     let pause = retry.next_delay();
                     warn!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), retry_in = ?pause, "primary connection lost; reconnecting");
                     tokio::select! {

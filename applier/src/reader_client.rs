@@ -7,6 +7,9 @@ use common::proto::journal_client::JournalClient;
 use crate::config::Config;
 use crate::error::ApplyError;
 
+/// HTTP/2 ping interval, and how long a ping may go unanswered before the connection counts as lost.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// A client of the reader's journal service that sends the bearer token.
 pub type ReaderClient = JournalClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, common::grpc_security::BearerToken>,
@@ -18,8 +21,10 @@ pub async fn connect(config: &Config) -> Result<ReaderClient, ApplyError> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| settings(e.to_string()))?
         .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // A link that goes silent (packets vanish, no reset) is noticed within KEEPALIVE twice, not left hanging.
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true);
     if let Some(tls) = config.reader_tls.client_tls().map_err(settings)? {
         endpoint = endpoint.tls_config(tls).map_err(|e| settings(format!("TLS settings: {e}")))?;
     }

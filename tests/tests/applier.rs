@@ -444,3 +444,27 @@ async fn an_applier_started_while_the_reader_is_down_waits_and_then_copies() {
     assert_same_data(&primary, &secondaries[0], "r").await;
     assert!(a.exited().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_link_to_the_reader_is_noticed_by_keepalive_and_the_applier_catches_up() {
+    let (primary, reader, secondaries) = pipeline(1).await;
+    let proxy = tests::Proxy::start(reader.grpc_port).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let a =
+        Applier::start(&reader, &secondaries[0], "k", &[("REPLICA_START_OFFSET", "1"), ("REPLICA_READER_URL", &url)]);
+    primary.exec("CREATE DATABASE k; CREATE TABLE k.t (id INT PRIMARY KEY); INSERT INTO k.t VALUES (1)").await;
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+    proxy.freeze();
+    let silent = std::time::Instant::now();
+    primary.exec("INSERT INTO k.t VALUES (2)").await;
+    tests::eventually(WAIT, "the applier to notice the silent link", || async {
+        a.log_text().contains("reader stream interrupted").then_some(())
+    })
+    .await;
+    let noticed = silent.elapsed();
+    eprintln!("silent link noticed after {noticed:?}");
+    assert!(noticed < Duration::from_secs(15), "keepalive notices a silent link within 15 s: {noticed:?}");
+    proxy.thaw();
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+    assert_same_data(&primary, &secondaries[0], "k").await;
+}

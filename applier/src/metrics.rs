@@ -65,7 +65,7 @@ impl ApplierMetrics {
         }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        self.lag_seconds.set((now - last.commit_unix_seconds as f64).max(0.0));
+        self.lag_seconds.set(lag_seconds(now, last.journaled_unix_ms, last.commit_unix_seconds));
     }
 
     pub fn copied(&self, rows: u64) {
@@ -86,5 +86,30 @@ impl ApplierMetrics {
 
     pub fn quarantined(&self, tables: usize) {
         self.quarantined.set(tables as i64);
+    }
+}
+
+/// How long ago the last applied transaction committed on the primary, never overstated and never negative:
+/// the larger of two lower bounds, the time since the reader journaled it (milliseconds, so small lags show)
+/// and the time since the end of the binlog's whole second of its commit (which shows a backlog the reader
+/// journals only now).
+fn lag_seconds(now: f64, journaled_unix_ms: i64, commit_unix_seconds: i64) -> f64 {
+    let since_journaled = now - journaled_unix_ms as f64 / 1000.0;
+    let since_commit = now - (commit_unix_seconds + 1) as f64;
+    since_journaled.max(since_commit).max(0.0)
+}
+
+#[cfg(test)]
+mod lag_tests {
+    use super::lag_seconds;
+
+    #[test]
+    fn lag_has_millisecond_precision_shows_backlogs_and_is_never_negative() {
+        // Journaled 25 ms ago, committed in the current second: 25 ms, not 0 or a whole second.
+        assert!((lag_seconds(1000.5, 1_000_475, 1000) - 0.025).abs() < 1e-6);
+        // A backlog journaled just now of a transaction that committed a minute ago.
+        assert!((lag_seconds(1060.2, 1_060_190, 1000) - 59.2).abs() < 1e-6);
+        // Clocks a little apart: never below zero.
+        assert_eq!(lag_seconds(1000.0, 1_000_050, 1000), 0.0);
     }
 }

@@ -649,3 +649,26 @@ async fn fifteen_cuts_of_the_primary_link_are_each_recovered_quickly() {
     let n: Vec<u64> = db.query("SELECT COUNT(*) FROM cut.t").await;
     assert_eq!(n, vec![15]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_started_while_the_primary_is_down_waits_for_it_and_says_so() {
+    let mut db = MariaDb::start(Role::Primary).await;
+    db.stop();
+    // Not `start`, which waits until the reader streams.
+    let mut reader = Reader::start_unchecked(&db, &journal_dir(&db), &[]);
+    let addr = format!("127.0.0.1:{}", reader.grpc_port);
+    let health = || run_grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    eventually(WAIT, "NOT_SERVING and retrying while the primary is down", || async {
+        let retries = reader.log_text().matches("primary connection lost; reconnecting").count();
+        (retries >= 2 && health().contains("NOT_SERVING")).then_some(())
+    })
+    .await;
+    let log = reader.log_text();
+    assert!(log.contains(&format!("127.0.0.1:{}", db.port)), "the primary is named:\n{log}");
+    assert!(reader.exited().is_none(), "a primary that is down is not a reason to exit:\n{log}");
+    db.restart().await;
+    // An empty journal starts at the primary's position when it is first reached, so write after that.
+    eventually(WAIT, "SERVING once streaming", || async { health().contains("\"SERVING\"").then_some(()) }).await;
+    db.exec("CREATE DATABASE up; CREATE TABLE up.t (id INT PRIMARY KEY); INSERT INTO up.t VALUES (1)").await;
+    journaled(&db, &reader).await;
+}

@@ -68,7 +68,13 @@ impl Source {
                         retry.reset();
                     }
                     let pause = retry.next_delay();
-                    warn!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), retry_in = ?pause, "primary connection lost; reconnecting");
+                    warn!(
+                        primary = %format!("{}:{}", self.config.primary_host, self.config.primary_port),
+                        error = %e,
+                        cause = ?std::error::Error::source(&e).map(ToString::to_string),
+                        retry_in = ?pause,
+                        "primary connection lost; reconnecting"
+                    );
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(pause) => {}

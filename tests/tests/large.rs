@@ -20,6 +20,26 @@ fn segment_bytes(journal: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// kill -9 of applier `s` once it has applied `fragments` fragments of an open transaction: nothing of it was
+/// committed (the checkpoint is still `before`), and what it had written is rolled back (`table` holds `rows`).
+async fn kill9_mid_transaction(
+    a: &mut Applier,
+    secondary: &MariaDb,
+    before: u64,
+    fragments: usize,
+    table: &str,
+    rows: u64,
+) {
+    eventually(WAIT, "the applier to apply fragments of the large transaction", || async {
+        (a.log_text().matches("large transaction: fragment applied").count() >= fragments).then_some(())
+    })
+    .await;
+    assert_eq!(applied(secondary, "s").await, before, "nothing of the transaction is committed yet");
+    a.kill9();
+    let count: Vec<u64> = secondary.query(&format!("SELECT COUNT(*) FROM {table}")).await;
+    assert_eq!(count, vec![rows], "the killed applier's open transaction was rolled back");
+}
+
 async fn checksum(db: &MariaDb, table: &str) -> Vec<(String, Option<u64>)> {
     db.query(&format!("CHECKSUM TABLE {table} EXTENDED")).await
 }
@@ -71,14 +91,7 @@ async fn a_transaction_of_a_million_rows_is_applied_whole_after_kill_9_of_the_re
 
     // kill -9 of the applier while its secondary transaction holds some of the fragments (INNODB_TRX cannot
     // tell: it blocks while a large INSERT runs).
-    eventually(WAIT, "the applier to apply fragments of the large transaction", || async {
-        (a.log_text().matches("large transaction: fragment applied").count() >= 3).then_some(())
-    })
-    .await;
-    assert_eq!(applied(&secondary, "s").await, before, "nothing of the transaction is committed yet");
-    a.kill9();
-    let count: Vec<u64> = secondary.query("SELECT COUNT(*) FROM big.t").await;
-    assert_eq!(count, vec![1], "the killed applier's open transaction was rolled back");
+    kill9_mid_transaction(&mut a, &secondary, before, 3, "big.t", 1).await;
     a.spawn();
     caught_up(&primary, &reader, &secondary, &a).await;
     assert_eq!(a.log_text().matches("its fragments are applied in one secondary transaction").count(), 2);
@@ -128,14 +141,7 @@ async fn a_transaction_of_64_mib_rows_is_applied_whole_after_kill_9_of_the_reade
     assert!(reader.log_text().contains("fragments of an unfinished transaction removed"), "{}", reader.log_text());
     proxy.thaw();
 
-    eventually(WAIT, "the applier to apply the first row", || async {
-        (a.log_text().matches("large transaction: fragment applied").count() >= 1).then_some(())
-    })
-    .await;
-    assert_eq!(applied(&secondary, "s").await, before, "nothing of the transaction is committed yet");
-    a.kill9();
-    let count: Vec<u64> = secondary.query("SELECT COUNT(*) FROM big.blobs").await;
-    assert_eq!(count, vec![0], "the killed applier's open transaction was rolled back");
+    kill9_mid_transaction(&mut a, &secondary, before, 1, "big.blobs", 0).await;
     a.spawn();
     caught_up(&primary, &reader, &secondary, &a).await;
 

@@ -468,3 +468,83 @@ async fn a_silent_link_to_the_reader_is_noticed_by_keepalive_and_the_applier_cat
     caught_up(&primary, &reader, &secondaries[0], &a).await;
     assert_same_data(&primary, &secondaries[0], "k").await;
 }
+
+/// Cuts a link `cuts` times (1 to 3 s of silence each) and returns how long after each cut's end a new row on
+/// the primary took to reach the secondary.
+async fn recoveries_after_cuts(
+    proxy: &tests::Proxy,
+    primary: &MariaDb,
+    secondary: &MariaDb,
+    name: &str,
+    table: &str,
+    cuts: u64,
+) -> Vec<Duration> {
+    let mut recoveries = Vec::new();
+    for i in 0..cuts {
+        proxy.freeze();
+        // The cut itself.
+        tokio::time::sleep(Duration::from_millis(1_000 + (i * 700) % 2_000)).await;
+        proxy.thaw();
+        let back = std::time::Instant::now();
+        primary.exec(&format!("INSERT INTO {table} VALUES ({i})")).await;
+        applied_through_last_write(primary, name, secondary).await;
+        recoveries.push(back.elapsed());
+    }
+    recoveries.sort();
+    recoveries
+}
+
+/// Waits until applier `name` has committed the primary's last transaction (its checkpoint's source GTID).
+async fn applied_through_last_write(primary: &MariaDb, name: &str, secondary: &MariaDb) {
+    let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
+    tests::eventually(WAIT, "the secondary to apply the primary's last write", || async {
+        let mut c = secondary.conn().await;
+        let gtid: Option<String> =
+            c.exec_first("SELECT gtid FROM replica_meta.checkpoint WHERE consumer = ?", (name,)).await.ok().flatten();
+        (gtid.as_deref() == Some(end[0].as_str())).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifteen_cuts_of_the_reader_link_and_of_the_secondary_link_are_each_recovered_quickly() {
+    let (primary, reader, secondaries) = pipeline(2).await;
+    let to_reader = tests::Proxy::start(reader.grpc_port).await;
+    let to_secondary = tests::Proxy::start(secondaries[1].port).await;
+    let url = format!("http://127.0.0.1:{}", to_reader.port);
+    let port = to_secondary.port.to_string();
+    // The documented default maximum wait: the recoveries must not depend on a short cap.
+    let a = Applier::start(
+        &reader,
+        &secondaries[0],
+        "ra",
+        &[("REPLICA_START_OFFSET", "1"), ("REPLICA_READER_URL", &url), ("REPLICA_RETRY_MAX", "30s")],
+    );
+    let b = Applier::start(
+        &reader,
+        &secondaries[1],
+        "sb",
+        &[("REPLICA_START_OFFSET", "1"), ("MARIA_SECONDARY_PORT", &port), ("REPLICA_RETRY_MAX", "30s")],
+    );
+    primary
+        .exec(
+            "CREATE DATABASE cuts; CREATE TABLE cuts.r (id INT PRIMARY KEY); CREATE TABLE cuts.s (id INT PRIMARY KEY)",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+    caught_up(&primary, &reader, &secondaries[1], &b).await;
+
+    let reader_link = recoveries_after_cuts(&to_reader, &primary, &secondaries[0], "ra", "cuts.r", 15).await;
+    eprintln!("applier-reader link, recovery after each cut, sorted: {reader_link:?}");
+    let secondary_link = recoveries_after_cuts(&to_secondary, &primary, &secondaries[1], "sb", "cuts.s", 15).await;
+    eprintln!("applier-secondary link, recovery after each cut, sorted: {secondary_link:?}");
+    for (link, r) in [("reader", &reader_link), ("secondary", &secondary_link)] {
+        assert!(r[7] < Duration::from_secs(2), "{link} link: median recovery {:?}: {r:?}", r[7]);
+        assert!(r[14] < Duration::from_secs(5), "{link} link: slowest recovery: {r:?}");
+    }
+    caught_up(&primary, &reader, &secondaries[0], &a).await;
+    caught_up(&primary, &reader, &secondaries[1], &b).await;
+    for s in &secondaries {
+        assert_same_data(&primary, s, "cuts").await;
+    }
+}

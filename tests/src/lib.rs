@@ -609,6 +609,27 @@ impl Proxy {
     }
 }
 
+/// Cuts the link through `proxy` `cuts` times (1 to 3 s of silence each); after each cut, runs `check(i)` (a
+/// write and a wait until it went through) and returns, sorted, how long after the link came back each took.
+pub async fn recoveries_after_cuts<F, Fut>(proxy: &Proxy, cuts: u64, mut check: F) -> Vec<Duration>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut recoveries = Vec::new();
+    for i in 0..cuts {
+        proxy.freeze();
+        // The cut itself.
+        tokio::time::sleep(Duration::from_millis(1_000 + (i * 700) % 2_000)).await;
+        proxy.thaw();
+        let back = Instant::now();
+        check(i).await;
+        recoveries.push(back.elapsed());
+    }
+    recoveries.sort();
+    recoveries
+}
+
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,

@@ -469,31 +469,6 @@ async fn a_silent_link_to_the_reader_is_noticed_by_keepalive_and_the_applier_cat
     assert_same_data(&primary, &secondaries[0], "k").await;
 }
 
-/// Cuts a link `cuts` times (1 to 3 s of silence each) and returns how long after each cut's end a new row on
-/// the primary took to reach the secondary.
-async fn recoveries_after_cuts(
-    proxy: &tests::Proxy,
-    primary: &MariaDb,
-    secondary: &MariaDb,
-    name: &str,
-    table: &str,
-    cuts: u64,
-) -> Vec<Duration> {
-    let mut recoveries = Vec::new();
-    for i in 0..cuts {
-        proxy.freeze();
-        // The cut itself.
-        tokio::time::sleep(Duration::from_millis(1_000 + (i * 700) % 2_000)).await;
-        proxy.thaw();
-        let back = std::time::Instant::now();
-        primary.exec(&format!("INSERT INTO {table} VALUES ({i})")).await;
-        applied_through_last_write(primary, name, secondary).await;
-        recoveries.push(back.elapsed());
-    }
-    recoveries.sort();
-    recoveries
-}
-
 /// Waits until applier `name` has committed the primary's last transaction (its checkpoint's source GTID).
 async fn applied_through_last_write(primary: &MariaDb, name: &str, secondary: &MariaDb) {
     let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
@@ -534,17 +509,26 @@ async fn fifteen_cuts_of_the_reader_link_and_of_the_secondary_link_are_each_reco
     caught_up(&primary, &reader, &secondaries[0], &a).await;
     caught_up(&primary, &reader, &secondaries[1], &b).await;
 
-    let reader_link = recoveries_after_cuts(&to_reader, &primary, &secondaries[0], "ra", "cuts.r", 15).await;
+    let (primary, secondaries) = (&primary, &secondaries);
+    let reader_link = tests::recoveries_after_cuts(&to_reader, 15, |i| async move {
+        primary.exec(&format!("INSERT INTO cuts.r VALUES ({i})")).await;
+        applied_through_last_write(primary, "ra", &secondaries[0]).await;
+    })
+    .await;
     eprintln!("applier-reader link, recovery after each cut, sorted: {reader_link:?}");
-    let secondary_link = recoveries_after_cuts(&to_secondary, &primary, &secondaries[1], "sb", "cuts.s", 15).await;
+    let secondary_link = tests::recoveries_after_cuts(&to_secondary, 15, |i| async move {
+        primary.exec(&format!("INSERT INTO cuts.s VALUES ({i})")).await;
+        applied_through_last_write(primary, "sb", &secondaries[1]).await;
+    })
+    .await;
     eprintln!("applier-secondary link, recovery after each cut, sorted: {secondary_link:?}");
     for (link, r) in [("reader", &reader_link), ("secondary", &secondary_link)] {
         assert!(r[7] < Duration::from_secs(2), "{link} link: median recovery {:?}: {r:?}", r[7]);
         assert!(r[14] < Duration::from_secs(5), "{link} link: slowest recovery: {r:?}");
     }
-    caught_up(&primary, &reader, &secondaries[0], &a).await;
-    caught_up(&primary, &reader, &secondaries[1], &b).await;
-    for s in &secondaries {
-        assert_same_data(&primary, s, "cuts").await;
+    caught_up(primary, &reader, &secondaries[0], &a).await;
+    caught_up(primary, &reader, &secondaries[1], &b).await;
+    for s in secondaries {
+        assert_same_data(primary, s, "cuts").await;
     }
 }

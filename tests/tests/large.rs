@@ -20,6 +20,28 @@ fn segment_bytes(journal: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// kill -9 of the reader once its segments hold more than `bytes` of an open transaction (none of it served:
+/// the head is still `before`), then a restart that removes the unfinished fragments and reads the transaction
+/// again; returns the journal's head once it has all of it.
+async fn kill9_reader_mid_transaction(
+    reader: &mut Reader,
+    primary: &MariaDb,
+    journal: &Path,
+    before: u64,
+    bytes: u64,
+) -> u64 {
+    eventually(WAIT, "the reader to journal part of the large transaction", || async {
+        (segment_bytes(journal) > bytes).then_some(())
+    })
+    .await;
+    assert_eq!(reader.info().await.last_offset, before, "no fragment is served before the transaction's end");
+    reader.kill9();
+    reader.restart().await;
+    let head = journaled(primary, reader).await;
+    assert!(reader.log_text().contains("fragments of an unfinished transaction removed"), "{}", reader.log_text());
+    head
+}
+
 /// kill -9 of applier `s` once it has applied `fragments` fragments of an open transaction: nothing of it was
 /// committed (the checkpoint is still `before`), and what it had written is rolled back (`table` holds `rows`).
 async fn kill9_mid_transaction(
@@ -78,16 +100,8 @@ async fn a_transaction_of_a_million_rows_is_applied_whole_after_kill_9_of_the_re
         .await;
 
     // kill -9 of the reader while it has journaled part of the transaction: fragments are on disk, none served.
-    eventually(WAIT, "the reader to journal part of the large transaction", || async {
-        (segment_bytes(&journal) > 8 << 20).then_some(())
-    })
-    .await;
-    assert_eq!(reader.info().await.last_offset, before, "no fragment is served before the transaction's end");
-    reader.kill9();
-    reader.restart().await;
-    let head = journaled(&primary, &reader).await;
+    let head = kill9_reader_mid_transaction(&mut reader, &primary, &journal, before, 8 << 20).await;
     assert!(head > before + 3, "the transaction was journaled as several records: {before} → {head}");
-    assert!(reader.log_text().contains("fragments of an unfinished transaction removed"), "{}", reader.log_text());
 
     // kill -9 of the applier while its secondary transaction holds some of the fragments (INNODB_TRX cannot
     // tell: it blocks while a large INSERT runs).
@@ -129,16 +143,8 @@ async fn a_transaction_of_64_mib_rows_is_applied_whole_after_kill_9_of_the_reade
     primary.exec(&format!("BEGIN; {inserts} COMMIT")).await;
 
     // Past two rows in the segments, the first is indexed too (a batch's index follows its durable bytes).
-    eventually(WAIT, "the reader to journal the first rows", || async {
-        (segment_bytes(&journal) > 128 << 20).then_some(())
-    })
-    .await;
-    assert_eq!(reader.info().await.last_offset, before, "no fragment is served before the transaction's end");
-    reader.kill9();
-    reader.restart().await;
-    let head = journaled(&primary, &reader).await;
+    let head = kill9_reader_mid_transaction(&mut reader, &primary, &journal, before, 128 << 20).await;
     assert!(head >= before + ROWS, "each row was journaled as its own fragment: {before} → {head}");
-    assert!(reader.log_text().contains("fragments of an unfinished transaction removed"), "{}", reader.log_text());
     proxy.thaw();
 
     kill9_mid_transaction(&mut a, &secondary, before, 1, "big.blobs", 0).await;

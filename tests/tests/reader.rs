@@ -630,18 +630,12 @@ async fn fifteen_cuts_of_the_primary_link_are_each_recovered_quickly() {
     let reader = Reader::start(&db, &journal_dir(&db), &env).await;
     db.exec("CREATE DATABASE cut; CREATE TABLE cut.t (id INT PRIMARY KEY)").await;
     journaled(&db, &reader).await;
-    let mut recoveries = Vec::new();
-    for i in 0..15u64 {
-        proxy.freeze();
-        // The cut itself: 1 to 3 s of a silent link.
-        tokio::time::sleep(Duration::from_millis(1_000 + (i * 700) % 2_000)).await;
-        proxy.thaw();
-        let back = std::time::Instant::now();
-        db.exec(&format!("INSERT INTO cut.t VALUES ({i})")).await;
-        journaled(&db, &reader).await;
-        recoveries.push(back.elapsed());
-    }
-    recoveries.sort();
+    let (db_ref, reader_ref) = (&db, &reader);
+    let recoveries = tests::recoveries_after_cuts(&proxy, 15, |i| async move {
+        db_ref.exec(&format!("INSERT INTO cut.t VALUES ({i})")).await;
+        journaled(db_ref, reader_ref).await;
+    })
+    .await;
     let median = recoveries[recoveries.len() / 2];
     eprintln!("recovery after each cut, sorted: {recoveries:?}");
     assert!(median < Duration::from_secs(2), "median recovery {median:?}: {recoveries:?}");

@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use common::retry::RetryPolicy;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::AdminCmd;
 use crate::config::Config;
@@ -20,7 +22,7 @@ use crate::error::ApplyError;
 use crate::metrics::ApplierMetrics;
 use crate::plan::{Limits, Planner};
 use crate::stream::Records;
-use crate::table::{TableKey, Tables};
+use crate::table::{QuarantineBoard, TableKey, Tables};
 use crate::writer::{Applied, Resumed, Writer};
 
 /// What the loop listens to.
@@ -64,12 +66,13 @@ impl ApplyLoop {
         board: Arc<CopyBoard>,
         chunks: mpsc::Sender<ChunkDone>,
         metrics: ApplierMetrics,
+        quarantined: QuarantineBoard,
     ) -> Self {
         let limits = Limits { rows: config.batch_rows, bytes: config.batch_bytes, time: config.batch_time };
         Self {
             placer: Placer::new(config.clone(), board.clone(), chunks, metrics),
             planner: Planner::new(limits),
-            tables: Tables::default(),
+            tables: Tables::with_board(quarantined),
             waiting: BTreeMap::new(),
             config,
             writer,
@@ -129,6 +132,9 @@ impl ApplyLoop {
                     changed = floors.changed() => if changed.is_err() { return Ok(()) },
                     _ = health.tick() => self.writer.health_check().await,
                     r = inputs.records.rx.recv(), if waiting_for_record => match r {
+                        Some(Err(ApplyError::JournalChanged { was, now })) => {
+                            self.change_journal(&was, &now, &mut inputs.records, shutdown).await?;
+                        }
                         Some(r) => self.planner.offer(r?),
                         None => return Ok(()),
                     },
@@ -137,7 +143,14 @@ impl ApplyLoop {
             }
             let applied = self.writer.applied_through();
             let records = &mut inputs.records.rx;
-            let Some(group) = self.planner.next_group(applied, limit, || records.try_recv().ok())? else { continue };
+            let group = match self.planner.next_group(applied, limit, || records.try_recv().ok()) {
+                Err(ApplyError::JournalChanged { was, now }) => {
+                    self.change_journal(&was, &now, &mut inputs.records, shutdown).await?;
+                    continue;
+                }
+                group => group?,
+            };
+            let Some(group) = group else { continue };
             match self.writer.apply(&group.records, &mut self.tables).await? {
                 Applied::Done => {}
                 Applied::Stopped => return Ok(()),
@@ -149,6 +162,61 @@ impl ApplyLoop {
             }
             health.reset();
         }
+    }
+
+    /// The reader serves another journal than the checkpoint's: names it in the checkpoint (the first journal
+    /// met) or moves the checkpoint there by GTID (see [`crate::relocate`]), then subscribes again. Retries
+    /// what may pass; stops on what cannot (a copy in progress, a journal that cannot prove it is complete).
+    async fn change_journal(
+        &mut self,
+        was: &str,
+        now: &str,
+        records: &mut Records,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ApplyError> {
+        // Another journal's rest of an open fragmented transaction never comes: it is applied again whole.
+        self.writer.roll_back_open().await;
+        self.planner.clear();
+        let mut retry = RetryPolicy::new(Duration::from_millis(100), self.config.retry_max).start();
+        loop {
+            let moved = if was.is_empty() {
+                self.writer.name_journal(now).await
+            } else if self.board.copying() || !self.waiting.is_empty() {
+                return Err(ApplyError::CopyAcrossJournals);
+            } else {
+                self.relocate(was).await
+            };
+            match moved {
+                Ok(()) => break,
+                Err(e @ ApplyError::WrongJournal { .. }) => {
+                    error!(consumer = %self.config.name, error = %e, "waiting for a reader whose journal can serve this secondary");
+                    if !retry.wait(shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    warn!(consumer = %self.config.name, error = %common::lifecycle::error_chain(&e),
+                          "cannot move the checkpoint to the reader's journal yet; retrying");
+                    if !retry.wait(shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        records.state().set_journal(self.writer.journal_id());
+        records.restart(self.writer.applied() + 1).await;
+        Ok(())
+    }
+
+    async fn relocate(&mut self, was: &str) -> Result<(), ApplyError> {
+        let (applied, journal) = crate::relocate::locate(&self.config, self.writer.gtid()).await?;
+        let old = self.writer.applied();
+        self.writer.relocate(&journal, applied).await?;
+        warn!(consumer = %self.config.name, was_journal = %was, journal = %journal, gtid = %self.writer.gtid(),
+              was_offset = old, offset = applied,
+              "the reader's journal is new: continuing after the secondary's GTID state");
+        Ok(())
     }
 
     /// Places every waiting copy item whose boundary the checkpoint has reached.

@@ -12,12 +12,15 @@ pub const SCHEMA_SQL: &str = "CREATE DATABASE IF NOT EXISTS replica_meta;
 CREATE TABLE IF NOT EXISTS replica_meta.checkpoint (
   consumer VARCHAR(128) NOT NULL PRIMARY KEY,
   applied_offset BIGINT UNSIGNED NOT NULL,
-  gtid VARCHAR(1024) NOT NULL DEFAULT '',
+  gtid VARCHAR(1024) NOT NULL DEFAULT '' COMMENT 'GTID state applied: the last GTID per domain',
   source_file VARCHAR(512) NOT NULL DEFAULT '',
   source_position BIGINT UNSIGNED NOT NULL DEFAULT 0,
   ddl_pending BIGINT UNSIGNED NULL COMMENT 'offset of a DDL that may have run without its checkpoint',
-  updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+  updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  journal_id VARCHAR(64) NOT NULL DEFAULT '' COMMENT 'the reader journal applied_offset is in'
 ) ENGINE=InnoDB;
+ALTER TABLE replica_meta.checkpoint ADD COLUMN IF NOT EXISTS
+  journal_id VARCHAR(64) NOT NULL DEFAULT '' COMMENT 'the reader journal applied_offset is in';
 CREATE TABLE IF NOT EXISTS replica_meta.quarantine (
   consumer VARCHAR(128) NOT NULL,
   schema_name VARCHAR(64) NOT NULL,
@@ -43,10 +46,14 @@ CREATE TABLE IF NOT EXISTS replica_meta.copy_state (
 ) ENGINE=InnoDB";
 
 /// This secondary's checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     pub applied_offset: u64,
     pub ddl_pending: Option<u64>,
+    /// The GTID state applied, as text (empty after an initial copy until a transaction is applied).
+    pub gtid: String,
+    /// The reader journal `applied_offset` is in (empty until the applier first subscribes).
+    pub journal_id: String,
 }
 
 pub async fn ensure_schema(conn: &mut Conn) -> Result<(), ApplyError> {
@@ -58,15 +65,21 @@ pub async fn ensure_schema(conn: &mut Conn) -> Result<(), ApplyError> {
 pub async fn load(conn: &mut Conn, consumer: &str) -> Result<Option<Checkpoint>, ApplyError> {
     let mut tx =
         conn.start_transaction(mysql_async::TxOpts::default()).await.map_err(meta("reading the checkpoint"))?;
-    let row: Option<(u64, Option<u64>)> = tx
+    let row: Option<(u64, Option<u64>, String, String)> = tx
         .exec_first(
-            "SELECT applied_offset, ddl_pending FROM replica_meta.checkpoint WHERE consumer = ? FOR UPDATE",
+            "SELECT applied_offset, ddl_pending, gtid, journal_id FROM replica_meta.checkpoint WHERE consumer = ? \
+             FOR UPDATE",
             (consumer,),
         )
         .await
         .map_err(meta("reading the checkpoint"))?;
     tx.commit().await.map_err(meta("reading the checkpoint"))?;
-    Ok(row.map(|(applied_offset, ddl_pending)| Checkpoint { applied_offset, ddl_pending }))
+    Ok(row.map(|(applied_offset, ddl_pending, gtid, journal_id)| Checkpoint {
+        applied_offset,
+        ddl_pending,
+        gtid,
+        journal_id,
+    }))
 }
 
 /// Records that everything up to `offset` is applied; part of the caller's transaction.
@@ -87,6 +100,23 @@ pub async fn save(
     )
     .await
     .map_err(meta("saving the checkpoint"))
+}
+
+/// Names the journal the checkpoint's offset is in (the first journal an applier subscribes to).
+pub async fn set_journal(conn: &mut impl Queryable, consumer: &str, journal_id: &str) -> Result<(), ApplyError> {
+    conn.exec_drop("UPDATE replica_meta.checkpoint SET journal_id = ? WHERE consumer = ?", (journal_id, consumer))
+        .await
+        .map_err(meta("naming the checkpoint's journal"))
+}
+
+/// Moves the checkpoint into another journal: the same transactions applied, at that journal's `offset`.
+pub async fn relocate(conn: &mut Conn, consumer: &str, journal_id: &str, offset: u64) -> Result<(), ApplyError> {
+    conn.exec_drop(
+        "UPDATE replica_meta.checkpoint SET journal_id = ?, applied_offset = ?, ddl_pending = NULL WHERE consumer = ?",
+        (journal_id, offset, consumer),
+    )
+    .await
+    .map_err(meta("moving the checkpoint to the new journal"))
 }
 
 /// Marks a DDL as possibly applied before it runs (DDL commits by itself, so it cannot share a transaction).

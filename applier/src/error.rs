@@ -113,6 +113,17 @@ pub enum ApplyError {
     Serve(#[from] tonic::transport::Error),
     #[error("the applier is stopping")]
     Stopping,
+    #[error("the reader's journal changed: the checkpoint's offset is in journal {was:?}, the reader serves {now:?}")]
+    JournalChanged { was: String, now: String },
+    #[error("cannot continue on the reader's new journal: {reason}")]
+    Relocate { reason: String },
+    #[error("the reader's journal cannot take this secondary's place: {reason}")]
+    WrongJournal { reason: String },
+    #[error(
+        "the reader's journal changed during an initial copy (the copy's boundaries are offsets of the old \
+         journal): restart the applier with --resync to copy again"
+    )]
+    CopyAcrossJournals,
 }
 
 impl ApplyError {
@@ -131,7 +142,9 @@ impl ApplyError {
             | ApplyError::ReaderIncomplete { .. }
             | ApplyError::StaleChunk { .. }
             | ApplyError::ChunkFetch { .. }
-            | ApplyError::ChunkStalled { .. } => true,
+            | ApplyError::ChunkStalled { .. }
+            // The reader may be replaced by one whose journal can (see `relocate`).
+            | ApplyError::WrongJournal { .. } => true,
             ApplyError::Drift { .. }
             | ApplyError::Panic { .. }
             | ApplyError::ReaderSettings { .. }
@@ -143,7 +156,11 @@ impl ApplyError {
             | ApplyError::Listen { .. }
             | ApplyError::AdminSettings(_)
             | ApplyError::Serve(_)
-            | ApplyError::Stopping => false,
+            | ApplyError::Stopping
+            // Handled by the apply loop, which moves the checkpoint to the new journal (see `relocate`).
+            | ApplyError::JournalChanged { .. }
+            | ApplyError::Relocate { .. }
+            | ApplyError::CopyAcrossJournals => false,
         }
     }
 

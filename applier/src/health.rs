@@ -46,16 +46,18 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Looks every 500 ms until `stop`.
+    /// Looks now and every 500 ms until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let name = &self.config.name;
         let mut last = (*self.applied.borrow(), Instant::now());
         let mut disconnected_since: Option<Instant> = None;
         let grace = self.config.stall_timeout.min(Duration::from_secs(30));
+        // The first look is immediate: health is NOT_SERVING until then (the secondary was being opened).
+        let mut every = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = every.tick() => {}
             }
             let now = *self.applied.borrow();
             if now != last.0 {

@@ -17,6 +17,7 @@
 //! | stage | file | owns |
 //! | --- | --- | --- |
 //! | stream from the reader | [`stream`], [`reader_client`] | the subscription, the receive buffer, acks |
+//! | a new journal | [`relocate`] | finding the checkpoint's place in it by GTID |
 //! | planner | [`plan`], [`net`] | grouping limits, the carried record, net changes per key |
 //! | writer | [`writer`], [`rows`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
 //! | per-table policy | [`table`] | copy modes and quarantines |
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod reader_client;
+pub mod relocate;
 pub mod rows;
 pub mod secondary;
 pub mod sql;
@@ -60,6 +62,7 @@ use crate::copy::board::CopyBoard;
 use crate::error::ApplyError;
 use crate::metrics::ApplierMetrics;
 use crate::stream::{Records, StreamState};
+use crate::table::QuarantineBoard;
 use crate::writer::Writer;
 
 /// Runs the applier until `shutdown` (Ok) or a permanent error.
@@ -67,31 +70,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let config = Arc::new(config);
     let metrics = ApplierMetrics::default();
     let (applied_tx, applied_rx) = watch::channel(0u64);
-    let Some((mut writer, resumed)) =
-        Writer::open(config.clone(), applied_tx, metrics.clone(), shutdown.clone()).await?
-    else {
-        return Ok(());
-    };
-    let secondary_ok = writer.secondary().ok_flag();
-    let board = Arc::new(CopyBoard::default());
-    let (chunks_tx, chunks_rx) = mpsc::channel(16);
-    let mut apply = ApplyLoop::new(config.clone(), writer, board.clone(), chunks_tx, metrics.clone());
-    if !apply.prepare(resumed, &shutdown).await? {
-        return Ok(());
-    }
-    metrics.quarantined(apply.tables.quarantined_count());
-    let applied = apply.writer.applied();
-    info!(consumer = %config.name, offset = applied, reader = %config.reader_url, "applier starting");
-
     let tasks = tokio_util::task::TaskTracker::new();
-    let stream_state = Arc::new(StreamState::default());
-    let (serving_tx, serving_rx) = watch::channel(true);
+    let board = Arc::new(CopyBoard::default());
+    let quarantined = QuarantineBoard::default();
+    // Health, status and metrics answer from the start: NOT_SERVING until the secondary has answered and the
+    // health watch takes over (an applier waiting for its secondary must not look healthy, nor be invisible).
+    let (serving_tx, serving_rx) = watch::channel(false);
     let (admin_tx, admin_rx) = mpsc::channel(16);
     if let Some(addr) = config.admin_addr {
         let state = admin::AdminState {
             config: config.clone(),
             board: board.clone(),
-            quarantined: apply.tables.board(),
+            quarantined: quarantined.clone(),
             commands: admin_tx,
             applied: applied_rx.clone(),
             serving: serving_rx,
@@ -107,6 +97,50 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
             }
         });
     }
+    let wiring = Wiring { board, quarantined, applied_tx, applied_rx, serving_tx, admin_rx };
+    let result = apply(config.clone(), metrics, wiring, &tasks, &shutdown).await;
+    shutdown.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    result
+}
+
+/// What the admin service and the health reporter share with the stages, made before the secondary is open.
+struct Wiring {
+    board: Arc<CopyBoard>,
+    quarantined: QuarantineBoard,
+    applied_tx: watch::Sender<u64>,
+    applied_rx: watch::Receiver<u64>,
+    serving_tx: watch::Sender<bool>,
+    admin_rx: mpsc::Receiver<admin::AdminCmd>,
+}
+
+/// Opens the secondary, then runs the stream, the copy workers and the apply loop until `shutdown`.
+async fn apply(
+    config: Arc<Config>,
+    metrics: ApplierMetrics,
+    wiring: Wiring,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ApplyError> {
+    let Wiring { board, quarantined, applied_tx, applied_rx, serving_tx, admin_rx } = wiring;
+    let Some((mut writer, resumed)) =
+        Writer::open(config.clone(), applied_tx, metrics.clone(), shutdown.clone()).await?
+    else {
+        return Ok(());
+    };
+    let secondary_ok = writer.secondary().ok_flag();
+    let (chunks_tx, chunks_rx) = mpsc::channel(16);
+    let mut apply = ApplyLoop::new(config.clone(), writer, board.clone(), chunks_tx, metrics.clone(), quarantined);
+    if !apply.prepare(resumed, shutdown).await? {
+        return Ok(());
+    }
+    metrics.quarantined(apply.tables.quarantined_count());
+    let applied = apply.writer.applied();
+    info!(consumer = %config.name, offset = applied, reader = %config.reader_url, "applier starting");
+
+    let stream_state = Arc::new(StreamState::default());
+    stream_state.set_journal(apply.writer.journal_id());
     let watch = health::Watch {
         config: config.clone(),
         stream: stream_state.clone(),
@@ -117,27 +151,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     tasks.spawn(watch.run(shutdown.clone()));
 
     // Before the copy workers start: their floors begin at the last offset received.
-    let records = Records::start(config.clone(), applied + 1, stream_state.clone(), &shutdown);
+    let records = Records::start(config.clone(), applied + 1, stream_state.clone(), shutdown);
     let (items_tx, items_rx) = mpsc::channel(16);
     let copy_stop = shutdown.child_token();
-    let workers =
-        copy::worker::Workers { config: config.clone(), board: board.clone(), stream: stream_state, items: items_tx };
+    let workers = copy::worker::Workers {
+        config: config.clone(),
+        board: board.clone(),
+        stream: stream_state.clone(),
+        items: items_tx,
+    };
     let copying = tokio::spawn(workers.run(copy_stop.clone()));
     tasks.spawn(copy::report::run(board.clone(), copy_stop.clone()));
 
     // Stopped only after the apply loop, so that its final ack covers the last commit.
     let ack_stop = CancellationToken::new();
-    let acks = tokio::spawn(stream::ack_loop(config.clone(), applied_rx, ack_stop.clone()));
+    let acks = tokio::spawn(stream::ack_loop(config.clone(), stream_state.clone(), applied_rx, ack_stop.clone()));
 
     let mut inputs = Inputs { records, items: items_rx, chunks: chunks_rx, admin: admin_rx };
-    let result = apply.run(&mut inputs, &shutdown).await;
+    let result = apply.run(&mut inputs, shutdown).await;
     copy_stop.cancel();
     let _ = copying.await;
     ack_stop.cancel();
     inputs.records.stop().await;
     // The ack loop sends a final ack of what is committed before it ends.
     let _ = tokio::time::timeout(Duration::from_secs(5), acks).await;
-    tasks.close();
     info!(consumer = %config.name, offset = apply.writer.applied(), "applier stopped");
     result
 }

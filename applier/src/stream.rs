@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::event::Record;
-use common::proto::{AckRequest, SubscribeRequest};
+use common::proto::{AckRequest, GetInfoRequest, SubscribeRequest};
 use common::retry::RetryPolicy;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -58,6 +58,18 @@ pub struct StreamState {
     pub received: AtomicU64,
     /// Whether the subscription to the reader is up.
     pub connected: AtomicBool,
+    /// The reader journal the applied offsets are in (see [`crate::relocate`]).
+    journal: std::sync::Mutex<String>,
+}
+
+impl StreamState {
+    pub fn journal(&self) -> String {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_journal(&self, id: &str) {
+        *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = id.to_owned();
+    }
 }
 
 /// The subscription task's inputs.
@@ -116,7 +128,16 @@ impl Subscription {
         stop: &CancellationToken,
     ) -> Result<(), ApplyError> {
         let mut client = reader_client::connect(&self.config).await?;
-        let request = SubscribeRequest { consumer: self.config.name.clone(), from_offset: self.next };
+        // Offsets are only meaningful in the journal the checkpoint names; another one is the apply loop's to
+        // handle (see `relocate`). The request names it too, in case the reader changes in between.
+        let expected = self.state.journal();
+        let serving = client.get_info(GetInfoRequest {}).await.map_err(reader_client::refused("GetInfo"))?;
+        let now = serving.into_inner().journal_id;
+        if now != expected {
+            return Err(ApplyError::JournalChanged { was: expected, now });
+        }
+        let request =
+            SubscribeRequest { consumer: self.config.name.clone(), from_offset: self.next, journal_id: expected };
         let mut stream = client.subscribe(request).await.map_err(reader_client::refused("Subscribe"))?.into_inner();
         info!(consumer = %self.config.name, offset = self.next, "subscribed to the reader");
         self.state.connected.store(true, Ordering::Relaxed);
@@ -186,6 +207,10 @@ impl Records {
         info!(consumer = %self.config.name, offset = next, "reading the transaction again from its first record");
     }
 
+    pub fn state(&self) -> &Arc<StreamState> {
+        &self.state
+    }
+
     /// Stops the subscription and waits for it.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -195,21 +220,33 @@ impl Records {
 }
 
 /// Acks the applied offset to the reader, coalesced; a final ack when stopping.
-pub async fn ack_loop(config: Arc<Config>, mut applied: watch::Receiver<u64>, stop: CancellationToken) {
+pub async fn ack_loop(
+    config: Arc<Config>,
+    state: Arc<StreamState>,
+    mut applied: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
     let mut client: Option<ReaderClient> = None;
     let mut acked = 0;
+    let mut journal = state.journal();
     loop {
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
             _ = tokio::time::sleep(ACK_INTERVAL) => false,
         };
         let offset = *applied.borrow_and_update();
+        let now = state.journal();
+        if now != journal {
+            // Moved to a new journal: its offsets start again.
+            (journal, acked) = (now, 0);
+        }
         if offset > acked {
             if client.is_none() {
                 client = reader_client::connect(&config).await.ok();
             }
             if let Some(c) = client.as_mut() {
-                match c.ack(AckRequest { consumer: config.name.clone(), offset }).await {
+                let request = AckRequest { consumer: config.name.clone(), offset, journal_id: journal.clone() };
+                match c.ack(request).await {
                     Ok(_) => acked = offset,
                     Err(e) => {
                         debug!(consumer = %config.name, offset, error = %e, "ack failed; will retry");

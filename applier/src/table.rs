@@ -40,6 +40,11 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// No table copied or quarantined yet; quarantines are shown on `board` (the admin service's).
+    pub fn with_board(board: QuarantineBoard) -> Self {
+        Self { board, ..Default::default() }
+    }
+
     pub fn mode(&self, key: &TableKey) -> TableMode {
         if self.quarantined.contains_key(key) {
             return TableMode::Skip;

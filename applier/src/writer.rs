@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::event::{Body, Column, Record, TableChange};
+use common::position::GtidState;
 use common::retry::{Retry, RetryPolicy};
 use futures_util::FutureExt;
 use mysql_async::prelude::Queryable;
@@ -75,6 +76,14 @@ pub struct Resumed {
     pub quarantined: Vec<(TableKey, u64, String)>,
 }
 
+/// The checkpoint's GTID state; unreadable text (never written by this version) counts as unknown.
+fn parse_gtid_state(consumer: &str, text: &str) -> GtidState {
+    text.parse().unwrap_or_else(|e| {
+        warn!(%consumer, gtid = %text, error = %e, "the checkpoint's GTID state is unreadable; treated as unknown");
+        GtidState::default()
+    })
+}
+
 /// Waits between attempts at applying.
 fn retries(config: &Config) -> Retry {
     RetryPolicy::new(Duration::from_millis(50), config.retry_max).start()
@@ -105,6 +114,10 @@ pub struct Writer {
     ddl_pending: Option<u64>,
     /// Last journal offset committed on the secondary.
     applied: u64,
+    /// The GTID state committed on the secondary with `applied` (see [`crate::relocate`]).
+    gtid: GtidState,
+    /// The reader journal `applied` is in (empty until the first subscription names it).
+    journal_id: String,
     applied_tx: watch::Sender<u64>,
     metrics: ApplierMetrics,
     shutdown: CancellationToken,
@@ -144,6 +157,7 @@ impl Writer {
             }
         };
         applied_tx.send_replace(cp.applied_offset);
+        let gtid = parse_gtid_state(&config.name, &cp.gtid);
         let writer = Self {
             fragmented_retry: retries(&config),
             open: None,
@@ -152,6 +166,8 @@ impl Writer {
             shapes: HashMap::new(),
             ddl_pending: cp.ddl_pending,
             applied: cp.applied_offset,
+            gtid,
+            journal_id: cp.journal_id.clone(),
             applied_tx,
             metrics,
             shutdown,
@@ -174,12 +190,12 @@ impl Writer {
                     let applied = start.saturating_sub(1);
                     checkpoint::save(conn, &config.name, applied, "", "", 0).await?;
                     info!(consumer = %config.name, offset = start, "no checkpoint: starting at --start-offset");
-                    checkpoint::Checkpoint { applied_offset: applied, ddl_pending: None }
+                    checkpoint::Checkpoint { applied_offset: applied, ..Default::default() }
                 }
                 None => {
                     info!(consumer = %config.name, "no checkpoint on the secondary: an initial copy begins");
                     needs_copy = true;
-                    checkpoint::Checkpoint { applied_offset: 0, ddl_pending: None }
+                    checkpoint::Checkpoint::default()
                 }
             },
         };
@@ -217,6 +233,46 @@ impl Writer {
     pub fn moved_to(&mut self, offset: u64) {
         self.applied = offset;
         self.applied_tx.send_replace(offset);
+    }
+
+    /// Rolls back the open transaction of a fragmented source transaction, if any (its rest will not come).
+    pub async fn roll_back_open(&mut self) {
+        if self.open.take().is_some() {
+            self.secondary.rollback().await;
+        }
+    }
+
+    /// An initial copy began: the secondary's GTID state is not known until transactions are applied again.
+    pub fn forget_gtid(&mut self) {
+        self.gtid = GtidState::default();
+    }
+
+    /// The GTID state committed on the secondary.
+    pub fn gtid(&self) -> &GtidState {
+        &self.gtid
+    }
+
+    /// The reader journal the checkpoint's offset is in (empty if not named yet).
+    pub fn journal_id(&self) -> &str {
+        &self.journal_id
+    }
+
+    /// Names the journal the checkpoint's offset is in (the first journal subscribed to).
+    pub async fn name_journal(&mut self, journal_id: &str) -> Result<(), ApplyError> {
+        let conn = self.secondary.conn().await?;
+        checkpoint::set_journal(conn, &self.config.name, journal_id).await?;
+        self.journal_id = journal_id.to_owned();
+        Ok(())
+    }
+
+    /// Moves the checkpoint into another journal, where the same transactions end at `offset`.
+    pub async fn relocate(&mut self, journal_id: &str, offset: u64) -> Result<(), ApplyError> {
+        let conn = self.secondary.conn().await?;
+        checkpoint::relocate(conn, &self.config.name, journal_id, offset).await?;
+        self.journal_id = journal_id.to_owned();
+        self.ddl_pending = None;
+        self.moved_to(offset);
+        Ok(())
     }
 
     /// The table was re-created: check its shape again before its next change.
@@ -468,9 +524,13 @@ impl Writer {
             // The rest of the source transaction follows in the next group.
             return Ok(());
         }
-        let gtid = last.gtid.map(|g| g.to_string()).unwrap_or_default();
-        checkpoint::save(tx, &name, last.offset.0, &gtid, &last.source.file, last.source.pos).await?;
-        tx.query_drop("COMMIT").await.map_err(meta("committing"))
+        let mut gtid = self.gtid.clone();
+        group.iter().filter_map(|r| r.gtid).for_each(|g| gtid.advance(g));
+        let text = gtid.to_string();
+        checkpoint::save(tx, &name, last.offset.0, &text, &last.source.file, last.source.pos).await?;
+        tx.query_drop("COMMIT").await.map_err(meta("committing"))?;
+        self.gtid = gtid;
+        Ok(())
     }
 
     /// Checks, before the first change to each table (and after every DDL), that the secondary's table has the
@@ -545,8 +605,12 @@ impl Writer {
             }
             Err(e) => return Err(statement(offset, None, &ddl)(e)),
         }
-        let gtid = record.gtid.map(|g| g.to_string()).unwrap_or_default();
-        checkpoint::save(conn, &name, offset, &gtid, &record.source.file, record.source.pos).await?;
+        let mut gtid = self.gtid.clone();
+        if let Some(g) = record.gtid {
+            gtid.advance(g);
+        }
+        checkpoint::save(conn, &name, offset, &gtid.to_string(), &record.source.file, record.source.pos).await?;
+        self.gtid = gtid;
         self.ddl_pending = None;
         // Every table's shape may have changed.
         self.shapes.clear();

@@ -17,10 +17,11 @@ use crate::filter::{Filter, LiveFilter};
     about = "Reads a MariaDB primary's binlog into a durable journal and serves it over gRPC"
 )]
 pub struct Cli {
-    /// Primary host
+    /// Primary host, or candidate primaries as a comma-separated list of `host` or `host:port`: the first is
+    /// followed first, the others are tried when it is lost (see --failover-after)
     #[arg(long, env = "MARIA_PRIMARY_HOST", default_value = "127.0.0.1")]
     pub primary_host: String,
-    /// Primary port
+    /// Primary port (and the port of candidates listed without one)
     #[arg(long, env = "MARIA_PRIMARY_PORT", default_value_t = 3306)]
     pub primary_port: u16,
     /// Replication user (needs REPLICATION SLAVE, BINLOG MONITOR and SELECT)
@@ -62,6 +63,12 @@ pub struct Cli {
     /// Longest pause between reconnection attempts to the primary
     #[arg(long, env = "REPLICA_RECONNECT_MAX", default_value = "30s", value_parser = parse_duration)]
     pub reconnect_max: Duration,
+    /// How long the followed primary must be unreachable before the other candidate primaries are tried
+    #[arg(long, env = "REPLICA_FAILOVER_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub failover_after: Duration,
+    /// Follow a candidate primary even when it has transactions no followed primary ever had (errant GTIDs)
+    #[arg(long, env = "REPLICA_ALLOW_ERRANT_GTIDS", default_value_t = false)]
+    pub allow_errant_gtids: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when empty)
     #[arg(long, env = "REPLICA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -81,6 +88,10 @@ pub struct Cli {
 pub struct Config {
     pub primary_host: String,
     pub primary_port: u16,
+    /// The candidate primaries from `primary_host`, in order.
+    pub primaries: Vec<Endpoint>,
+    pub failover_after: Duration,
+    pub allow_errant_gtids: bool,
     pub user: String,
     pub password: Secret,
     pub server_id: u32,
@@ -111,7 +122,11 @@ impl TryFrom<Cli> for Config {
         if c.heartbeat < Duration::from_millis(100) {
             return Err("REPLICA_HEARTBEAT must be at least 100ms".into());
         }
+        let primaries = Endpoint::parse_list(&c.primary_host, c.primary_port)?;
         Ok(Self {
+            primaries,
+            failover_after: c.failover_after,
+            allow_errant_gtids: c.allow_errant_gtids,
             primary_host: c.primary_host,
             primary_port: c.primary_port,
             user: c.user,
@@ -140,5 +155,80 @@ impl common::lifecycle::Command for Cli {
     }
     fn print_config(&self) -> bool {
         self.print_config
+    }
+}
+
+/// A MariaDB server's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host`, `host:port` or `[v6]:port` entries separated by commas; `port` for entries without one.
+    pub fn parse_list(list: &str, port: u16) -> Result<Vec<Self>, String> {
+        let all: Vec<Self> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| Self::parse(e, port))
+            .collect::<Result<_, _>>()?;
+        if all.is_empty() {
+            return Err("MARIA_PRIMARY_HOST is empty: give the primary's host (or a comma-separated list)".into());
+        }
+        Ok(all)
+    }
+
+    pub fn parse(entry: &str, default_port: u16) -> Result<Self, String> {
+        let bad = |why: &str| format!("primary address {entry:?}: {why}; expected host, host:port or [v6]:port");
+        let (host, port) = match entry.strip_prefix('[') {
+            Some(rest) => {
+                let (host, after) = rest.split_once(']').ok_or_else(|| bad("no closing ]"))?;
+                match after.strip_prefix(':') {
+                    Some(p) => (host, Some(p)),
+                    None if after.is_empty() => (host, None),
+                    None => return Err(bad("text after ]")),
+                }
+            }
+            None => match entry.split_once(':') {
+                Some((h, p)) if !p.contains(':') => (h, Some(p)),
+                // A bare IPv6 address.
+                Some(_) => (entry, None),
+                None => (entry, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad("the port is not a number"))?,
+            None => default_port,
+        };
+        Ok(Self { host: host.to_owned(), port })
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoint;
+
+    #[test]
+    fn candidate_primaries_parse_with_and_without_ports() {
+        let all = Endpoint::parse_list("db1, db2:3307,[::1]:3308,10.0.0.5", 3306).expect("list");
+        let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["db1:3306", "db2:3307", "[::1]:3308", "10.0.0.5:3306"]);
+        assert!(Endpoint::parse_list(" , ", 3306).is_err());
+        assert!(Endpoint::parse("db1:port", 3306).expect_err("bad port").contains("not a number"));
     }
 }

@@ -61,6 +61,8 @@ pub enum ReaderError {
          resume by GTID (needs a GTID in the journal's resume state)"
     )]
     IdentityChanged { was_id: u32, was_base: String, now_id: u32, now_base: String },
+    #[error("not following {server} (server id {server_id}): {reason}")]
+    Refused { server: String, server_id: u32, reason: String },
     #[error("unsupported binlog content at {position}: {what}")]
     Unsupported { position: String, what: String },
     #[error("cannot decode the binlog at {position}")]
@@ -106,7 +108,8 @@ impl ReaderError {
                 mysql_async::Error::Server(s)
                     if s.code == codes::ACCESS_DENIED || s.code == codes::BAD_PASSWORD
             ),
-            ReaderError::Silent(_) => true,
+            // A lagging candidate may catch up; the others are tried meanwhile.
+            ReaderError::Silent(_) | ReaderError::Refused { .. } => true,
             _ => false,
         }
     }

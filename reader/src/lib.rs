@@ -14,7 +14,7 @@
 //!
 //! | stage | files | owns |
 //! | --- | --- | --- |
-//! | binlog source | [`binlog::source`], [`binlog::assemble`], [`binlog::decode`], [`binlog::statement`], [`binlog::mariadb_events`], [`binlog::preflight`] | the replication connection, the transaction being assembled |
+//! | binlog source | [`binlog::source`], [`binlog::failover`], [`binlog::assemble`], [`binlog::decode`], [`binlog::statement`], [`binlog::mariadb_events`], [`binlog::preflight`] | the replication connection, the followed server, the transaction being assembled |
 //! | types between stages | [`pipeline`] | `Committed`, `Xa`, `SourceStatus`, `Counters` |
 //! | journal | [`journal`], [`journal::segments`], [`journal::writer`], [`journal::trim`] | the sled index, segment files, the one writer thread, retention |
 //! | serving | [`serve::service`], [`serve::snapshot`], [`serve::health`] | subscriptions, snapshot reads, health |
@@ -83,7 +83,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
 
     let (router, health) = common::grpc_server::router(&config.security)?;
     tasks.spawn(serve::health::run(health, status.clone(), shutdown.clone()));
+    let (switch, switches) = tokio::sync::mpsc::channel(1);
     let service = JournalService {
+        switch,
         journal: journal.clone(),
         config: config.clone(),
         status: status.clone(),
@@ -99,6 +101,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
 
     let source = Source {
         config: config.clone(),
+        journal: journal.clone(),
+        switches,
+        candidates: config.primaries.clone(),
         writer: handle,
         budget: Arc::new(tokio::sync::Semaphore::new(source::IN_FLIGHT_BYTES as usize)),
         status,

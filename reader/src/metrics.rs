@@ -24,6 +24,7 @@ pub struct ReaderMetrics {
     position: Gauge,
     connected: Gauge,
     backpressure: Gauge,
+    primary_server_id: Gauge,
     acked: Family<Labels, Gauge>,
     lag_records: Family<Labels, Gauge>,
     lag_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -39,6 +40,7 @@ impl ReaderMetrics {
             position: Gauge::default(),
             connected: Gauge::default(),
             backpressure: Gauge::default(),
+            primary_server_id: Gauge::default(),
             acked: Family::default(),
             lag_records: Family::default(),
             lag_seconds: Family::default(),
@@ -66,6 +68,16 @@ impl ReaderMetrics {
             m.lag_seconds.clone(),
         );
         r.register("source_reconnects", "Reconnections to the primary", counters.reconnects.clone());
+        r.register(
+            "primary_changes",
+            "Times the reader began following a server with another server id (failover or SwitchPrimary)",
+            counters.primary_changes.clone(),
+        );
+        r.register(
+            "primary_server_id",
+            "Server id of the server the reader follows (0 before its first connection)",
+            m.primary_server_id.clone(),
+        );
         r.register("journal_transactions", "Source transactions journaled", counters.transactions.clone());
         r.register("journal_rows", "Row changes journaled", counters.rows.clone());
         r.register("copy_chunks", "Chunks served to initial copies", counters.copy_chunks.clone());
@@ -109,6 +121,7 @@ impl ReaderMetrics {
             self.position.set(journal.resume().map_or(0, |r| r.position.pos as i64));
             self.connected.set(i64::from(status.connected.load(Ordering::Relaxed)));
             self.backpressure.set(i64::from(status.backpressure.load(Ordering::Relaxed)));
+            self.primary_server_id.set(status.followed().map_or(0, |f| i64::from(f.server_id)));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

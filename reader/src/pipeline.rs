@@ -1,12 +1,16 @@
 //! The types passed between the reader's stages: what the binlog source hands the journal writer
 //! ([`Committed`], [`Xa`]), and the live state the source and the writer share with health, metrics and the
-//! snapshot reads ([`SourceStatus`], [`Counters`]).
+//! snapshot reads ([`SourceStatus`], [`Counters`], [`Followed`]), and requests to follow another primary
+//! ([`SwitchRequest`]).
 
 use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard};
 
 use common::event::Body;
 use common::position::{BinlogPosition, Gtid, GtidState};
 use prometheus_client::metrics::counter::Counter;
+
+use crate::config::Endpoint;
 
 /// A committed source transaction ready to be journaled: zero or more records, then the position after it; or
 /// a fragment of one (`continues`).
@@ -53,6 +57,8 @@ pub enum Xa {
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     pub reconnects: Counter,
+    /// Times the source began following a server with another server id (failover or re-pointing).
+    pub primary_changes: Counter,
     pub transactions: Counter,
     pub rows: Counter,
     /// Chunks and rows served to appliers' initial copies.
@@ -69,6 +75,56 @@ pub struct SourceStatus {
     /// How far the source has read the primary's binlog: every transaction that ends at or before this
     /// position has been handed to the journal writer. Snapshot reads wait on it (see `serve::snapshot`).
     pub read_through: tokio::sync::watch::Sender<Option<BinlogPosition>>,
+    /// The server the source follows (None before its first connection).
+    followed: Mutex<Option<Followed>>,
+}
+
+/// The server whose binlog the source reads: `read_through` positions are in its binlog files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Followed {
+    pub endpoint: Endpoint,
+    pub server_id: u32,
+    /// The journal's head when the source began reading this server: every record up to it is in this server's
+    /// binlog before anything the source reads from it.
+    pub since_offset: u64,
+}
+
+impl Followed {
+    pub fn same_server(&self, other: &Followed) -> bool {
+        self.endpoint == other.endpoint && self.server_id == other.server_id
+    }
+}
+
+impl SourceStatus {
+    pub fn followed(&self) -> Option<Followed> {
+        self.lock_followed().clone()
+    }
+
+    /// Records that the source now reads `now`; when it is another server, `read_through` is cleared first (its
+    /// positions were in the other server's files), and a reconnection to the same server keeps its
+    /// `since_offset`. Returns the server followed before.
+    pub fn follow(&self, mut now: Followed) -> Option<Followed> {
+        let mut f = self.lock_followed();
+        match f.as_ref() {
+            Some(was) if was.same_server(&now) => now.since_offset = was.since_offset,
+            Some(_) => {
+                self.read_through.send_replace(None);
+            }
+            None => {}
+        }
+        f.replace(now)
+    }
+
+    fn lock_followed(&self) -> MutexGuard<'_, Option<Followed>> {
+        self.followed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An operator's request (gRPC `SwitchPrimary`) to follow another server; answered with what happened.
+#[derive(Debug)]
+pub struct SwitchRequest {
+    pub to: Endpoint,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 
 impl Default for SourceStatus {
@@ -78,6 +134,7 @@ impl Default for SourceStatus {
             backpressure: AtomicBool::default(),
             counters: Default::default(),
             read_through: tokio::sync::watch::Sender::new(None),
+            followed: Mutex::new(None),
         }
     }
 }

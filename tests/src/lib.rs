@@ -230,6 +230,46 @@ impl MariaDb {
         }
     }
 
+    /// kill -9: the server dies mid-work (its data dir stays).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Makes this server (started as `Role::Primary` with `--log-slave-updates`) a native GTID replica of
+    /// `primary` from the primary's current GTID position: its own binlog is reset, so it holds exactly the
+    /// primary's transactions from now on.
+    pub async fn replicate_from(&self, primary: &MariaDb) {
+        let pos: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
+        self.exec(&format!(
+            "RESET MASTER; SET GLOBAL gtid_slave_pos = '{}'; \
+             CHANGE MASTER TO master_host = '127.0.0.1', master_port = {}, master_user = '{REPL_USER}', \
+             master_password = '{REPL_PASS}', master_use_gtid = slave_pos, master_connect_retry = 1; START SLAVE",
+            pos[0], primary.port
+        ))
+        .await;
+    }
+
+    /// Waits until this replica's binlog holds everything `primary`'s binlog holds now.
+    pub async fn wait_replicated(&self, primary: &MariaDb) {
+        let pos: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
+        let sql = format!("SELECT MASTER_GTID_WAIT('{}', 60)", pos[0]);
+        let waited: Vec<i64> = self.query(&sql).await;
+        assert_eq!(waited, vec![0], "replica on port {} did not reach {} in 60s", self.port, pos[0]);
+    }
+
+    /// Promotes this replica: applies what it received, stops replicating and forgets its primary.
+    pub async fn promote(&self) {
+        self.exec("STOP SLAVE IO_THREAD").await;
+        let status: Vec<mysql_async::Row> = self.query("SHOW SLAVE STATUS").await;
+        let received: String = status.first().and_then(|r| r.get("Gtid_IO_Pos")).expect("Gtid_IO_Pos");
+        let waited: Vec<i64> = self.query(&format!("SELECT MASTER_GTID_WAIT('{received}', 60)")).await;
+        assert_eq!(waited, vec![0], "the replica did not apply its relay log in 60s");
+        self.exec("STOP SLAVE; RESET SLAVE ALL").await;
+    }
+
     /// Starts the server again on the same port and data dir.
     pub async fn restart(&mut self) {
         self.stop();
@@ -386,7 +426,17 @@ impl Reader {
 
     /// Starts a reader without waiting for gRPC (for runs expected to stop early).
     pub fn start_unchecked(primary: &MariaDb, journal_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let grpc_port = free_port();
+        Self::spawn_at(primary, journal_dir, free_port(), env)
+    }
+
+    /// Starts a reader serving gRPC on `grpc_port` (a new reader where an old one was), waiting until it streams.
+    pub async fn start_at(primary: &MariaDb, journal_dir: &Path, grpc_port: u16, env: &[(&str, &str)]) -> Self {
+        let mut r = Self::spawn_at(primary, journal_dir, grpc_port, env);
+        r.wait_ready().await;
+        r
+    }
+
+    fn spawn_at(primary: &MariaDb, journal_dir: &Path, grpc_port: u16, env: &[(&str, &str)]) -> Self {
         let base: Vec<(String, String)> = vec![
             ("MARIA_PRIMARY_HOST".into(), "127.0.0.1".into()),
             ("MARIA_PRIMARY_PORT".into(), primary.port.to_string()),

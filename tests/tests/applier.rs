@@ -405,9 +405,19 @@ async fn an_applier_started_while_its_secondary_is_down_waits_for_it_instead_of_
         .exec("CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT); INSERT INTO w.t VALUES (1, 1)")
         .await;
     secondaries[0].stop();
-    let mut a = Applier::start(&reader, &secondaries[0], "w", &[("REPLICA_START_OFFSET", "1")]);
+    let admin = format!("127.0.0.1:{}", tests::free_port());
+    let metrics = tests::free_port();
+    let env = [
+        ("REPLICA_START_OFFSET", "1"),
+        ("REPLICA_ADMIN_ADDR", admin.as_str()),
+        ("REPLICA_METRICS_ADDR", &format!("127.0.0.1:{metrics}")),
+    ];
+    let mut a = Applier::start(&reader, &secondaries[0], "w", &env);
     let waiting = |a: &Applier| a.log_text().matches("the secondary is not available yet").count();
     tests::eventually(WAIT, "the applier to retry the secondary", || async { (waiting(&a) >= 2).then_some(()) }).await;
+    // While it waits, its health answers NOT_SERVING and its metrics are served.
+    assert!(health(&admin).contains("NOT_SERVING"), "{}", health(&admin));
+    assert!(tests::scrape(metrics).contains("replica_applier_applied_offset"));
     let log = a.log_text();
     assert!(log.contains(&format!("127.0.0.1:{}", secondaries[0].port)), "the secondary is named:\n{log}");
     assert!(a.exited().is_none(), "a secondary that is down is not a reason to exit:\n{log}");
@@ -421,6 +431,10 @@ async fn an_applier_started_while_its_secondary_is_down_waits_for_it_instead_of_
     caught_up(&primary, &reader, &secondaries[0], &a).await;
     assert_same_data(&primary, &secondaries[0], "w").await;
     assert!(a.exited().is_none());
+    tests::eventually(WAIT, "health to turn SERVING", || async {
+        (!health(&admin).contains("NOT_SERVING")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,7 +13,7 @@ async fn subscribe(reader: &Reader, consumer: &str, from: u64) -> tonic::Streami
     reader
         .client()
         .await
-        .subscribe(SubscribeRequest { consumer: consumer.into(), from_offset: from })
+        .subscribe(SubscribeRequest { consumer: consumer.into(), from_offset: from, ..Default::default() })
         .await
         .expect("Subscribe")
         .into_inner()
@@ -53,7 +53,7 @@ async fn subscribe_streams_from_an_offset_then_tails_live() {
     let err = reader
         .client()
         .await
-        .subscribe(SubscribeRequest { consumer: "late".into(), from_offset: 99 })
+        .subscribe(SubscribeRequest { consumer: "late".into(), from_offset: 99, ..Default::default() })
         .await
         .expect_err("an offset beyond the tail is refused");
     assert_eq!(err.code(), tonic::Code::OutOfRange);
@@ -102,7 +102,7 @@ async fn acks_are_monotonic_and_records_go_only_when_every_consumer_acked_them()
     drop(subscribe(&reader, "a", 1).await);
     drop(subscribe(&reader, "b", 1).await);
     let mut client = reader.client().await;
-    let ack = |consumer: &str, offset| AckRequest { consumer: consumer.into(), offset };
+    let ack = |consumer: &str, offset| AckRequest { consumer: consumer.into(), offset, ..Default::default() };
     assert_eq!(client.ack(ack("a", 6)).await.expect("ack").into_inner().acked_offset, 6);
     assert_eq!(client.ack(ack("a", 4)).await.expect("ack below").into_inner().acked_offset, 6, "monotonic");
     assert_eq!(client.ack(ack("a", 6)).await.expect("same ack").into_inner().acked_offset, 6, "idempotent");
@@ -138,7 +138,7 @@ async fn acked_records_stay_for_the_retention_time() {
     db.exec("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY); INSERT INTO s.t VALUES (1)").await;
     reader.wait_for_offset(3, WAIT).await;
     drop(subscribe(&reader, "a", 1).await);
-    reader.client().await.ack(AckRequest { consumer: "a".into(), offset: 3 }).await.expect("ack");
+    reader.client().await.ack(AckRequest { consumer: "a".into(), offset: 3, ..Default::default() }).await.expect("ack");
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(reader.info().await.first_offset, 1, "acked but younger than the retention time: kept");
 }
@@ -195,7 +195,10 @@ async fn the_size_cap_pauses_reading_and_drops_nothing() {
         }
         if let Some(last) = recs.last() {
             next = last.offset + 1;
-            client.ack(AckRequest { consumer: "c".into(), offset: last.offset }).await.expect("ack");
+            client
+                .ack(AckRequest { consumer: "c".into(), offset: last.offset, ..Default::default() })
+                .await
+                .expect("ack");
         }
     }
     assert_eq!(seen_ids, (0..rows as i64).collect::<Vec<_>>(), "every row once, in order");

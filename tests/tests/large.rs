@@ -157,3 +157,43 @@ async fn a_transaction_of_64_mib_rows_is_applied_whole_after_kill_9_of_the_reade
     assert_eq!(secondary.query::<(u64, u64, String)>(sizes).await, want);
     eprintln!("peak RSS after restarts: reader {} MiB, applier {} MiB", reader.peak_rss_mib(), a.peak_rss_mib());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_cut_in_the_middle_of_a_large_transaction_journals_it_once() {
+    const ROWS: u64 = 300_000;
+    let primary = MariaDb::start(Role::Primary).await;
+    let journal = primary.dir.path().join("journal");
+    let proxy = Proxy::start(primary.port).await;
+    let port = proxy.port.to_string();
+    let reader = Reader::start(&primary, &journal, &[("MARIA_PRIMARY_PORT", &port)]).await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec("CREATE DATABASE big; CREATE TABLE big.t (id INT PRIMARY KEY, c CHAR(200) NOT NULL)").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    let before = reader.info().await.last_offset;
+
+    // The link stalls while fragments of the transaction are in the journal: the reader reconnects (silence),
+    // and reads the transaction again from its start.
+    proxy.slow_down();
+    primary
+        .exec(&format!("INSERT INTO big.t SELECT seq, REPEAT(CHAR(65 + seq % 26), 200) FROM big.seq_1_to_{ROWS}"))
+        .await;
+    let staged = segment_bytes(&journal);
+    eventually(WAIT, "fragments of the large transaction in the journal", || async {
+        (segment_bytes(&journal) > staged + (8 << 20)).then_some(())
+    })
+    .await;
+    proxy.freeze();
+    assert_eq!(reader.info().await.last_offset, before, "no fragment is served before the transaction's end");
+    eventually(WAIT, "the reader to notice the silent link", || async {
+        reader.log_text().contains("primary connection lost").then_some(())
+    })
+    .await;
+    proxy.thaw();
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert!(reader.log_text().contains("fragments of an unfinished transaction removed"), "{}", reader.log_text());
+
+    let journaled: u64 = tests::row_changes(&reader.records().await).iter().filter(|r| r.table == "t").count() as u64;
+    assert_eq!(journaled, ROWS, "every row journaled exactly once");
+    assert_eq!(checksum(&secondary, "big.t").await, checksum(&primary, "big.t").await);
+}

@@ -26,7 +26,7 @@ async fn gelf_messages_reach_graylog_with_stable_fields_and_an_outage_blocks_not
     let _stream = reader
         .client()
         .await
-        .subscribe(SubscribeRequest { consumer: "gelf-consumer".into(), from_offset: 0 })
+        .subscribe(SubscribeRequest { consumer: "gelf-consumer".into(), from_offset: 0, ..Default::default() })
         .await
         .expect("subscribe");
     let deadline = Instant::now() + Duration::from_secs(30);

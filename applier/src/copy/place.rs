@@ -94,6 +94,7 @@ impl Placer {
         let Some(defs) = self.definitions(stop).await? else { return Ok(false) };
         let defined: Vec<_> = defs.tables.iter().filter(|t| t.schema != "replica_meta").collect();
         let (name, resync) = (self.config.name.clone(), self.config.resync);
+        let journal_id = writer.journal_id().to_owned();
         let conn = writer.secondary().conn().await?;
         let non_empty = non_empty_tables(conn, &defined).await?;
         if !non_empty.is_empty() && !resync {
@@ -122,8 +123,10 @@ impl Placer {
             progress.push((key, p));
         }
         checkpoint::save(&mut tx, &name, boundary, "", "", 0).await?;
+        checkpoint::set_journal(&mut tx, &name, &journal_id).await?;
         tx.commit().await.map_err(meta("starting the copy"))?;
         writer.moved_to(boundary);
+        writer.forget_gtid();
         tables.lift_all();
         self.metrics.quarantined(0);
         let estimated: u64 = progress.iter().map(|(_, p)| p.rows_estimated).sum();

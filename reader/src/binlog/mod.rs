@@ -1,10 +1,11 @@
 //! Reading the primary: the replication connection and its resume rules ([`source`]), events turned into
 //! committed transactions ([`assemble`]), row images decoded exactly ([`decode`]), logged statements
-//! classified ([`statement`]), MariaDB-specific events ([`mariadb_events`]) and the checks of the primary's
-//! settings before streaming ([`preflight`]).
+//! classified ([`statement`]), MariaDB-specific events ([`mariadb_events`]), which servers may be followed
+//! ([`failover`]) and the checks of the primary's settings before streaming ([`preflight`]).
 
 pub mod assemble;
 pub mod decode;
+pub mod failover;
 pub mod mariadb_events;
 pub mod preflight;
 pub mod source;

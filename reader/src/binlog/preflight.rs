@@ -3,6 +3,9 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
+use common::position::Gtid;
+
+use crate::binlog::failover;
 use crate::error::ReaderError;
 
 /// What the reader learns about the primary while checking it.
@@ -12,6 +15,8 @@ pub struct PrimaryInfo {
     pub binlog_basename: String,
     pub version: String,
     pub gtid_binlog_pos: String,
+    /// `@@gtid_binlog_state`: the last GTID of every server id in every domain of its binlog.
+    pub gtid_binlog_state: Vec<Gtid>,
 }
 
 type Settings = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
@@ -74,12 +79,21 @@ pub async fn check(conn: &mut Conn) -> Result<PrimaryInfo, ReaderError> {
             missing.join(", ")
         )));
     }
-    let (server_id, basename, version, gtid): (u32, Option<String>, String, Option<String>) = conn
-        .query_first("SELECT @@server_id, @@log_bin_basename, VERSION(), @@gtid_binlog_pos")
+    type Identity = (u32, Option<String>, String, Option<String>, Option<String>);
+    let (server_id, basename, version, gtid, state): Identity = conn
+        .query_first("SELECT @@server_id, @@log_bin_basename, VERSION(), @@gtid_binlog_pos, @@gtid_binlog_state")
         .await
         .map_err(ReaderError::Connect)?
         .ok_or_else(|| ReaderError::Preflight("the primary returned no identity".into()))?;
     let basename = basename.unwrap_or_default();
     let basename = basename.rsplit('/').next().unwrap_or_default().to_owned();
-    Ok(PrimaryInfo { server_id, binlog_basename: basename, version, gtid_binlog_pos: gtid.unwrap_or_default() })
+    let gtid_binlog_state = failover::parse_list(state.as_deref().unwrap_or_default())
+        .map_err(|e| ReaderError::Preflight(format!("@@gtid_binlog_state: {e}")))?;
+    Ok(PrimaryInfo {
+        server_id,
+        binlog_basename: basename,
+        version,
+        gtid_binlog_pos: gtid.unwrap_or_default(),
+        gtid_binlog_state,
+    })
 }

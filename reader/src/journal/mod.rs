@@ -2,8 +2,8 @@
 //!
 //! Layout: encoded records are appended to segment files ([`segments`]); sled tree `journal` holds
 //! each record's location under `r` + big-endian offset (numeric order), prepared XA changes under `x/…`,
-//! and metadata under `m/…` (the resume state, which also carries the last offset, and the retained byte
-//! count). A group of records is made durable in its segment first; then their index entries and the
+//! and metadata under `m/…` (the resume state, which also carries the last offset, the retained byte
+//! count, and the GTID history of the servers followed, used to spot errant transactions on failover). A group of records is made durable in its segment first; then their index entries and the
 //! resume state after them are written with one `apply_batch`, so a crash keeps both or neither (segment
 //! bytes nobody indexes are cut off at open). The durable head advances only after the sled `flush`, so no
 //! subscriber ever sees a record a crash could take back. Tree `consumers` holds each consumer's acked
@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::codec::{self, RecordParts};
 use common::event::{Body, Record};
-use common::position::{BinlogPosition, GtidState, JournalOffset};
+use common::position::{BinlogPosition, Gtid, GtidState, JournalOffset};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -29,6 +29,12 @@ pub mod trim;
 pub mod writer;
 
 const RESUME_KEY: &[u8] = b"m/resume";
+/// The GTID history of the servers the reader followed, as text (see `binlog::failover::History`).
+const HISTORY_KEY: &[u8] = b"m/gtid-history";
+/// This journal's identity, made at creation: an applier's checkpoint names the journal its offsets are in.
+const ID_KEY: &[u8] = b"m/journal-id";
+/// The GTID state the journal's first record follows, as text (absent when it began at a file position).
+const START_GTID_KEY: &[u8] = b"m/start-gtid";
 const BYTES_KEY: &[u8] = b"m/bytes";
 const RECORD_PREFIX: u8 = b'r';
 /// Prepared XA transactions waiting for their XA COMMIT or XA ROLLBACK: `x/` + xid.
@@ -105,6 +111,7 @@ pub struct Journal {
     consumers: sled::Tree,
     bounds: Mutex<Bounds>,
     head: watch::Sender<u64>,
+    id: String,
 }
 
 pub fn now_ms() -> i64 {
@@ -127,6 +134,37 @@ fn bincode_cfg() -> bincode::config::Configuration {
 
 fn location(v: &[u8]) -> Result<Location, JournalError> {
     Ok(bincode::serde::decode_from_slice(v, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?.0)
+}
+
+/// Why a consumer cannot be placed in this journal by GTID ([`Journal::locate`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "this journal has no GTID start state (it began at a binlog file position, or was made by a reader \
+         older than GTID resumption); re-copy the secondary (replica-applier --resync)"
+    )]
+    NoStartGtid,
+    #[error(
+        "this journal starts after the secondary's checkpoint: it begins after {start}, the secondary has applied \
+         only up to {applied}. The transactions in between are in no journal: start a new reader (empty journal) \
+         with --start-position set to the oldest GTID the appliers need (see the runbook), or re-copy the secondary"
+    )]
+    StartsAfter { start: String, applied: String },
+    #[error(
+        "records before offset {first} were already trimmed from this journal, so it cannot prove it holds every \
+         transaction the secondary lacks; start a new reader with --start-position at the secondary's GTID, or \
+         re-copy the secondary"
+    )]
+    Trimmed { first: u64 },
+    #[error("the record at offset {offset} has no GTID, so it cannot be matched with a checkpoint")]
+    NoGtid { offset: u64 },
+    #[error(
+        "the reader has not read the primary's binlog up to the secondary's checkpoint yet (journal at {read:?}, \
+         secondary at {applied}); ask again shortly"
+    )]
+    NotYet { read: String, applied: String },
 }
 
 impl Journal {
@@ -163,7 +201,23 @@ impl Journal {
         let segments = Segments::open(&dir.join("segments"), valid_end)?;
         let (head, _) = watch::channel(last);
         let bounds = Bounds { first, resume, bytes, staged: last };
-        Ok(Arc::new(Self { db, segments, tree, consumers, bounds: Mutex::new(bounds), head }))
+        let id = Self::identity(&tree)?;
+        Ok(Arc::new(Self { db, segments, tree, consumers, bounds: Mutex::new(bounds), head, id }))
+    }
+
+    /// The journal's identity, made (random, 128 bits) the first time a journal is opened.
+    fn identity(tree: &sled::Tree) -> Result<String, JournalError> {
+        if let Some(v) = tree.get(ID_KEY)? {
+            return String::from_utf8(v.to_vec()).map_err(|e| JournalError::Meta(format!("journal id: {e}")));
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        tree.insert(ID_KEY, id.as_bytes())?;
+        tree.flush()?;
+        Ok(id)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Removes the fragments of a transaction whose end a crash kept from the journal (records past the
@@ -191,6 +245,88 @@ impl Journal {
             "fragments of an unfinished transaction removed; it is read again"
         );
         Ok(bytes)
+    }
+
+    /// The GTIDs saved by [`Journal::save_history`] (empty if never saved).
+    pub fn history(&self) -> Result<Vec<Gtid>, JournalError> {
+        let Some(v) = self.tree.get(HISTORY_KEY)? else { return Ok(Vec::new()) };
+        let text = std::str::from_utf8(&v).map_err(|e| JournalError::Meta(format!("GTID history: {e}")))?;
+        text.split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse().map_err(|e| JournalError::Meta(format!("GTID history: {e}"))))
+            .collect()
+    }
+
+    /// Saves the GTID history (the last GTID per domain and server id of every server followed). Blocking.
+    pub fn save_history(&self, gtids: &[Gtid]) -> Result<(), JournalError> {
+        let text = gtids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        self.tree.insert(HISTORY_KEY, text.as_bytes())?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// The GTID state the first record follows (see [`Journal::set_start_gtid`]).
+    pub fn start_gtid(&self) -> Result<Option<GtidState>, JournalError> {
+        let Some(v) = self.tree.get(START_GTID_KEY)? else { return Ok(None) };
+        let text = std::str::from_utf8(&v).map_err(|e| JournalError::Meta(format!("start GTID: {e}")))?;
+        text.parse().map(Some).map_err(|e| JournalError::Meta(format!("start GTID: {e}")))
+    }
+
+    /// Records, once, the GTID state the source starts an empty journal from. Blocking.
+    pub fn set_start_gtid(&self, state: &GtidState) -> Result<(), JournalError> {
+        if self.head() > 0 || self.tree.get(START_GTID_KEY)?.is_some() {
+            return Ok(());
+        }
+        self.tree.insert(START_GTID_KEY, state.to_string().as_bytes())?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Where a consumer whose secondary has applied exactly the transactions in `applied` continues in this
+    /// journal: the first offset whose transaction is not in `applied`. Refused unless the journal provably
+    /// holds every transaction after `applied`: it must start at or before `applied` in every domain and be
+    /// whole (nothing trimmed). Blocking; reads records from the first until it finds one.
+    pub fn locate(&self, applied: &GtidState) -> Result<u64, LocateError> {
+        let start = self.start_gtid()?.ok_or(LocateError::NoStartGtid)?;
+        let behind = start.iter().any(|s| applied.iter().find(|a| a.domain == s.domain).is_none_or(|a| a.seq < s.seq));
+        if behind {
+            return Err(LocateError::StartsAfter { start: start.to_string(), applied: applied.to_string() });
+        }
+        let first = self.first();
+        if first > 1 {
+            return Err(LocateError::Trimmed { first });
+        }
+        // The head and the state the source has read through, together: when every record is in `applied`,
+        // the answer is the next offset only once the source has read past `applied` (else the transactions
+        // between would come later, and be applied twice).
+        let (head, resume) = self.durable();
+        for offset in first..=head {
+            let Some(record) = self.read(offset, 1, usize::MAX)?.into_iter().next() else { break };
+            let gtid = record.gtid.ok_or(LocateError::NoGtid { offset })?;
+            if applied.iter().find(|a| a.domain == gtid.domain).is_none_or(|a| a.seq < gtid.seq) {
+                return Ok(offset);
+            }
+        }
+        let read = resume.map(|r| r.gtid).unwrap_or_default();
+        let past = applied.iter().all(|a| read.iter().any(|r| r.domain == a.domain && r.seq >= a.seq));
+        if past {
+            Ok(head + 1)
+        } else {
+            Err(LocateError::NotYet { read: read.to_string(), applied: applied.to_string() })
+        }
+    }
+
+    /// Forgets the fragments of a transaction whose connection broke before its end (never served: they are
+    /// past the head); the source reads the transaction again from its start. Blocking.
+    pub fn discard_unfinished(&self) -> Result<(), JournalError> {
+        let mut b = self.bounds();
+        let head = self.head();
+        if b.staged == head {
+            return Ok(());
+        }
+        b.bytes = Self::drop_unfinished(&self.tree, head, b.bytes)?;
+        b.staged = head;
+        Ok(())
     }
 
     fn bounds(&self) -> MutexGuard<'_, Bounds> {

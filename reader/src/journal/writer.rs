@@ -20,8 +20,9 @@ const QUEUE: usize = 1024;
 enum WriterMsg {
     /// A transaction and the share of the in-flight byte budget it holds until it is durable.
     Commit(Committed, OwnedSemaphorePermit),
-    /// Answered once everything sent before it is durable, with the journal's resume state.
-    Barrier(oneshot::Sender<Option<ResumeState>>),
+    /// Answered once everything sent before it is durable, with the journal's resume state; with `restart`,
+    /// the fragments of an unfinished transaction are discarded first (the source reads it again).
+    Barrier { done: oneshot::Sender<Option<ResumeState>>, restart: bool },
 }
 
 /// How the source hands transactions to the writer. The writer ends when every handle is gone.
@@ -40,7 +41,13 @@ impl WriterHandle {
 
     /// Waits until everything queued before is durable; returns the journal's resume state then.
     pub async fn barrier(&self) -> Result<Option<ResumeState>, ReaderError> {
-        barrier(&self.0).await
+        barrier(&self.0, false).await
+    }
+
+    /// As [`WriterHandle::barrier`], and discards the fragments of a transaction whose end never came: the
+    /// source calls it before each (re)connection, which reads that transaction again from its start.
+    pub async fn restart(&self) -> Result<Option<ResumeState>, ReaderError> {
+        barrier(&self.0, true).await
     }
 
     pub fn downgrade(&self) -> WeakWriterHandle {
@@ -51,13 +58,13 @@ impl WriterHandle {
 impl WeakWriterHandle {
     /// As [`WriterHandle::barrier`], while the writer runs.
     pub async fn barrier(&self) -> Result<Option<ResumeState>, ReaderError> {
-        barrier(&self.0.upgrade().ok_or(ReaderError::WriterStopped)?).await
+        barrier(&self.0.upgrade().ok_or(ReaderError::WriterStopped)?, false).await
     }
 }
 
-async fn barrier(tx: &mpsc::Sender<WriterMsg>) -> Result<Option<ResumeState>, ReaderError> {
+async fn barrier(tx: &mpsc::Sender<WriterMsg>, restart: bool) -> Result<Option<ResumeState>, ReaderError> {
     let (done, answer) = oneshot::channel();
-    tx.send(WriterMsg::Barrier(done)).await.map_err(|_| ReaderError::WriterStopped)?;
+    tx.send(WriterMsg::Barrier { done, restart }).await.map_err(|_| ReaderError::WriterStopped)?;
     answer.await.map_err(|_| ReaderError::WriterStopped)
 }
 
@@ -96,6 +103,7 @@ impl Writer {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut permits = Vec::with_capacity(MAX_GROUP);
         let mut barriers = Vec::new();
+        let mut restart = false;
         while let Some(msg) = self.rx.blocking_recv() {
             self.wait_for_space();
             let mut next = Some(msg);
@@ -105,7 +113,10 @@ impl Writer {
                         group.push(c);
                         permits.push(permit);
                     }
-                    WriterMsg::Barrier(tx) => barriers.push(tx),
+                    WriterMsg::Barrier { done, restart: r } => {
+                        barriers.push(done);
+                        restart |= r;
+                    }
                 }
                 if group.len() < MAX_GROUP && barriers.is_empty() {
                     next = self.rx.try_recv().ok();
@@ -118,6 +129,9 @@ impl Writer {
             self.status.counters.rows.inc_by(rows);
             // Durable: their memory may be used again.
             permits.clear();
+            if std::mem::take(&mut restart) {
+                self.journal.discard_unfinished()?;
+            }
             for tx in barriers.drain(..) {
                 let _ = tx.send(self.journal.resume());
             }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use common::position::GtidState;
 use common::proto::journal_server::Journal as JournalApi;
 use common::proto::{self, ConsumerInfo};
 use tokio::sync::mpsc;
@@ -16,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::config::Config;
+use crate::config::{Config, Endpoint};
 use crate::error::status;
-use crate::journal::{ConsumerState, Journal, JournalError};
-use crate::pipeline::SourceStatus;
+use crate::journal::{ConsumerState, Journal, JournalError, LocateError};
+use crate::pipeline::{SourceStatus, SwitchRequest};
 use crate::serve::snapshot::Snapshots;
 
 /// Records read from sled per step of a subscription.
@@ -27,6 +28,8 @@ const READ_CHUNK: usize = 256;
 /// Encoded bytes read per step of a subscription or per `Read` response (at least one record); decoded, small
 /// rows take up to ten times as much.
 const READ_BYTES: usize = 1 << 20;
+/// Longest wait for the binlog source to answer a `SwitchPrimary`.
+const SWITCH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Records buffered per subscriber.
 const SUBSCRIBER_BUFFER: usize = 128;
 /// Bytes of records buffered per subscriber, as they are held in memory ([`common::event::Body::mem_size`];
@@ -44,6 +47,8 @@ pub struct JournalService {
     /// Open subscriptions per consumer name.
     pub connected: Arc<Mutex<HashMap<String, usize>>>,
     pub snapshots: Arc<Snapshots>,
+    /// Operators' requests to follow another primary, to the source.
+    pub switch: mpsc::Sender<SwitchRequest>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -71,6 +76,18 @@ impl Drop for Connection {
 }
 
 impl JournalService {
+    /// Refuses offsets of another journal (`expected` empty: the caller does not say).
+    fn same_journal(&self, expected: &str) -> Result<(), Status> {
+        if expected.is_empty() || expected == self.journal.id() {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "journal changed: the offset is in journal {expected}, this reader's journal is {} (a new journal, after \
+             the old one was lost); the consumer must find its place again by GTID (Locate)",
+            self.journal.id()
+        )))
+    }
+
     fn consumer_infos(&self) -> Result<Vec<ConsumerInfo>, JournalError> {
         let head = self.journal.head();
         let connected = self.connected.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -97,6 +114,7 @@ impl JournalApi for JournalService {
         // The source position belongs to the last offset: a client waiting for a GTID then has its record.
         let (last_offset, resume) = self.journal.durable();
         let resume = resume.unwrap_or_default();
+        let followed = self.status.followed();
         Ok(Response::new(proto::GetInfoResponse {
             first_offset: self.journal.first(),
             last_offset,
@@ -111,6 +129,10 @@ impl JournalApi for JournalService {
             size_cap_bytes: self.config.journal_max_bytes,
             primary_connected: self.status.connected.load(Ordering::Relaxed),
             primary_name: self.config.primary_name.clone(),
+            primary_address: followed.as_ref().map(|f| f.endpoint.to_string()).unwrap_or_default(),
+            primary_server_id: followed.map_or(0, |f| f.server_id),
+            primary_changes: self.status.counters.primary_changes.get(),
+            journal_id: self.journal.id().to_owned(),
         }))
     }
 
@@ -134,6 +156,7 @@ impl JournalApi for JournalService {
         req: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = req.into_inner();
+        self.same_journal(&req.journal_id)?;
         let name = req.consumer.clone();
         let journal = self.journal.clone();
         let first = journal.first();
@@ -215,6 +238,7 @@ impl JournalApi for JournalService {
 
     async fn ack(&self, req: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
         let req = req.into_inner();
+        self.same_journal(&req.journal_id)?;
         let journal = self.journal.clone();
         let acked = blocking(move || journal.ack(&req.consumer, req.offset)).await?;
         Ok(Response::new(proto::AckResponse { acked_offset: acked }))
@@ -263,5 +287,45 @@ impl JournalApi for JournalService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn switch_primary(
+        &self,
+        req: Request<proto::SwitchPrimaryRequest>,
+    ) -> Result<Response<proto::SwitchPrimaryResponse>, Status> {
+        let address = req.into_inner().address;
+        let to = Endpoint::parse(address.trim(), self.config.primary_port).map_err(Status::invalid_argument)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        info!(%to, "asked to follow another primary");
+        self.switch
+            .send(SwitchRequest { to, reply })
+            .await
+            .map_err(|_| Status::unavailable("the reader is stopping: its binlog source has stopped"))?;
+        match tokio::time::timeout(SWITCH_WAIT, answer).await {
+            Ok(Ok(Ok(message))) => Ok(Response::new(proto::SwitchPrimaryResponse { message })),
+            Ok(Ok(Err(message))) => Err(Status::failed_precondition(message)),
+            Ok(Err(_)) => Err(Status::unavailable("the reader is stopping: its binlog source has stopped")),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the binlog source did not take the request within 60s (it is connecting, or held back by the \
+                 journal's size cap); the request is still queued and may yet be carried out — check GetInfo",
+            )),
+        }
+    }
+
+    async fn locate(&self, req: Request<proto::LocateRequest>) -> Result<Response<proto::LocateResponse>, Status> {
+        let text = req.into_inner().applied_gtid;
+        let applied: GtidState =
+            text.parse().map_err(|e| Status::invalid_argument(format!("applied_gtid {text:?}: {e}")))?;
+        let journal = self.journal.clone();
+        let located = tokio::task::spawn_blocking(move || journal.locate(&applied)).await.map_err(status)?;
+        match located {
+            Ok(offset) => {
+                info!(applied = %text, offset, "consumer located by GTID");
+                Ok(Response::new(proto::LocateResponse { offset, journal_id: self.journal.id().to_owned() }))
+            }
+            Err(LocateError::Journal(e)) => Err(status(e)),
+            Err(e @ LocateError::NotYet { .. }) => Err(Status::unavailable(e.to_string())),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
     }
 }

@@ -21,10 +21,11 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::config::Endpoint;
 use crate::error::SnapshotError;
 use crate::journal::writer::WeakWriterHandle;
 use crate::journal::Journal;
-use crate::pipeline::SourceStatus;
+use crate::pipeline::{Followed, SourceStatus};
 
 /// Longest wait for the source to read the binlog up to a snapshot's position.
 const BOUNDARY_WAIT: Duration = Duration::from_secs(60);
@@ -48,7 +49,8 @@ struct TableKey {
 }
 
 pub struct Snapshots {
-    pool: Pool,
+    /// Connections to the followed server, made anew when the source follows another one.
+    pool: std::sync::Mutex<Option<(Followed, Pool)>>,
     journal: Arc<Journal>,
     status: Arc<SourceStatus>,
     /// Weak, so that the journal writer still ends when the source does.
@@ -63,9 +65,33 @@ impl Snapshots {
         status: Arc<SourceStatus>,
         writer: WeakWriterHandle,
     ) -> Self {
+        Self { pool: Default::default(), journal, status, writer, config }
+    }
+
+    /// A connection to the server the source follows, and which server that is.
+    async fn conn(&self) -> Result<(Conn, Followed), SnapshotError> {
+        let followed = self.status.followed().ok_or_else(|| {
+            SnapshotError::Unavailable("the reader is not connected to a primary yet; retry when it is".into())
+        })?;
+        let pool = {
+            let mut slot = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some((f, pool)) if f.same_server(&followed) => pool.clone(),
+                _ => {
+                    let pool = self.new_pool(&followed.endpoint);
+                    *slot = Some((followed.clone(), pool.clone()));
+                    pool
+                }
+            }
+        };
+        Ok((pool.get_conn().await?, followed))
+    }
+
+    fn new_pool(&self, server: &Endpoint) -> Pool {
+        let config = &self.config;
         let opts: Opts = common::mariadb::opts(&common::mariadb::Server {
-            host: &config.primary_host,
-            port: config.primary_port,
+            host: &server.host,
+            port: server.port,
             user: &config.user,
             password: &config.password,
             tls: &config.maria_tls,
@@ -77,11 +103,12 @@ impl Snapshots {
             "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_owned(),
         ])
         .into();
-        Self { pool: Pool::new(opts), journal, status, writer, config }
+        Pool::new(opts)
     }
 
-    /// The last journal offset whose transaction ends at or before `p`, once the journal holds all of them.
-    async fn boundary(&self, p: &BinlogPosition) -> Result<u64, SnapshotError> {
+    /// The last journal offset whose transaction ends at or before `p` (a position of `server`'s binlog), once
+    /// the journal holds all of them.
+    async fn boundary(&self, p: &BinlogPosition, server: &Followed) -> Result<u64, SnapshotError> {
         let mut rx = self.status.read_through.subscribe();
         let reached = tokio::time::timeout(BOUNDARY_WAIT, async {
             loop {
@@ -106,12 +133,21 @@ impl Snapshots {
             .barrier()
             .await
             .map_err(|_| SnapshotError::Unavailable("the reader is stopping: its journal writer has stopped".into()))?;
+        // `read_through` is cleared when the source follows another server, so `p` was compared with positions of
+        // `server`'s binlog unless the source switched since.
+        if !self.status.followed().is_some_and(|now| now.same_server(server)) {
+            return Err(SnapshotError::Unavailable(
+                "the reader began following another primary during this snapshot; retry".into(),
+            ));
+        }
         let journal = self.journal.clone();
         let p = p.clone();
+        let since = server.since_offset;
         tokio::task::spawn_blocking(move || {
-            // Records written since the source passed `p` are few: walk back from the head.
+            // Records written since the source passed `p` are few: walk back from the head. Records up to
+            // `since` came before anything read from this server and are in its snapshot.
             let mut offset = journal.head();
-            while offset >= journal.first() && offset > 0 {
+            while offset >= journal.first() && offset > since {
                 match journal.read(offset, 1, usize::MAX)?.first() {
                     Some(r) if r.source.binlog_cmp(&p).is_gt() => offset -= 1,
                     _ => break,
@@ -135,13 +171,13 @@ impl Snapshots {
     /// Schemas and tables passing the filters, with definitions that reflect exactly the records up to the
     /// returned boundary.
     pub async fn list_tables(&self, req: proto::ListTablesRequest) -> Result<proto::ListTablesResponse, SnapshotError> {
-        let mut conn = self.pool.get_conn().await?;
+        let (mut conn, server) = self.conn().await?;
         for _attempt in 0..10 {
             let before = Self::current_position(&mut conn).await?;
             let mut response = self.definitions(&mut conn, &req.schema, &req.table).await?;
             let after = Self::current_position(&mut conn).await?;
-            let first = self.boundary(&before).await?;
-            let last = self.boundary(&after).await?;
+            let first = self.boundary(&before, &server).await?;
+            let last = self.boundary(&after, &server).await?;
             // A DDL between the two positions may or may not be in the definitions: read them again.
             if first < last && self.has_ddl(first + 1, last).await? {
                 debug!(first, last, "DDL while reading table definitions; reading them again");
@@ -386,7 +422,7 @@ impl Snapshots {
             .map(Value::try_from)
             .collect::<Result<_, _>>()
             .map_err(|e| SnapshotError::Invalid(format!("after_key: {e}")))?;
-        let mut conn = self.pool.get_conn().await?;
+        let (mut conn, server) = self.conn().await?;
         let position = Self::start_snapshot(&mut conn).await?;
         // Definitions read after the snapshot began: a DDL after that makes the SELECT fail (ER_TABLE_DEF_CHANGED).
         let columns = Self::columns(&mut conn, &req.schema, &req.table).await?;
@@ -412,7 +448,7 @@ impl Snapshots {
                 key.columns.join(", ")
             )));
         }
-        let boundary = self.boundary(&position).await?;
+        let boundary = self.boundary(&position, &server).await?;
         let shape = TableChange {
             schema: req.schema.clone(),
             table: req.table.clone(),

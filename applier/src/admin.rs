@@ -37,7 +37,7 @@ pub struct AdminState {
 /// Serves on `listener` until `stop`, with health following `state.serving`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AdminState,
+    state: Arc<AdminState>,
     stop: CancellationToken,
 ) -> Result<(), ApplyError> {
     let (router, health) =
@@ -55,7 +55,8 @@ pub async fn serve(
         }
     });
     let token = state.config.security.require_token();
-    let router = router.add_service(ApplierServer::with_interceptor(state, token));
+    let service = tonic::service::interceptor::InterceptedService::new(ApplierServer::from_arc(state), token);
+    let router = router.add_service(service);
     Ok(common::grpc_server::serve(router, listener, stop).await?)
 }
 

@@ -75,6 +75,9 @@ pub struct Cli {
     /// Serve the admin gRPC service (replica.v1.Applier: status, pause/resume, resync) at ADDR (off when empty)
     #[arg(long, env = "REPLICA_ADMIN_ADDR")]
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// Serve the same admin operations as HTTP JSON (GET /v1/status, POST /v1/copy/pause, ...) at ADDR (off when empty)
+    #[arg(long, env = "REPLICA_HTTP_ADDR")]
+    pub http_addr: Option<std::net::SocketAddr>,
     /// Quarantine a table after repeated permanent errors instead of stopping
     #[arg(long, env = "REPLICA_SKIP_FAILING_TABLES", default_value_t = false, action = clap::ArgAction::Set)]
     pub skip_failing_tables: bool,
@@ -130,6 +133,7 @@ pub struct Config {
     pub copy_workers: usize,
     pub copy_rows_per_second: u64,
     pub admin_addr: Option<std::net::SocketAddr>,
+    pub http_addr: Option<std::net::SocketAddr>,
     pub skip_failing_tables: bool,
     pub max_table_failures: u32,
     pub batch_rows: usize,
@@ -206,6 +210,7 @@ impl TryFrom<Cli> for Config {
             copy_workers: c.copy_workers,
             copy_rows_per_second: c.copy_rows_per_second,
             admin_addr: c.admin_addr,
+            http_addr: c.http_addr,
             skip_failing_tables: c.skip_failing_tables,
             max_table_failures: c.max_table_failures.max(1),
             batch_rows: c.batch_rows,

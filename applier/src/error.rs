@@ -101,9 +101,10 @@ pub enum ApplyError {
     },
     #[error("the reader sent no rows of a chunk of {} for {waited:?}", show(&Some(.table.clone())))]
     ChunkStalled { table: TableKey, waited: std::time::Duration },
-    #[error("cannot listen on {addr} (REPLICA_ADMIN_ADDR)")]
+    #[error("cannot listen on {addr} ({setting})")]
     Listen {
         addr: std::net::SocketAddr,
+        setting: &'static str,
         #[source]
         source: std::io::Error,
     },

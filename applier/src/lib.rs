@@ -23,7 +23,7 @@
 //! | per-table policy | [`table`] | copy modes and quarantines |
 //! | initial copy | [`copy`] | copy state machine, workers, floors, chunk placement |
 //! | apply loop | [`apply_loop`] | the order of everything that moves the checkpoint |
-//! | health, admin, metrics | [`health`], [`admin`], [`metrics`] | |
+//! | health, admin (gRPC and HTTP JSON), metrics | [`health`], [`admin`], [`http_api`], [`metrics`] | |
 //! | errors | [`error`] | the one taxonomy and retry classification |
 //!
 //! This file only wires the stages together and waits for them.
@@ -37,6 +37,7 @@ pub mod ddl;
 pub mod drift;
 pub mod error;
 pub mod health;
+pub mod http_api;
 pub mod metrics;
 pub mod net;
 pub mod plan;
@@ -77,17 +78,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     // health watch takes over (an applier waiting for its secondary must not look healthy, nor be invisible).
     let (serving_tx, serving_rx) = watch::channel(false);
     let (admin_tx, admin_rx) = mpsc::channel(16);
+    let state = Arc::new(admin::AdminState {
+        config: config.clone(),
+        board: board.clone(),
+        quarantined: quarantined.clone(),
+        commands: admin_tx,
+        applied: applied_rx.clone(),
+        serving: serving_rx,
+        metrics: metrics.clone(),
+    });
     if let Some(addr) = config.admin_addr {
-        let state = admin::AdminState {
-            config: config.clone(),
-            board: board.clone(),
-            quarantined: quarantined.clone(),
-            commands: admin_tx,
-            applied: applied_rx.clone(),
-            serving: serving_rx,
-            metrics: metrics.clone(),
-        };
-        serve_admin(addr, state, &tasks, &shutdown).await?;
+        serve_admin(addr, state.clone(), &tasks, &shutdown).await?;
+    }
+    if let Some(addr) = config.http_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ApplyError::Listen {
+            addr,
+            setting: "REPLICA_HTTP_ADDR",
+            source,
+        })?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http_api::serve(listener, state, stop).await {
+                warn!(error = %e, %addr, "admin HTTP endpoint failed");
+            }
+        });
     }
     if let Some(addr) = config.metrics_addr {
         let serve = common::metrics::serve(addr, Arc::new(metrics.registry()), shutdown.clone());
@@ -182,11 +196,15 @@ async fn apply(
 /// Listens on `addr` (an error if it cannot) and serves the admin service there until `shutdown`.
 async fn serve_admin(
     addr: std::net::SocketAddr,
-    state: admin::AdminState,
+    state: Arc<admin::AdminState>,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ApplyError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ApplyError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ApplyError::Listen {
+        addr,
+        setting: "REPLICA_ADMIN_ADDR",
+        source,
+    })?;
     info!(addr = %listener.local_addr().unwrap_or(addr), "admin gRPC listening");
     let stop = shutdown.clone();
     tasks.spawn(async move {

@@ -120,16 +120,27 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl RequireToken {
+    /// The refusal, for gRPC and HTTP alike.
+    pub const REFUSAL: &'static str =
+        "missing or wrong bearer token: send the header `authorization: Bearer <REPLICA_AUTH_TOKEN>`";
+
+    /// Whether an `authorization` header value passes (always, when no token is configured).
+    pub fn accepts(&self, authorization: Option<&str>) -> bool {
+        let Some(expected) = &self.0 else { return true };
+        authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|token| same(token.as_bytes(), expected.as_bytes()))
+    }
+}
+
 impl tonic::service::Interceptor for RequireToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else { return Ok(req) };
-        let given =
-            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(token) if same(token.as_bytes(), expected.as_bytes()) => Ok(req),
-            _ => Err(Status::unauthenticated(
-                "missing or wrong bearer token: send the header `authorization: Bearer <REPLICA_AUTH_TOKEN>`",
-            )),
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        if self.accepts(given) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(Self::REFUSAL))
         }
     }
 }

@@ -918,6 +918,20 @@ pub fn run_grpcurl(args: &[&str]) -> String {
 }
 
 /// The Prometheus text a metrics endpoint on a loopback port serves.
+/// One HTTP/1.0 request to 127.0.0.1:`port`; the status code and the body.
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("HTTP endpoint");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n");
+    s.write_all(request.as_bytes()).expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
 pub fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");

@@ -546,3 +546,55 @@ async fn fifteen_cuts_of_the_reader_link_and_of_the_secondary_link_are_each_reco
         assert_same_data(primary, s, "cuts").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_json_surface_answers_status_pauses_the_copy_and_resyncs_a_table_behind_the_token() {
+    let (primary, reader, secondaries) = pipeline(1).await;
+    let secondary = &secondaries[0];
+    primary
+        .exec("CREATE DATABASE h; CREATE TABLE h.t (id INT PRIMARY KEY, v INT); INSERT INTO h.t VALUES (1, 1)")
+        .await;
+    let port = tests::free_port();
+    let env = [
+        ("REPLICA_START_OFFSET", "1"),
+        ("REPLICA_HTTP_ADDR", &format!("127.0.0.1:{port}")),
+        ("REPLICA_AUTH_TOKEN", "http-token-1f2e"),
+    ];
+    let a = Applier::start(&reader, secondary, "h", &env);
+    primary.exec("INSERT INTO h.t VALUES (2, 2)").await;
+    caught_up(&primary, &reader, secondary, &a).await;
+    let token = Some("http-token-1f2e");
+
+    // Without the token (or with a wrong one): 401 and no data; health needs none.
+    let (code, body) = tests::http(port, "GET", "/v1/status", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("bearer token") && !body.contains("applied_offset"), "{body}");
+    assert_eq!(tests::http(port, "GET", "/v1/status", Some("wrong")).0, 401);
+    let (code, body) = tests::http(port, "GET", "/v1/health", None);
+    assert_eq!((code, body.as_str()), (200, r#"{"serving":true}"#));
+
+    let (code, body) = tests::http(port, "GET", "/v1/status", token);
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status["consumer"], "h");
+    assert_eq!(status["phase"], "streaming");
+    assert_eq!(status["applied_offset"].as_u64(), Some(applied(secondary, "h").await));
+    assert!(status["lag_seconds"].as_f64().is_some(), "{body}");
+
+    let (code, body) = tests::http(port, "POST", "/v1/copy/pause", token);
+    assert_eq!((code, body.as_str()), (200, r#"{"paused":true}"#));
+    let (_, body) = tests::http(port, "GET", "/v1/status", token);
+    assert!(body.contains(r#""copy_paused":true"#), "{body}");
+    let (code, body) = tests::http(port, "POST", "/v1/copy/resume", token);
+    assert_eq!((code, body.as_str()), (200, r#"{"paused":false}"#));
+
+    // A damaged table is re-copied through HTTP.
+    secondary.exec("DELETE FROM h.t WHERE id = 1").await;
+    let (code, body) = tests::http(port, "POST", "/v1/tables/h/t/resync", token);
+    assert_eq!(code, 200, "{body}");
+    tests::eventually(WAIT, "the table to be re-copied", || async {
+        (secondary.query::<u64>("SELECT COUNT(*) FROM h.t").await == vec![2]).then_some(())
+    })
+    .await;
+    assert_same_data(&primary, secondary, "h").await;
+}

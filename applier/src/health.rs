@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::metrics::ApplierMetrics;
 use crate::stream::StreamState;
 
 /// Why the applier is not serving.
@@ -43,6 +44,7 @@ pub struct Watch {
     pub applied: watch::Receiver<u64>,
     /// Serving (true) or not, for the admin service's health reporter.
     pub serving: watch::Sender<bool>,
+    pub metrics: ApplierMetrics,
 }
 
 impl Watch {
@@ -71,6 +73,8 @@ impl Watch {
                 disconnected_since = Some(Instant::now());
             }
             let unreachable = disconnected_since.is_some_and(|t| t.elapsed() >= grace);
+            self.metrics
+                .links(self.secondary_ok.load(Ordering::Relaxed), self.stream.connected.load(Ordering::Relaxed));
             let verdict = assess(stalled, unreachable, !self.secondary_ok.load(Ordering::Relaxed));
             let serving = verdict == Verdict::Serving;
             if serving == *self.serving.borrow() {

@@ -161,6 +161,7 @@ async fn apply(
         secondary_ok,
         applied: applied_rx.clone(),
         serving: serving_tx,
+        metrics: metrics.clone(),
     };
     tasks.spawn(watch.run(shutdown.clone()));
 

@@ -20,6 +20,8 @@ pub struct ApplierMetrics {
     quarantined: Gauge,
     lag_seconds: Gauge<f64, AtomicU64>,
     copy_rows: Counter,
+    secondary_connected: Gauge,
+    reader_connected: Gauge,
 }
 
 impl ApplierMetrics {
@@ -32,6 +34,12 @@ impl ApplierMetrics {
         r.register("permanent_failures", "Permanent errors", self.permanent_failures.clone());
         r.register("quarantined_tables", "Tables whose changes are skipped", self.quarantined.clone());
         r.register("copy_rows", "Rows written by the initial copy and table re-copies", self.copy_rows.clone());
+        r.register(
+            "secondary_connected",
+            "1 while the secondary answers, 0 while it is unreachable (also while waiting for it at start)",
+            self.secondary_connected.clone(),
+        );
+        r.register("reader_connected", "1 while the subscription to the reader is up", self.reader_connected.clone());
         r.register(
             "lag_seconds",
             "From the source commit of the last applied transaction to its commit on the secondary",
@@ -82,6 +90,12 @@ impl ApplierMetrics {
 
     pub fn failed(&self) {
         self.permanent_failures.inc();
+    }
+
+    /// Whether the secondary and the reader answer.
+    pub fn links(&self, secondary: bool, reader: bool) {
+        self.secondary_connected.set(i64::from(secondary));
+        self.reader_connected.set(i64::from(reader));
     }
 
     pub fn quarantined(&self, tables: usize) {

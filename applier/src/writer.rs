@@ -141,6 +141,7 @@ impl Writer {
                 Ok(state) => break state,
                 Err(e) if e.is_transient() => {
                     secondary.failed(&e);
+                    metrics.links(false, false);
                     attempts += 1;
                     warn!(
                         consumer = %config.name,

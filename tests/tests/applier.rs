@@ -417,7 +417,7 @@ async fn an_applier_started_while_its_secondary_is_down_waits_for_it_instead_of_
     tests::eventually(WAIT, "the applier to retry the secondary", || async { (waiting(&a) >= 2).then_some(()) }).await;
     // While it waits, its health answers NOT_SERVING and its metrics are served.
     assert!(health(&admin).contains("NOT_SERVING"), "{}", health(&admin));
-    assert!(tests::scrape(metrics).contains("replica_applier_applied_offset"));
+    assert!(tests::scrape(metrics).contains("replica_applier_secondary_connected 0"), "{}", tests::scrape(metrics));
     let log = a.log_text();
     assert!(log.contains(&format!("127.0.0.1:{}", secondaries[0].port)), "the secondary is named:\n{log}");
     assert!(a.exited().is_none(), "a secondary that is down is not a reason to exit:\n{log}");
@@ -435,6 +435,11 @@ async fn an_applier_started_while_its_secondary_is_down_waits_for_it_instead_of_
         (!health(&admin).contains("NOT_SERVING")).then_some(())
     })
     .await;
+    let m = tests::scrape(metrics);
+    assert!(
+        m.contains("replica_applier_secondary_connected 1") && m.contains("replica_applier_reader_connected 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

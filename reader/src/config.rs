@@ -67,7 +67,7 @@ pub struct Cli {
     #[arg(long, env = "REPLICA_FAILOVER_AFTER", default_value = "10s", value_parser = parse_duration)]
     pub failover_after: Duration,
     /// Follow a candidate primary even when it has transactions no followed primary ever had (errant GTIDs)
-    #[arg(long, env = "REPLICA_ALLOW_ERRANT_GTIDS", default_value_t = false)]
+    #[arg(long, env = "REPLICA_ALLOW_ERRANT_GTIDS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_errant_gtids: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when empty)
     #[arg(long, env = "REPLICA_METRICS_ADDR")]

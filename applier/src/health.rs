@@ -14,6 +14,10 @@ use crate::config::Config;
 use crate::metrics::ApplierMetrics;
 use crate::stream::StreamState;
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Why the applier is not serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -66,6 +70,8 @@ impl Watch {
                 last = (now, Instant::now());
             }
             let received = self.stream.received.load(Ordering::SeqCst);
+            let behind = self.stream.oldest_waiting_ms(now).map_or(0.0, |ms| (now_ms() - ms).max(0) as f64 / 1000.0);
+            self.metrics.behind(behind);
             let stalled = received > now && last.1.elapsed() >= self.config.stall_timeout;
             if self.stream.connected.load(Ordering::Relaxed) {
                 disconnected_since = None;

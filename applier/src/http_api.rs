@@ -107,6 +107,7 @@ fn status_json(s: GetStatusResponse) -> Value {
         "reader_last_offset": s.reader_last_offset,
         "lag_records": s.lag_records,
         "lag_seconds": s.lag_seconds,
+        "behind_seconds": s.behind_seconds,
         "tables": tables,
         "quarantined": quarantined,
     })

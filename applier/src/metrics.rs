@@ -22,6 +22,7 @@ pub struct ApplierMetrics {
     copy_rows: Counter,
     secondary_connected: Gauge,
     reader_connected: Gauge,
+    behind_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl ApplierMetrics {
@@ -34,6 +35,12 @@ impl ApplierMetrics {
         r.register("permanent_failures", "Permanent errors", self.permanent_failures.clone());
         r.register("quarantined_tables", "Tables whose changes are skipped", self.quarantined.clone());
         r.register("copy_rows", "Rows written by the initial copy and table re-copies", self.copy_rows.clone());
+        r.register(
+            "behind_seconds",
+            "Age of the oldest record received and not yet applied (0 when none waits): how far behind the \
+             applier is now; it grows while nothing is applied",
+            self.behind_seconds.clone(),
+        );
         r.register(
             "secondary_connected",
             "1 while the secondary answers, 0 while it is unreachable (also while waiting for it at start)",
@@ -90,6 +97,14 @@ impl ApplierMetrics {
 
     pub fn failed(&self) {
         self.permanent_failures.inc();
+    }
+
+    pub fn behind(&self, seconds: f64) {
+        self.behind_seconds.set(seconds);
+    }
+
+    pub fn behind_seconds(&self) -> f64 {
+        self.behind_seconds.get()
     }
 
     /// Whether the secondary and the reader answer.

@@ -60,7 +60,13 @@ pub struct StreamState {
     pub connected: AtomicBool,
     /// The reader journal the applied offsets are in (see [`crate::relocate`]).
     journal: std::sync::Mutex<String>,
+    /// Offsets received and not yet known to be applied, with when the reader journaled them (oldest first;
+    /// at most [`WAITING_TRACKED`]).
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, i64)>>,
 }
+
+/// Received records tracked for [`StreamState::oldest_waiting_ms`]: more than the receive buffer holds.
+const WAITING_TRACKED: usize = 2 * RECORD_BUFFER;
 
 impl StreamState {
     pub fn journal(&self) -> String {
@@ -69,6 +75,32 @@ impl StreamState {
 
     pub fn set_journal(&self, id: &str) {
         *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = id.to_owned();
+    }
+
+    fn received_record(&self, offset: u64, journaled_ms: i64) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.back().is_some_and(|&(last, _)| last >= offset) {
+            // Subscribed again from an earlier offset: what was tracked is being received again.
+            w.retain(|&(o, _)| o < offset);
+        }
+        if w.len() < WAITING_TRACKED {
+            w.push_back((offset, journaled_ms));
+        }
+    }
+
+    /// When the reader journaled the oldest record received and not applied through `applied` (None when
+    /// nothing waits): the applier is at least that far behind, and it grows while nothing is applied.
+    pub fn oldest_waiting_ms(&self, applied: u64) -> Option<i64> {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        while w.front().is_some_and(|&(o, _)| o <= applied) {
+            w.pop_front();
+        }
+        w.front().map(|&(_, ms)| ms)
+    }
+
+    /// Forgets what was tracked (the offsets of another journal begin).
+    pub fn forget_waiting(&self) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -155,6 +187,7 @@ impl Subscription {
             };
             self.next = record.offset.0 + 1;
             self.state.received.fetch_max(record.offset.0, Ordering::SeqCst);
+            self.state.received_record(record.offset.0, record.journaled_unix_ms);
             let weight = Weight::of(&record);
             let share = weight.bytes.clamp(1, u64::from(BUFFER_BYTES)) as u32;
             let permit = tokio::select! {

@@ -347,12 +347,24 @@ fn health(addr: &str) -> String {
 async fn a_stalled_pipeline_reports_not_serving_and_recovers() {
     let (primary, reader, secondaries) = pipeline(1).await;
     let admin = format!("127.0.0.1:{}", tests::free_port());
+    let metrics = tests::free_port();
     let a = Applier::start(
         &reader,
         &secondaries[0],
         "stuck",
-        &[("REPLICA_START_OFFSET", "1"), ("REPLICA_ADMIN_ADDR", &admin), ("REPLICA_STALL_TIMEOUT", "2s")],
+        &[
+            ("REPLICA_START_OFFSET", "1"),
+            ("REPLICA_ADMIN_ADDR", &admin),
+            ("REPLICA_STALL_TIMEOUT", "2s"),
+            ("REPLICA_METRICS_ADDR", &format!("127.0.0.1:{metrics}")),
+        ],
     );
+    let gauge = |name: &str| -> f64 {
+        let text = tests::scrape(metrics);
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}:\n{text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
+    };
     primary.exec("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v INT)").await;
     caught_up(&primary, &reader, &secondaries[0], &a).await;
     assert!(health(&admin).contains("\"SERVING\""), "{}", health(&admin));
@@ -365,12 +377,24 @@ async fn a_stalled_pipeline_reports_not_serving_and_recovers() {
     })
     .await;
     assert!(a.log_text().contains("pipeline stalled"), "the stall is logged as an error:\n{}", a.log_text());
+    // How far behind grows while nothing is applied; the last applied transaction's lag cannot show it.
+    let (behind, lag) = (gauge("replica_applier_behind_seconds"), gauge("replica_applier_lag_seconds"));
+    assert!(behind >= 1.0, "behind {behind} s during a 2 s stall");
+    tests::eventually(WAIT, "behind_seconds to keep growing", || async {
+        (gauge("replica_applier_behind_seconds") >= behind + 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(gauge("replica_applier_lag_seconds"), lag, "the per-transaction lag stays flat while stalled");
     blocker.query_drop("UNLOCK TABLES").await.expect("unlock");
     tests::eventually(WAIT, "health is SERVING again", || async {
         health(&admin).contains("\"SERVING\"").then_some(())
     })
     .await;
     caught_up(&primary, &reader, &secondaries[0], &a).await;
+    tests::eventually(WAIT, "behind_seconds back to 0", || async {
+        (gauge("replica_applier_behind_seconds") == 0.0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

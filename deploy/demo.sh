@@ -12,6 +12,7 @@ PRIMARY_PORT=${DEMO_PRIMARY_PORT:-23306}
 SECONDARY_PORTS=(${DEMO_SECONDARY_PORTS:-23307 23308})
 NAMES=(east west)
 GRPC=${DEMO_GRPC_ADDR:-127.0.0.1:25051}
+ADMIN_PORTS=(${DEMO_ADMIN_PORTS:-25061 25062})
 DURATION=${DEMO_SECONDS:-0} # 0: until Ctrl-C
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
@@ -101,7 +102,7 @@ for i in 0 1; do
   echo "starting replica-applier ${NAMES[$i]}"
   REPLICA_READER_URL=http://$GRPC MARIA_SECONDARY_HOST=127.0.0.1 MARIA_SECONDARY_PORT=${SECONDARY_PORTS[$i]} \
     MARIA_SECONDARY_NAME=${NAMES[$i]} MARIA_SECONDARY_USER=root MARIA_SECONDARY_PASSWORD= \
-    REPLICA_ADMIN_ADDR=127.0.0.1:$((25061 + i)) "$BIN/replica-applier" >"$SANDBOX/applier-${NAMES[$i]}.log" 2>&1 &
+    REPLICA_ADMIN_ADDR=127.0.0.1:${ADMIN_PORTS[$i]} "$BIN/replica-applier" >"$SANDBOX/applier-${NAMES[$i]}.log" 2>&1 &
   echo $! >"$SANDBOX/applier-${NAMES[$i]}.pid"
 done
 
@@ -150,7 +151,7 @@ while true; do
     lag="-"
     rate="-"
     if [[ -n $grpcurl ]]; then
-      st=$("$grpcurl" -plaintext -d '{}' "127.0.0.1:$((25061 + i))" replica.v1.Applier/GetStatus 2>/dev/null || true)
+      st=$("$grpcurl" -plaintext -d '{}' "127.0.0.1:${ADMIN_PORTS[$i]}" replica.v1.Applier/GetStatus 2>/dev/null || true)
       # Milliseconds since the last applied transaction was journaled (or committed, if that is longer ago).
       [[ -n $st ]] && lag="$(awk -v s="$(status_field "$st" lagSeconds)" 'BEGIN { printf "%.0f ms", s * 1000 }')"
     fi

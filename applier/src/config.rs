@@ -105,7 +105,7 @@ pub struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics (off when empty)
     #[arg(long, env = "REPLICA_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Print the effective configuration (secrets redacted) and exit
+    /// Print the effective configuration as a TOML file --config accepts (secrets left out) and exit
     #[arg(long)]
     pub print_config: bool,
     #[command(flatten)]

@@ -110,3 +110,34 @@ pub fn path_from_args() -> Option<PathBuf> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     path_from(&argv, &read_dotenv().unwrap_or_default())
 }
+
+/// The effective settings as a TOML file that `--config` accepts back: every option that has an environment
+/// variable, with the value it has now (from a flag, the environment, `.env`, the file or its default), under
+/// its long name. Secrets (options whose values `--help` hides) and options without a value are comments.
+pub fn effective_toml(cmd: &clap::Command, matches: &clap::ArgMatches) -> String {
+    let mut out = format!(
+        "# {} --print-config: the effective settings; `--config FILE` accepts this file back (options without an \
+         environment variable, such as --secondary, are command-line only).\n",
+        cmd.get_name()
+    );
+    for arg in cmd.get_arguments() {
+        let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else { continue };
+        if long == "config" {
+            continue;
+        }
+        let key = long.replace('-', "_");
+        let env = env.to_string_lossy();
+        if arg.is_hide_env_values_set() {
+            out.push_str(&format!("# {key}: a secret, not printed (set it with {env})\n"));
+            continue;
+        }
+        let value = matches
+            .get_raw(arg.get_id().as_str())
+            .map(|values| values.map(|v| v.to_string_lossy().into_owned()).collect::<Vec<_>>().join(","));
+        match value {
+            Some(v) => out.push_str(&format!("{key} = {}\n", toml::Value::String(v))),
+            None => out.push_str(&format!("# {key}: not set ({env})\n")),
+        }
+    }
+    out
+}

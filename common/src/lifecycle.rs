@@ -101,11 +101,14 @@ where
             return ExitCode::from(2);
         }
     };
-    let cli =
-        match C::command().args_override_self(true).try_get_matches_from(argv).and_then(|m| C::from_arg_matches(&m)) {
-            Ok(cli) => cli,
-            Err(e) => e.exit(),
-        };
+    let matches = match C::command().args_override_self(true).try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) => e.exit(),
+    };
+    let cli = match C::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let print_config = cli.print_config();
     let reload = match crate::logging::init(cli.log(), name) {
         Ok(r) => r,
@@ -123,7 +126,9 @@ where
         }
     };
     if print_config {
-        println!("{config:#?}");
+        // Validated first: a configuration that would not start is refused, not printed.
+        drop(config);
+        print!("{}", crate::config_file::effective_toml(&C::command(), &matches));
         return ExitCode::SUCCESS;
     }
     let shutdown = CancellationToken::new();

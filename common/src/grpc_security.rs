@@ -193,3 +193,97 @@ mod tests {
         assert!(RequireToken(None).call(Request::new(())).is_ok());
     }
 }
+
+/// The TLS failure somewhere in an error's chain, in plain words with what to do (None if there is none).
+/// rustls errors reach us inside `std::io::Error`s, either as the error itself (MariaDB connections) or, through
+/// tonic's connector, only as its text; both are recognised (the text by rustls's own wording, pinned by a test).
+pub fn tls_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let tls = err.downcast_ref::<Tls>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<Tls>())
+        });
+        let text = tls.map_or_else(|| err.to_string(), ToString::to_string);
+        let hint = match tls {
+            Some(Tls::AlertReceived(Alert::CertificateRequired)) => Some(CLIENT_CERT_REQUIRED),
+            Some(Tls::AlertReceived(Alert::UnknownCA | Alert::BadCertificate | Alert::CertificateUnknown)) => {
+                Some(CLIENT_CERT_REFUSED)
+            }
+            Some(Tls::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature)) => Some(UNKNOWN_ISSUER),
+            Some(Tls::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. })) => {
+                Some(WRONG_NAME)
+            }
+            Some(Tls::InvalidCertificate(
+                Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. },
+            )) => Some(EXPIRED),
+            Some(_) => None,
+            None if err.downcast_ref::<std::io::Error>().is_some() => hint_from_text(&text),
+            None => None,
+        };
+        if hint.is_some() {
+            return hint;
+        }
+        current = err.source();
+    }
+    None
+}
+
+const CLIENT_CERT_REQUIRED: &str =
+    "the server requires a client certificate: set REPLICA_READER_CLIENT_CERT and REPLICA_READER_CLIENT_KEY";
+const CLIENT_CERT_REFUSED: &str = "the server refused this client certificate: it must be signed by the CA the \
+     server trusts (the reader's REPLICA_TLS_CLIENT_CA)";
+const UNKNOWN_ISSUER: &str = "the server's certificate is not signed by the CA given (REPLICA_READER_CA for the \
+     reader, MARIA_TLS_CA for MariaDB)";
+const WRONG_NAME: &str = "the server's certificate does not name the host connected to: connect by a name it \
+     holds, or set REPLICA_READER_TLS_DOMAIN to one";
+const EXPIRED: &str = "the server's certificate has expired or is not valid yet (check it, and the clocks)";
+
+/// rustls's wording of the same failures (`received fatal alert: …`, `invalid peer certificate: …`).
+fn hint_from_text(text: &str) -> Option<&'static str> {
+    let alert = text.strip_prefix("received fatal alert: ");
+    let cert = text.strip_prefix("invalid peer certificate: ");
+    match (alert, cert) {
+        (Some(a), _) if a.starts_with("CertificateRequired") => Some(CLIENT_CERT_REQUIRED),
+        (Some(a), _) if ["UnknownCA", "BadCertificate", "CertificateUnknown"].iter().any(|k| a.starts_with(k)) => {
+            Some(CLIENT_CERT_REFUSED)
+        }
+        (_, Some(c)) if c.starts_with("UnknownIssuer") || c.starts_with("BadSignature") => Some(UNKNOWN_ISSUER),
+        (_, Some(c)) if c.contains("NotValidForName") || c.contains("not valid for name") => Some(WRONG_NAME),
+        (_, Some(c)) if c.starts_with("Expired") || c.starts_with("NotValidYet") || c.contains("expired") => {
+            Some(EXPIRED)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tls_hint_tests {
+    use super::tls_hint;
+
+    #[test]
+    fn a_rustls_failure_inside_an_io_error_gets_a_plain_hint() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        assert!(tls_hint(&io).is_some_and(|h| h.contains("requires a client certificate")));
+        let plain = std::io::Error::other("nothing to do with TLS");
+        assert_eq!(tls_hint(&plain), None);
+        // As tonic's connector passes them on: rustls's own text only.
+        for (error, says) in [
+            (
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+                "requires a client certificate",
+            ),
+            (rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer), "not signed by the CA given"),
+            (rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName), "does not name the host"),
+            (rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA), "refused this client certificate"),
+        ] {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string());
+            assert!(tls_hint(&io).is_some_and(|h| h.contains(says)), "{error}");
+        }
+    }
+}

@@ -61,7 +61,7 @@ pub fn reloaded_setting(config_file: Option<&std::path::Path>, key: &str, env: &
 }
 
 /// An error with every `source` after it, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -72,6 +72,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
             out.push_str(&text);
         }
         source = s.source();
+    }
+    if let Some(hint) = crate::grpc_security::tls_hint(e) {
+        out.push_str(" — ");
+        out.push_str(hint);
     }
     out
 }
@@ -91,7 +95,7 @@ where
     C: Command,
     F: FnOnce(C::Config, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
-    E: std::error::Error,
+    E: std::error::Error + 'static,
 {
     use std::process::ExitCode;
     let argv = match crate::config_file::layered_args(&C::command()) {

@@ -185,6 +185,28 @@ async fn tls_client_certificates_and_the_bearer_token_guard_the_journal() {
         refused.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("refused:\n{}", refused.log_text()));
     assert!(!status.success());
     assert!(refused.log_text().contains("bearer token"), "{}", refused.log_text());
+
+    // TLS failures are explained in plain words, with what to set: no client certificate, an unknown CA.
+    let third = MariaDb::start_with(Role::Secondary, 12, &[]).await;
+    let without_cert: Vec<(&str, &str)> = with_token
+        .iter()
+        .filter(|(k, _)| !k.starts_with("REPLICA_READER_CLIENT") && *k != "REPLICA_ADMIN_ADDR")
+        .copied()
+        .collect();
+    let bare = Applier::start(&reader, &third, "no-cert", &without_cert);
+    let mut wrong_ca: Vec<(&str, &str)> =
+        with_token.iter().filter(|(k, _)| *k != "REPLICA_ADMIN_ADDR").copied().collect();
+    wrong_ca.retain(|(k, _)| *k != "REPLICA_READER_CA");
+    wrong_ca.push(("REPLICA_READER_CA", client_cert.as_str()));
+    let stranger = Applier::start(&reader, &third, "wrong-ca", &wrong_ca);
+    for (a, says) in [(&bare, "the server requires a client certificate"), (&stranger, "is not signed by the CA given")]
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !a.log_text().contains(says) {
+            assert!(std::time::Instant::now() < deadline, "{says:?} not in:\n{}", a.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

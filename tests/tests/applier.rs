@@ -211,6 +211,8 @@ async fn a_stopped_applier_replays_what_it_missed_while_the_other_stays_current(
             for t in 0..1_000u64 {
                 let values: Vec<String> = (0..100).map(|i| format!("({}, 'x')", t * 100 + i)).collect();
                 c.query_drop(format!("INSERT INTO ind.t VALUES {}", values.join(","))).await.expect("insert");
+                // Paced, so that the load lasts a few seconds however fast the machine: B is watched meanwhile.
+                tokio::time::sleep(Duration::from_millis(3)).await;
             }
         }
     });

@@ -43,6 +43,14 @@ impl Drop for Blackhole {
     }
 }
 
+/// Drops every packet of `port` and waits until `noticed()`; returns the rules (removed when dropped) and the wait.
+async fn go_silent(port: u16, what: &str, noticed: impl Fn() -> bool) -> (Blackhole, Duration) {
+    let rules = Blackhole::port(port);
+    let from = Instant::now();
+    eventually(WAIT, what, || async { noticed().then_some(()) }).await;
+    (rules, from.elapsed())
+}
+
 fn skip(what: &str) -> bool {
     if Blackhole::usable() {
         return false;
@@ -62,13 +70,10 @@ async fn a_primary_that_goes_silent_is_noticed_within_three_heartbeats_and_the_r
     primary.exec("CREATE DATABASE q; CREATE TABLE q.t (id INT PRIMARY KEY)").await;
     journaled(&primary, &reader).await;
 
-    let dropped = Blackhole::port(primary.port);
-    let from = Instant::now();
-    eventually(WAIT, "the reader to notice the silent primary", || async {
-        reader.log_text().contains("no event from the primary").then_some(())
+    let (dropped, noticed) = go_silent(primary.port, "the reader to notice the silent primary", || {
+        reader.log_text().contains("no event from the primary")
     })
     .await;
-    let noticed = from.elapsed();
     assert!(noticed < Duration::from_millis(3_500), "three 1 s heartbeats (plus polling): {noticed:?}");
     assert!(!reader.info().await.primary_connected);
 
@@ -94,13 +99,10 @@ async fn a_reader_that_goes_silent_is_noticed_by_keepalive_and_the_applier_recov
     primary.exec("CREATE DATABASE q; CREATE TABLE q.t (id INT PRIMARY KEY)").await;
     caught_up(&primary, &reader, &secondary, &a).await;
 
-    let dropped = Blackhole::port(reader.grpc_port);
-    let from = Instant::now();
-    eventually(WAIT, "the applier to notice the silent reader", || async {
-        a.log_text().contains("reader stream interrupted").then_some(())
+    let (dropped, noticed) = go_silent(reader.grpc_port, "the applier to notice the silent reader", || {
+        a.log_text().contains("reader stream interrupted")
     })
     .await;
-    let noticed = from.elapsed();
     assert!(noticed < Duration::from_secs(12), "HTTP/2 keepalive: a ping every 5 s, 5 s to answer: {noticed:?}");
 
     drop(dropped);

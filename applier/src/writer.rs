@@ -300,11 +300,16 @@ impl Writer {
         let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(true) };
         let mut retry = retries(&self.config);
         loop {
+            let started = std::time::Instant::now();
             let e = match self.guarded_attempt(group, tables).await {
                 Ok(()) => {
                     self.metrics.applied(group);
                     self.secondary.succeeded();
                     self.moved_to(last.offset.0);
+                    debug!(consumer = %self.config.name, from = first.offset.0, through = last.offset.0,
+                           records = group.len(), rows = group.iter().map(Record::row_count).sum::<usize>(),
+                           ms = started.elapsed().as_millis() as u64, gtid = %self.gtid,
+                           "secondary transaction committed");
                     return Ok(true);
                 }
                 Err(e) => e,

@@ -34,15 +34,33 @@ pub struct LogReload(
 
 impl LogReload {
     pub fn set(&self, level: &str) -> Result<(), LoggingError> {
-        let filter =
-            EnvFilter::try_new(level).map_err(|source| LoggingError::Filter { filter: level.to_owned(), source })?;
+        let filter = EnvFilter::try_new(quiet_dependencies(level))
+            .map_err(|source| LoggingError::Filter { filter: level.to_owned(), source })?;
         self.0.reload(filter).map_err(|_| LoggingError::AlreadyInitialised)
     }
 }
 
+/// Libraries whose debug output drowns ours (`RUST_LOG=debug` would show little else).
+const NOISY: [&str; 8] = ["sled", "h2", "hyper", "hyper_util", "tower", "tonic", "rustls", "mysql_async"];
+
+/// The filter with the noisy libraries held at `info` unless the filter names them itself: `RUST_LOG=debug`
+/// shows the reader's and the applier's own debug lines; `RUST_LOG=debug,h2=trace` still reaches h2.
+pub fn quiet_dependencies(filter: &str) -> String {
+    let mut out = filter.to_owned();
+    for name in NOISY {
+        let named = filter.split(',').any(|d| {
+            d.split('=').next().is_some_and(|t| t.trim() == name || t.trim().starts_with(&format!("{name}::")))
+        });
+        if !named {
+            out.push_str(&format!(",{name}=info"));
+        }
+    }
+    out
+}
+
 /// Installs the global subscriber. Must run inside a tokio runtime when Graylog is enabled.
 pub fn init(args: &LogArgs, service: &'static str) -> Result<LogReload, LoggingError> {
-    let filter = EnvFilter::try_new(&args.log_level)
+    let filter = EnvFilter::try_new(quiet_dependencies(&args.log_level))
         .map_err(|source| LoggingError::Filter { filter: args.log_level.clone(), source })?;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only for a person at a terminal: log files and collectors get plain text (NO_COLOR also turns them off).

@@ -95,3 +95,22 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     }
     assert!(reader.log_text().contains("streaming the binlog primary=mariadb-primary"), "{}", reader.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_log_debug_shows_the_readers_and_appliers_own_work_not_library_noise() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let debug = [("RUST_LOG", "debug")];
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &debug).await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let a = tests::Applier::start(&reader, &secondary, "dbg", &[("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "debug")]);
+    primary.exec("CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY); INSERT INTO d.t VALUES (1), (2)").await;
+    tests::caught_up(&primary, &reader, &secondary, &a).await;
+    let (r, w) = (reader.log_text(), a.log_text());
+    assert!(r.contains("binlog transaction read") && r.contains("journal batch durable"), "{r}");
+    assert!(w.contains("secondary transaction committed") && w.contains("rows=2"), "{w}");
+    for log in [&r, &w] {
+        for noisy in [" sled::", " h2::", " tower::", " hyper"] {
+            assert!(!log.contains(noisy), "{noisy} debug lines drown ours:\n{log}");
+        }
+    }
+}

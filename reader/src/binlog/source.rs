@@ -28,7 +28,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::binlog::assemble::Assembler;
 use crate::binlog::failover::{self, History};
@@ -330,6 +330,8 @@ impl Source {
     /// Awaiting here is the backpressure: when the writer is behind, reading from the primary stops.
     async fn hand_over(&self, committed: Committed) -> Result<bool, ReaderError> {
         let permits = committed.mem_size().clamp(1, IN_FLIGHT_BYTES as usize) as u32;
+        debug!(gtid = ?committed.gtid.map(|g| g.to_string()), end = %committed.source, bodies = committed.bodies.len(),
+               bytes = permits, fragment = committed.continues, "binlog transaction read");
         let permit = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Ok(false),

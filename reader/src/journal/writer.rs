@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::ReaderError;
 use crate::journal::{Journal, JournalError, ResumeState};
@@ -124,7 +124,17 @@ impl Writer {
             }
             let txns = group.iter().filter(|c| !c.continues).count() as u64;
             let rows = group.iter().flat_map(|c| &c.bodies).map(body_rows).sum::<u64>();
+            let started = std::time::Instant::now();
+            let records = group.len();
             self.journal.append(std::mem::take(&mut group))?;
+            debug!(
+                transactions = txns,
+                records,
+                rows,
+                head = self.journal.head(),
+                ms = started.elapsed().as_millis() as u64,
+                "journal batch durable"
+            );
             self.status.counters.transactions.inc_by(txns);
             self.status.counters.rows.inc_by(rows);
             // Durable: their memory may be used again.

@@ -132,7 +132,7 @@ impl Source {
     /// Tries the other candidates in order after the followed one; the first that may be followed.
     async fn fail_over(&self, lost: usize) -> Result<Option<usize>, ReaderError> {
         let resume = self.writer.barrier().await?;
-        if resume.as_ref().is_some_and(|r| r.gtid.is_empty()) {
+        if self.resumes_by_file(resume.as_ref()) {
             warn!("cannot fail over: the journal resumes by file and position (no GTID); bring the primary back");
             return Ok(None);
         }
@@ -152,9 +152,25 @@ impl Source {
         Ok(None)
     }
 
+    /// Whether the next connection resumes by binlog file and position, which only the same server can serve.
+    fn resumes_by_file(&self, resume: Option<&ResumeState>) -> bool {
+        match resume {
+            Some(r) => r.gtid.is_empty(),
+            // An empty journal starts where the configuration says: a FILE:POS belongs to the server it names.
+            None => matches!(self.config.start_position, StartPosition::File(_)),
+        }
+    }
+
     /// Answers an operator's request to follow another server: the candidate index to follow, if it may be.
     async fn switch(&mut self, request: SwitchRequest) -> Result<Option<usize>, ReaderError> {
         let resume = self.writer.barrier().await?;
+        if self.resumes_by_file(resume.as_ref()) {
+            let _ = request.reply.send(Err(
+                "the journal resumes by binlog file and position (no GTID), which only the same server can serve"
+                    .into(),
+            ));
+            return Ok(None);
+        }
         let answer = match self.probe(&request.to, resume.as_ref()).await {
             Ok((meta, primary)) => {
                 drop(meta.disconnect().await);

@@ -379,9 +379,10 @@ async fn a_stalled_pipeline_reports_not_serving_and_recovers() {
     })
     .await;
     assert!(a.log_text().contains("pipeline stalled"), "the stall is logged as an error:\n{}", a.log_text());
-    // How far behind grows while nothing is applied; the last applied transaction's lag cannot show it.
+    // How far behind grows while nothing is applied; the last applied transaction's lag cannot show it. (The
+    // stall is declared 2 s after the last *applied* change, which may be long before the blocked one arrived,
+    // so `behind` may still be small here: what matters is that it grows.)
     let (behind, lag) = (gauge("replica_applier_behind_seconds"), gauge("replica_applier_lag_seconds"));
-    assert!(behind >= 1.0, "behind {behind} s during a 2 s stall");
     tests::eventually(WAIT, "behind_seconds to keep growing", || async {
         (gauge("replica_applier_behind_seconds") >= behind + 1.0).then_some(())
     })

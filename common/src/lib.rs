@@ -4,7 +4,8 @@
 //! - [`position`]: journal offsets, binlog positions, MariaDB GTIDs
 //! - [`codec`]: the versioned bincode encoding of records in the journal
 //! - [`proto`] and [`convert`]: the gRPC wire types and the one mapping to and from the domain
-//! - [`config`], [`config_file`] and [`logging`]: secrets, shared options, the TOML file, tracing/GELF setup
+//! - [`config`], [`config_file`], [`logging`] and [`gelf`]: secrets, shared options, the TOML file, tracing setup,
+//!   GELF to Graylog
 //! - [`grpc_security`] and [`grpc_server`]: TLS and the bearer token for gRPC; the server setup (health,
 //!   reflection) both binaries use
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
@@ -19,6 +20,7 @@ pub mod config;
 pub mod config_file;
 pub mod convert;
 pub mod event;
+pub mod gelf;
 pub mod grpc_security;
 pub mod grpc_server;
 pub mod lifecycle;

@@ -7,7 +7,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{GelfProtocol, LogArgs, LogFormat};
+use crate::config::{LogArgs, LogFormat};
+use crate::gelf::{GelfLayer, GelfTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
@@ -17,8 +18,6 @@ pub enum LoggingError {
         #[source]
         source: tracing_subscriber::filter::ParseError,
     },
-    #[error("cannot set up Graylog logging to {endpoint}: {reason}")]
-    Gelf { endpoint: String, reason: String },
     #[error("logging was already initialised")]
     AlreadyInitialised,
 }
@@ -70,7 +69,7 @@ pub fn init(args: &LogArgs, service: &'static str) -> Result<LogReload, LoggingE
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     }];
     if args.graylog_enabled {
-        layers.push(gelf_layer(args, service)?);
+        layers.push(gelf_layer(args, service));
     }
     tracing_subscriber::registry()
         .with(layers)
@@ -82,35 +81,12 @@ pub fn init(args: &LogArgs, service: &'static str) -> Result<LogReload, LoggingE
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
-fn gelf_layer(args: &LogArgs, service: &'static str) -> Result<BoxedLayer, LoggingError> {
-    let err = |reason: String| LoggingError::Gelf { endpoint: args.graylog_endpoint.clone(), reason };
-    let builder = tracing_gelf::Logger::builder()
-        .host(args.graylog_source.clone())
-        .additional_field("service", service)
-        .additional_field("project", args.project_name.clone())
-        .buffer(10_000);
-    let endpoint = args.graylog_endpoint.clone();
-    let pause = args.graylog_timeout;
-    match args.graylog_protocol {
-        GelfProtocol::Udp => {
-            let (logger, mut handle) = builder.connect_udp(endpoint).map_err(|e| err(e.to_string()))?;
-            tokio::spawn(async move {
-                loop {
-                    let _errors = handle.connect().await;
-                    tokio::time::sleep(pause).await;
-                }
-            });
-            Ok(Box::new(logger))
-        }
-        GelfProtocol::Tcp => {
-            let (logger, mut handle) = builder.connect_tcp(endpoint).map_err(|e| err(e.to_string()))?;
-            tokio::spawn(async move {
-                loop {
-                    let _errors = handle.connect().await;
-                    tokio::time::sleep(pause).await;
-                }
-            });
-            Ok(Box::new(logger))
-        }
-    }
+fn gelf_layer(args: &LogArgs, service: &'static str) -> BoxedLayer {
+    let target = GelfTarget {
+        endpoint: args.graylog_endpoint.clone(),
+        protocol: args.graylog_protocol,
+        pause: args.graylog_timeout,
+    };
+    let fields = [("service", service), ("project", args.project_name.as_str())];
+    GelfLayer::spawn(&args.graylog_source, &fields, target).boxed()
 }

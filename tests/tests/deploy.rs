@@ -184,3 +184,69 @@ async fn the_compose_health_checks_pass_against_a_running_reader_and_applier() {
     // And they fail when the process is not healthy: the applier's check against a port nobody serves.
     assert!(!run(&checks[1].replace("/50071", &format!("/{}", free_port()))));
 }
+
+/// The compose profile's `graylog-setup` script waits for Graylog's API, creates the GELF UDP input once, and
+/// leaves an existing one alone. Graylog itself cannot run here (no Docker engine): a stub of its inputs API
+/// answers 503 while "starting", then records what the script asks for.
+#[test]
+fn the_graylog_setup_script_waits_for_the_api_and_creates_the_gelf_input_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let posts = dir.path().join("posts.jsonl");
+    let stub = r#"
+import http.server, json, sys
+posts, state = sys.argv[1], {"gets": 0, "inputs": []}
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def reply(self, code, body):
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(code); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+    def do_GET(self):
+        state["gets"] += 1
+        if self.headers.get("Authorization") is None: return self.reply(401, {})
+        if state["gets"] <= 2: return self.reply(503, {"message": "starting"})
+        self.reply(200, {"inputs": state["inputs"], "total": len(state["inputs"])})
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("X-Requested-By") is None: return self.reply(400, {"message": "CSRF header"})
+        with open(posts, "a") as f: f.write(body.decode() + "\n")
+        state["inputs"].append(json.loads(body)); self.reply(201, {"id": "abc"})
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", stub, &posts.to_string_lossy()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut port = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().expect("stdout")), &mut port)
+        .expect("stub port");
+    let run = || {
+        std::process::Command::new("sh")
+            .arg(root().join("deploy/graylog-input.sh"))
+            .env("GRAYLOG_URL", format!("http://127.0.0.1:{}", port.trim()))
+            .env("GRAYLOG_WAIT_PAUSE", "0.2")
+            .env("GRAYLOG_WAIT_TRIES", "50")
+            .output()
+            .expect("sh")
+    };
+    let first = run();
+    let second = run();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("already exists"));
+    let text = std::fs::read_to_string(&posts).expect("the script created an input");
+    let created: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("the request body is JSON")).collect();
+    assert_eq!(created.len(), 1, "created once: {text}");
+    assert_eq!(created[0]["type"], "org.graylog2.inputs.gelf.udp.GELFUDPInput");
+    assert_eq!(created[0]["global"], true);
+    assert_eq!(created[0]["configuration"]["port"], 12201);
+    // And the compose profile runs it.
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).expect("compose file");
+    assert!(compose.contains("./deploy/graylog-input.sh:/graylog-input.sh:ro"));
+}

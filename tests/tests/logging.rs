@@ -34,8 +34,9 @@ async fn gelf_messages_reach_graylog_with_stable_fields_and_an_outage_blocks_not
     let message = loop {
         assert!(Instant::now() < deadline, "no GELF message with the consumer field arrived");
         let Ok(n) = udp.recv(&mut buf) else { continue };
-        let text = String::from_utf8_lossy(&buf[..n]).trim_end_matches('\0').to_owned();
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        // Strict: the whole datagram is one JSON document (no NUL framing, nothing after it).
+        let json: serde_json::Value = serde_json::from_slice(&buf[..n])
+            .unwrap_or_else(|e| panic!("datagram is not JSON ({e}): {:?}", String::from_utf8_lossy(&buf[..n])));
         if json["_consumer"] == "gelf-consumer" {
             break json;
         }
@@ -44,6 +45,11 @@ async fn gelf_messages_reach_graylog_with_stable_fields_and_an_outage_blocks_not
     assert_eq!(message["_service"], "replica-reader");
     assert!(message["_offset"].is_number(), "offset is a field of its own: {message}");
     assert!(message["short_message"].as_str().is_some_and(|m| m.contains("subscriber connected")), "{message}");
+    assert_eq!(message["version"], "1.1");
+    assert_eq!(message["level"], 6, "syslog informational");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let stamp = message["timestamp"].as_f64().unwrap_or_else(|| panic!("timestamp is a number: {message}"));
+    assert!((now - stamp).abs() < 60.0 && stamp.fract() != 0.0, "seconds with a fraction, now: {stamp} vs {now}");
 
     // Graylog unreachable over TCP: the reader still journals.
     let db2 = MariaDb::start(Role::Primary).await;
@@ -59,6 +65,37 @@ async fn gelf_messages_reach_graylog_with_stable_fields_and_an_outage_blocks_not
         db2.exec(&format!("INSERT INTO g.t VALUES ({i})")).await;
     }
     reader2.wait_for_offset(202, Duration::from_secs(60)).await;
+
+    // Graylog comes back: the reader reconnects and each TCP frame is one JSON document ended by a NUL.
+    let listener = tokio::net::TcpListener::bind(&closed).await.expect("tcp listener");
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+        .await
+        .expect("the reader reconnects to Graylog within 30 s")
+        .expect("accept");
+    let _stream2 = reader2
+        .client()
+        .await
+        .subscribe(SubscribeRequest { consumer: "tcp-consumer".into(), from_offset: 0, ..Default::default() })
+        .await
+        .expect("subscribe");
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'frames: loop {
+        assert!(Instant::now() < deadline, "no GELF frame with the consumer field arrived over TCP");
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_millis(500), tokio::io::AsyncReadExt::read(&mut conn, &mut chunk))
+            .await
+            .map_or(0, |r| r.expect("read"));
+        received.extend_from_slice(&chunk[..n]);
+        while let Some(end) = received.iter().position(|b| *b == 0) {
+            let frame: Vec<u8> = received.drain(..=end).collect();
+            let json: serde_json::Value = serde_json::from_slice(&frame[..end]).expect("each frame is JSON");
+            assert!(json["timestamp"].is_number(), "{json}");
+            if json["_consumer"] == "tcp-consumer" {
+                break 'frames;
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

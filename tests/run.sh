@@ -18,6 +18,7 @@ command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v pt-table-sync >/dev/null 2>&1 || need_apt+=(percona-toolkit)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]} from Debian's packages"
   as_root apt-get update -qq

@@ -152,7 +152,8 @@ impl Visit for Fields<'_> {
         self.put(field, value.into());
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, crate::lifecycle::error_chain(value).into());
+        // Our log lines pass errors with their causes already (`error = %error_chain(&e)`).
+        self.put(field, value.to_string().into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.put(field, format!("{value:?}").into());

@@ -65,8 +65,8 @@ pub fn init(args: &LogArgs, service: &'static str) -> Result<LogReload, LoggingE
     // Colours only for a person at a terminal: log files and collectors get plain text (NO_COLOR also turns them off).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let mut layers: Vec<BoxedLayer> = vec![match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(|| BarsAwareStderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(|| BarsAwareStderr).boxed(),
     }];
     if args.graylog_enabled {
         layers.push(gelf_layer(args, service));
@@ -77,6 +77,29 @@ pub fn init(args: &LogArgs, service: &'static str) -> Result<LogReload, LoggingE
         .try_init()
         .map_err(|_| LoggingError::AlreadyInitialised)?;
     Ok(LogReload(handle))
+}
+
+/// The progress bars shown on stderr (drawn only when stderr is a terminal). Log lines are written through
+/// [`MultiProgress::suspend`](indicatif::MultiProgress::suspend), so they scroll above the bars instead of
+/// breaking them.
+pub fn progress_bars() -> indicatif::MultiProgress {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(indicatif::MultiProgress::new).clone()
+}
+
+/// stderr for log lines: each formatted line (one `write` call from tracing-subscriber) is written with the
+/// progress bars lifted out of the way.
+struct BarsAwareStderr;
+
+impl std::io::Write for BarsAwareStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        progress_bars().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;

@@ -548,6 +548,14 @@ impl std::ops::DerefMut for Applier {
 impl Applier {
     /// Starts an applier named `name` from `reader` into `secondary` (as root).
     pub fn start(reader: &Reader, secondary: &MariaDb, name: &str, env: &[(&str, &str)]) -> Self {
+        let log = secondary.dir.path().join(format!("applier-{name}-{}.log", free_port()));
+        let mut service = Service::new("replica-applier", Self::env(reader, secondary, name, env), log);
+        service.spawn();
+        Self { name: name.into(), service }
+    }
+
+    /// The environment [`Self::start`] gives an applier (for tests that start it another way, e.g. on a terminal).
+    pub fn env(reader: &Reader, secondary: &MariaDb, name: &str, env: &[(&str, &str)]) -> Vec<(String, String)> {
         let base: Vec<(String, String)> = vec![
             ("REPLICA_READER_URL".into(), reader.url()),
             ("MARIA_SECONDARY_HOST".into(), "127.0.0.1".into()),
@@ -558,10 +566,7 @@ impl Applier {
             ("REPLICA_RETRY_MAX".into(), "1s".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
-        let log = secondary.dir.path().join(format!("applier-{name}-{}.log", free_port()));
-        let mut service = Service::new("replica-applier", merge_env(base, env), log);
-        service.spawn();
-        Self { name: name.into(), service }
+        merge_env(base, env)
     }
 }
 

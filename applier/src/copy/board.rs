@@ -75,6 +75,8 @@ pub struct CopyBoard {
     samples: Mutex<VecDeque<(Instant, u64)>>,
     /// When the current copy began (a table became pending or copying while none was), until it is reported.
     began: Mutex<Option<Instant>>,
+    /// When a worker took each table in this process, and when its copy ended (done or gone), until reported.
+    timings: Mutex<BTreeMap<TableKey, (Instant, Option<Instant>)>>,
 }
 
 impl Default for CopyBoard {
@@ -88,6 +90,7 @@ impl Default for CopyBoard {
             errors: AtomicU64::new(0),
             samples: Mutex::default(),
             began: Mutex::default(),
+            timings: Mutex::default(),
         }
     }
 }
@@ -116,8 +119,34 @@ impl CopyBoard {
         }
     }
 
+    /// A worker starts on `table`.
+    pub fn table_began(&self, table: &TableKey) {
+        lock(&self.timings).insert(table.clone(), (Instant::now(), None));
+    }
+
+    /// When a worker took `table`, if its copy is under way or not yet reported.
+    pub fn table_began_at(&self, table: &TableKey) -> Option<Instant> {
+        lock(&self.timings).get(table).map(|(began, _)| *began)
+    }
+
+    /// Tables whose copy ended since the last call, with how long each took.
+    pub fn take_ended(&self) -> Vec<(TableKey, Duration)> {
+        let mut timings = lock(&self.timings);
+        let ended: Vec<(TableKey, Duration)> =
+            timings.iter().filter_map(|(k, (began, end))| end.map(|e| (k.clone(), e.duration_since(*began)))).collect();
+        for (k, _) in &ended {
+            timings.remove(k);
+        }
+        ended
+    }
+
     pub fn set(&self, table: &TableKey, p: Progress) {
         let active = p.state.active();
+        if !active {
+            if let Some((_, end)) = lock(&self.timings).get_mut(table) {
+                end.get_or_insert_with(Instant::now);
+            }
+        }
         lock(&self.progress).insert(table.clone(), p);
         let mut began = lock(&self.began);
         if active && began.is_none() {

@@ -48,6 +48,7 @@ impl Workers {
 
     async fn work(self, pacer: Arc<Pacer>, stop: CancellationToken) {
         while let Some(table) = self.board.next_table(&stop).await {
+            self.board.table_began(&table);
             if !self.copy_table(&table, &pacer, &stop).await {
                 return;
             }

@@ -82,6 +82,11 @@ pub enum ApplyError {
     ReaderIncomplete { call: &'static str, what: &'static str },
     #[error("malformed data from the reader")]
     Wire(#[from] common::convert::WireError),
+    #[error(
+        "journal record {offset} arrived different from what the reader journaled (its CRC32C is {computed:08x}, the \
+         journal's {stored:08x}): not applied; asking the reader again"
+    )]
+    Unverified { offset: u64, stored: u32, computed: u32 },
     #[error("journal offset {got} arrived where {expected} was expected: the stream skipped or repeated records")]
     Gap { expected: u64, got: u64 },
     #[error(
@@ -144,6 +149,7 @@ impl ApplyError {
             | ApplyError::StaleChunk { .. }
             | ApplyError::ChunkFetch { .. }
             | ApplyError::ChunkStalled { .. }
+            | ApplyError::Unverified { .. }
             // The reader may be replaced by one whose journal can (see `relocate`).
             | ApplyError::WrongJournal { .. } => true,
             ApplyError::Drift { .. }
@@ -162,6 +168,15 @@ impl ApplyError {
             | ApplyError::JournalChanged { .. }
             | ApplyError::Relocate { .. }
             | ApplyError::CopyAcrossJournals => false,
+        }
+    }
+
+    /// A journal record damaged at the reader or on its way: nothing past it is applied until it reads whole.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            ApplyError::Unverified { .. } => true,
+            ApplyError::ReaderRefused { status, .. } => status.code() == tonic::Code::DataLoss,
+            _ => false,
         }
     }
 
@@ -236,6 +251,8 @@ fn sql_broken(e: &mysql_async::Error) -> bool {
 }
 
 /// A status from the reader is worth retrying unless it says the request itself is wrong.
+/// DATA_LOSS (a damaged journal record) is worth retrying: the reader repairs the record from the primary's binlog
+/// when it can, or is replaced by a reader whose journal is whole.
 fn status_transient(s: &tonic::Status) -> bool {
     use tonic::Code;
     !matches!(
@@ -248,7 +265,6 @@ fn status_transient(s: &tonic::Status) -> bool {
             | Code::OutOfRange
             | Code::Unimplemented
             | Code::FailedPrecondition
-            | Code::DataLoss
     )
 }
 

@@ -15,7 +15,7 @@ use common::retry::RetryPolicy;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::error::ApplyError;
@@ -141,8 +141,16 @@ impl Subscription {
                 }
                 Err(e) => {
                     let pause = retry.next_delay();
-                    warn!(consumer = %self.config.name, offset = self.next, error = %common::lifecycle::error_chain(&e),
-                          retry_in = ?pause, "reader stream interrupted; resubscribing");
+                    let error = common::lifecycle::error_chain(&e);
+                    if e.is_damage() {
+                        // Nothing is applied past a record that cannot be verified; loud, since only the reader's
+                        // repair (or an operator) moves on from here.
+                        error!(consumer = %self.config.name, offset = self.next, error, retry_in = ?pause,
+                               "a damaged journal record is not applied; asking the reader again");
+                    } else {
+                        warn!(consumer = %self.config.name, offset = self.next, error, retry_in = ?pause,
+                              "reader stream interrupted; resubscribing");
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(pause) => {}
@@ -183,7 +191,7 @@ impl Subscription {
             let record = match item {
                 None => return Err(ApplyError::ReaderEnded),
                 Some(Err(status)) => return Err(reader_client::refused("Subscribe")(status)),
-                Some(Ok(r)) => Record::try_from(r)?,
+                Some(Ok(r)) => verified(r)?,
             };
             self.next = record.offset.0 + 1;
             self.state.received.fetch_max(record.offset.0, Ordering::SeqCst);
@@ -291,5 +299,47 @@ pub async fn ack_loop(
         if stopping {
             return;
         }
+    }
+}
+
+/// The domain record of a wire record, checked end to end: its canonical encoding must give the checksum the
+/// reader verified in its journal (records journaled before checksums carry none and are taken as they are).
+fn verified(wire: common::proto::Record) -> Result<Record, ApplyError> {
+    let stored = wire.crc32c;
+    let record = Record::try_from(wire)?;
+    if let Some(stored) = stored {
+        let computed = common::codec::checksum(&record)
+            .map_err(|e| ApplyError::State { what: "a record's checksum".into(), reason: e.to_string() })?;
+        if computed != stored {
+            return Err(ApplyError::Unverified { offset: record.offset.0, stored, computed });
+        }
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::event::Body;
+    use common::position::{BinlogPosition, JournalOffset};
+
+    #[test]
+    fn a_record_that_differs_from_what_was_journaled_is_refused() {
+        let record = Record {
+            offset: JournalOffset(5),
+            gtid: None,
+            source: BinlogPosition { file: "binlog.000001".into(), pos: 99 },
+            commit_unix_seconds: 1,
+            journaled_unix_ms: 2,
+            body: Body::Ddl { schema: "s".into(), statement: "CREATE TABLE t (id INT)".into() },
+            continues: false,
+        };
+        let sum = common::codec::checksum(&record).expect("checksum");
+        let wire = |crc32c| common::proto::Record { crc32c, ..common::proto::Record::from(record.clone()) };
+        assert_eq!(verified(wire(Some(sum))).expect("whole"), record);
+        assert_eq!(verified(wire(None)).expect("an older record without a checksum"), record);
+        let mut changed = wire(Some(sum));
+        changed.source_position = 100;
+        assert!(matches!(verified(changed), Err(ApplyError::Unverified { offset: 5, .. })));
     }
 }

@@ -1,9 +1,13 @@
-//! The journal record codec: a version byte followed by the bincode 2 encoding of the record.
+//! The journal record codec: a version byte, the CRC32C of what follows, and the bincode 2 encoding of the record.
 //!
 //! Versions: 1, the first layout; 2 adds each table change's `foreign_key_checks`; 3 adds the record's
-//! `continues` (fragments of a large transaction). Older records (a journal written by an older build) still
-//! decode: version 1 with foreign key checks on, as sessions have them by default, and both with `continues`
-//! off (older builds journaled every transaction whole).
+//! `continues` (fragments of a large transaction); 4 puts a CRC32C (little-endian) of the encoded record between
+//! the version byte and the record, verified on every decode. Older records (a journal written by an older
+//! build) still decode, without a checksum to verify: version 1 with foreign key checks on, as sessions have them
+//! by default, and 1 and 2 with `continues` off (older builds journaled every transaction whole).
+//!
+//! The checksum covers the record's canonical encoding, so a consumer that decoded the record from another form
+//! (the gRPC message) can recompute it with [`checksum`] and know it holds exactly what was journaled.
 
 use serde::Serialize;
 
@@ -11,7 +15,10 @@ use crate::event::{Body, Record};
 use crate::position::{BinlogPosition, Gtid, JournalOffset};
 
 /// The layout this build writes. A reader refuses records of a version it does not know.
-pub const RECORD_VERSION: u8 = 3;
+pub const RECORD_VERSION: u8 = 4;
+
+/// Version byte and checksum before the encoded record.
+const HEADER: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -23,6 +30,26 @@ pub enum CodecError {
     Decode(#[source] bincode::error::DecodeError),
     #[error("record cannot be encoded")]
     Encode(#[source] bincode::error::EncodeError),
+    #[error("record fails its checksum (stored CRC32C {stored:08x}, its bytes give {computed:08x}): it was damaged after it was written")]
+    Checksum { stored: u32, computed: u32 },
+}
+
+/// CRC32C of everything bincode writes, without holding the encoding.
+#[derive(Default)]
+struct CrcWriter(u32);
+
+impl bincode::enc::write::Writer for CrcWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0 = crc32c::crc32c_append(self.0, bytes);
+        Ok(())
+    }
+}
+
+/// The checksum a version 4 journal entry of `record` carries (computed without allocating the encoding).
+pub fn checksum(record: &Record) -> Result<u32, CodecError> {
+    let mut crc = CrcWriter::default();
+    bincode::serde::encode_into_writer(RecordParts::from(record), &mut crc, config()).map_err(CodecError::Encode)?;
+    Ok(crc.0)
 }
 
 fn config() -> bincode::config::Configuration {
@@ -68,20 +95,44 @@ pub fn encode_parts(parts: &RecordParts<'_>) -> Result<Vec<u8>, CodecError> {
     let capacity = if parts.body.mem_size() > MEASURE_BYTES {
         let mut size = bincode::enc::write::SizeWriter::default();
         bincode::serde::encode_into_writer(parts, &mut size, config()).map_err(CodecError::Encode)?;
-        1 + size.bytes_written
+        HEADER + size.bytes_written
     } else {
         256
     };
     let mut out = Vec::with_capacity(capacity);
-    out.push(RECORD_VERSION);
+    out.extend_from_slice(&[RECORD_VERSION, 0, 0, 0, 0]);
     bincode::serde::encode_into_std_write(parts, &mut out, config()).map_err(CodecError::Encode)?;
+    let crc = crc32c::crc32c(&out[HEADER..]);
+    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
+    decode_checked(bytes).map(|(record, _)| record)
+}
+
+/// The record and the checksum it was verified against (None for records of versions before 4, which have none).
+pub fn decode_checked(bytes: &[u8]) -> Result<(Record, Option<u32>), CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
-        RECORD_VERSION => Ok(bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?.0),
+        RECORD_VERSION => {
+            let stored = body.get(..HEADER - 1).ok_or(CodecError::Empty)?;
+            let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+            let body = &body[HEADER - 1..];
+            let computed = crc32c::crc32c(body);
+            if stored != computed {
+                return Err(CodecError::Checksum { stored, computed });
+            }
+            let record = bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?.0;
+            Ok((record, Some(stored)))
+        }
+        3 => Ok((bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?.0, None)),
+        _ => decode_old(version, body).map(|r| (r, None)),
+    }
+}
+
+fn decode_old(version: u8, body: &[u8]) -> Result<Record, CodecError> {
+    match version {
         2 => {
             let (record, _): (v2::Record, _) =
                 bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
@@ -289,6 +340,34 @@ mod tests {
         bytes[0] = 99;
         assert!(matches!(decode(&bytes), Err(CodecError::UnknownVersion(99))));
         assert!(matches!(decode(&[]), Err(CodecError::Empty)));
-        assert!(matches!(decode(&[RECORD_VERSION, 0xff, 0xff]), Err(CodecError::Decode(_))));
+        assert!(matches!(decode(&[RECORD_VERSION, 0xff, 0xff]), Err(CodecError::Empty)));
+        assert!(matches!(decode(&[3, 0xff, 0xff]), Err(CodecError::Decode(_))));
+    }
+
+    #[test]
+    fn every_flipped_bit_and_a_cut_tail_fail_the_checksum() {
+        let good = encode(&sample()).expect("encodes");
+        let (_, sum) = decode_checked(&good).expect("decodes");
+        assert_eq!(sum, Some(checksum(&sample()).expect("checksum")), "the checksum a consumer recomputes");
+        for i in 1..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[i] ^= 1 << bit;
+                assert!(matches!(decode(&bad), Err(CodecError::Checksum { .. })), "byte {i} bit {bit}");
+            }
+        }
+        let cut = &good[..good.len() - 7];
+        assert!(matches!(decode(cut), Err(CodecError::Checksum { .. })));
+        let mut padded = cut.to_vec();
+        padded.extend_from_slice(&[0; 7]);
+        assert!(matches!(decode(&padded), Err(CodecError::Checksum { .. })), "a gap filled with NULs");
+    }
+
+    #[test]
+    fn records_of_the_third_layout_still_decode_without_a_checksum() {
+        let r = sample();
+        let mut bytes = vec![3u8];
+        bincode::serde::encode_into_std_write(RecordParts::from(&r), &mut bytes, config()).expect("encodes");
+        assert_eq!(decode_checked(&bytes).expect("a version 3 record decodes"), (r, None));
     }
 }

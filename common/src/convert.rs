@@ -21,6 +21,7 @@ impl From<Record> for proto::Record {
             commit_unix_seconds: r.commit_unix_seconds,
             journaled_unix_ms: r.journaled_unix_ms,
             continues: r.continues,
+            crc32c: None,
             body: Some(match r.body {
                 Body::Transaction(changes) => proto::record::Body::Transaction(proto::Transaction {
                     changes: changes.into_iter().map(Into::into).collect(),

@@ -69,6 +69,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(journal::trim::run(journal.clone(), config.retention, shutdown.clone()));
+    tasks.spawn(binlog::repair::run(config.clone(), journal.clone(), status.clone(), shutdown.clone()));
     tasks.spawn(filter::reload_on_sighup(config.filter.clone(), shutdown.clone()));
     if let Some(addr) = config.metrics_addr {
         let mut gauges = metrics::ReaderMetrics::new(&status.counters);

@@ -195,14 +195,7 @@ impl Source {
     }
 
     fn opts(&self, server: &Endpoint) -> Opts {
-        common::mariadb::opts(&common::mariadb::Server {
-            host: &server.host,
-            port: server.port,
-            user: &self.config.user,
-            password: &self.config.password,
-            tls: &self.config.maria_tls,
-        })
-        .into()
+        server_opts(&self.config, server)
     }
 
     /// Connects to `server`, checks its settings and judges it against the journal (see [`failover`]).
@@ -272,24 +265,7 @@ impl Source {
             self.journal.set_start_gtid(state)?;
         }
 
-        let mut conn = Conn::new(self.opts(server)).await.map_err(ReaderError::Connect)?;
-        let period_ns = self.config.heartbeat.as_nanos();
-        conn.query_drop(format!("SET @mariadb_slave_capability=4, @master_heartbeat_period={period_ns}"))
-            .await
-            .map_err(ReaderError::Connect)?;
-        let request = BinlogStreamRequest::new(self.config.server_id);
-        let request = match &start {
-            Start::Gtid(state) => {
-                conn.query_drop(format!(
-                    "SET @slave_connect_state='{state}', @slave_gtid_strict_mode=0, @slave_gtid_ignore_duplicates=0"
-                ))
-                .await
-                .map_err(ReaderError::Connect)?;
-                request.with_filename(b"")
-            }
-            Start::File(p) => request.with_filename(p.file.as_bytes()).with_pos(p.pos),
-        };
-        let stream = conn.get_binlog_stream(request).await.map_err(ReaderError::Connect)?;
+        let stream = open_stream(self.opts(server), self.config.server_id, self.config.heartbeat, &start).await?;
         self.follow(server, &primary, resume.as_ref())?;
         info!(primary = %self.config.primary_name, %server, version = %primary.version, from = %start, "streaming the binlog");
         Ok((stream, primary, start))
@@ -421,6 +397,45 @@ impl Source {
             }
         }
     }
+}
+
+/// Connection options for `server` with the reader's account and TLS settings.
+pub(crate) fn server_opts(config: &Config, server: &Endpoint) -> Opts {
+    common::mariadb::opts(&common::mariadb::Server {
+        host: &server.host,
+        port: server.port,
+        user: &config.user,
+        password: &config.password,
+        tls: &config.maria_tls,
+    })
+    .into()
+}
+
+/// A replication connection as `server_id`, streaming from `start` with heartbeats every `heartbeat`.
+pub(crate) async fn open_stream(
+    opts: Opts,
+    server_id: u32,
+    heartbeat: Duration,
+    start: &Start,
+) -> Result<BinlogStream, ReaderError> {
+    let mut conn = Conn::new(opts).await.map_err(ReaderError::Connect)?;
+    let period_ns = heartbeat.as_nanos();
+    conn.query_drop(format!("SET @mariadb_slave_capability=4, @master_heartbeat_period={period_ns}"))
+        .await
+        .map_err(ReaderError::Connect)?;
+    let request = BinlogStreamRequest::new(server_id);
+    let request = match start {
+        Start::Gtid(state) => {
+            conn.query_drop(format!(
+                "SET @slave_connect_state='{state}', @slave_gtid_strict_mode=0, @slave_gtid_ignore_duplicates=0"
+            ))
+            .await
+            .map_err(ReaderError::Connect)?;
+            request.with_filename(b"")
+        }
+        Start::File(p) => request.with_filename(p.file.as_bytes()).with_pos(p.pos),
+    };
+    conn.get_binlog_stream(request).await.map_err(ReaderError::Connect)
 }
 
 impl std::fmt::Display for Start {

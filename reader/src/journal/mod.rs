@@ -24,7 +24,9 @@ use tokio::sync::watch;
 use crate::journal::segments::{Location, Segments};
 use crate::pipeline::{Committed, Xa};
 
+pub mod damage;
 pub mod segments;
+pub mod tail;
 pub mod trim;
 pub mod writer;
 
@@ -36,6 +38,8 @@ const ID_KEY: &[u8] = b"m/journal-id";
 /// The GTID state the journal's first record follows, as text (absent when it began at a file position).
 const START_GTID_KEY: &[u8] = b"m/start-gtid";
 const BYTES_KEY: &[u8] = b"m/bytes";
+/// The highest offset ever durable, kept when a damaged end is cut back (consumers may hold later offsets).
+const PROMISED_KEY: &[u8] = b"m/promised";
 const RECORD_PREFIX: u8 = b'r';
 /// Prepared XA transactions waiting for their XA COMMIT or XA ROLLBACK: `x/` + xid.
 const XA_PREFIX: &[u8] = b"x/";
@@ -54,6 +58,21 @@ pub enum JournalError {
         #[source]
         source: codec::CodecError,
     },
+    #[error(
+        "journal record at offset {offset} (segment {segment:016}.seg, byte {pos}, {len} bytes) is damaged and is \
+         not served; the reader re-reads it from the primary's binlog when it still has that transaction \
+         (README: \"a damaged journal\")"
+    )]
+    Damaged {
+        offset: u64,
+        segment: u64,
+        pos: u64,
+        len: u32,
+        #[source]
+        source: codec::CodecError,
+    },
+    #[error("the journal index says offset {offset} but the record there is offset {found}: the index is damaged")]
+    Misplaced { offset: u64, found: u64, segment: u64, pos: u64 },
     #[error("journal metadata is unreadable: {0}")]
     Meta(String),
     #[error("offset {offset} is outside the journal: valid offsets are {first} to {last}")]
@@ -100,6 +119,8 @@ struct Bounds {
     bytes: u64,
     /// Offset of the last record written: the head, or past it while a fragmented transaction is written.
     staged: u64,
+    /// The highest offset ever durable before a cut-back (0 if never cut).
+    promised: u64,
 }
 
 /// The journal, shared by the writer, the gRPC service and the trimmer. sled calls block briefly; callers on
@@ -112,6 +133,7 @@ pub struct Journal {
     bounds: Mutex<Bounds>,
     head: watch::Sender<u64>,
     id: String,
+    damage: damage::Damage,
 }
 
 pub fn now_ms() -> i64 {
@@ -126,6 +148,51 @@ fn record_key(offset: u64) -> [u8; 9] {
 
 fn offset_of(key: &[u8]) -> Option<u64> {
     key.strip_prefix(&[RECORD_PREFIX]).and_then(JournalOffset::from_key).map(|o| o.0)
+}
+
+/// The bodies of `txn`'s records: its own, then `xa` (the changes of an XA transaction it commits). A record
+/// that continues is followed by row changes, so when the previous record continued (`open`) and this end has
+/// none first, an empty row-change body comes first (`marker`).
+pub(crate) fn record_bodies<'a>(txn: &'a Committed, xa: &'a [Body], open: bool, marker: &'a Body) -> Vec<&'a Body> {
+    let mut all: Vec<&Body> = txn.bodies.iter().chain(xa).collect();
+    if open && !txn.continues && !matches!(all.first(), Some(Body::Transaction(_))) {
+        all.insert(0, marker);
+    }
+    all
+}
+
+/// The journal bytes of one record of `txn`.
+pub(crate) fn encode_record(
+    txn: &Committed,
+    body: &Body,
+    offset: u64,
+    journaled_unix_ms: i64,
+) -> Result<Vec<u8>, JournalError> {
+    let record = RecordParts {
+        offset: JournalOffset(offset),
+        gtid: txn.gtid,
+        source: &txn.source,
+        commit_unix_seconds: txn.commit_unix_seconds,
+        journaled_unix_ms,
+        body,
+        continues: txn.continues,
+    };
+    codec::encode_parts(&record).map_err(|source| JournalError::Corrupt { offset, source })
+}
+
+/// The record at `offset` decoded from `bytes` read at `loc`, if it passes its checksum and is that offset.
+fn verified(offset: u64, loc: &Location, bytes: &[u8]) -> Result<(Record, Option<u32>), JournalError> {
+    let (record, sum) = codec::decode_checked(bytes).map_err(|source| JournalError::Damaged {
+        offset,
+        segment: loc.segment,
+        pos: loc.pos,
+        len: loc.len,
+        source,
+    })?;
+    if record.offset.0 != offset {
+        return Err(JournalError::Misplaced { offset, found: record.offset.0, segment: loc.segment, pos: loc.pos });
+    }
+    Ok((record, sum))
 }
 
 fn bincode_cfg() -> bincode::config::Configuration {
@@ -200,9 +267,64 @@ impl Journal {
         };
         let segments = Segments::open(&dir.join("segments"), valid_end)?;
         let (head, _) = watch::channel(last);
-        let bounds = Bounds { first, resume, bytes, staged: last };
+        let promised = match tree.get(PROMISED_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| JournalError::Meta("promised".into()))?),
+            None => 0,
+        };
+        let bounds = Bounds { first, resume, bytes, staged: last, promised };
         let id = Self::identity(&tree)?;
-        Ok(Arc::new(Self { db, segments, tree, consumers, bounds: Mutex::new(bounds), head, id }))
+        let damage = damage::Damage::default();
+        let journal = Self { db, segments, tree, consumers, bounds: Mutex::new(bounds), head, id, damage };
+        let check = journal.check_tail()?;
+        for offset in &check.damaged {
+            journal.damage.report(*offset);
+        }
+        if let Some((from, to)) = check.cut {
+            tracing::warn!(
+                from,
+                to,
+                resume = %journal.resume().map(|r| format!("{} {}", r.position, r.gtid)).unwrap_or_default(),
+                "the journal's end was damaged (a write cut short or a truncated segment): those records were \
+                 removed and are read again from the primary"
+            );
+        }
+        Ok(Arc::new(journal))
+    }
+
+    /// Removes every record after `kept` and makes `resume` the resume state (see [`tail`]). Blocking.
+    fn cut_after(&self, kept: u64, resume: ResumeState) -> Result<(), JournalError> {
+        let mut b = self.bounds();
+        let kept_loc = match self.tree.get(record_key(kept))? {
+            Some(v) => location(&v)?,
+            None => return Err(JournalError::Meta(format!("record {kept} has no index entry"))),
+        };
+        let mut batch = sled::Batch::default();
+        let mut freed = 0u64;
+        for kv in self.tree.range(record_key(kept + 1)..=record_key(u64::MAX)) {
+            let (k, v) = kv?;
+            freed += u64::from(location(&v)?.len);
+            batch.remove(k);
+        }
+        let bytes = b.bytes.saturating_sub(freed);
+        let promised = b.promised.max(self.head());
+        let encoded =
+            bincode::serde::encode_to_vec(&resume, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
+        batch.insert(RESUME_KEY, encoded);
+        batch.insert(BYTES_KEY, &bytes.to_be_bytes());
+        batch.insert(PROMISED_KEY, &promised.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        // Segment bytes past the last index entry are garbage either way (cut again at the next open).
+        self.segments.truncate_to(kept_loc.segment, kept_loc.pos + u64::from(kept_loc.len))?;
+        *b = Bounds { first: b.first.min(kept + 1), resume: Some(resume), bytes, staged: kept, promised };
+        self.head.send_replace(kept);
+        Ok(())
+    }
+
+    /// The highest offset a consumer may ask for: the head, or the last offset before the journal's end was cut
+    /// back (those records are journaled again as the reader re-reads them).
+    pub fn promised(&self) -> u64 {
+        self.bounds().promised.max(self.head())
     }
 
     /// The journal's identity, made (random, 128 bits) the first time a journal is opened.
@@ -385,26 +507,10 @@ impl Journal {
         let mut staged: HashMap<String, Option<Vec<Body>>> = HashMap::new();
         for txn in &batch {
             let bodies = self.stage_xa(txn, &mut sled_batch, &mut staged)?;
-            let mut all: Vec<&Body> = txn.bodies.iter().chain(&bodies).collect();
-            // A record that continues is followed by row changes: an end without them gets an empty one.
             let marker = Body::Transaction(Vec::new());
-            if open && !txn.continues && !matches!(all.first(), Some(Body::Transaction(_))) {
-                all.insert(0, &marker);
-            }
-            for body in all {
+            for body in record_bodies(txn, &bodies, open, &marker) {
                 offset += 1;
-                let record = RecordParts {
-                    offset: JournalOffset(offset),
-                    gtid: txn.gtid,
-                    source: &txn.source,
-                    commit_unix_seconds: txn.commit_unix_seconds,
-                    journaled_unix_ms: now,
-                    body,
-                    continues: txn.continues,
-                };
-                let encoded =
-                    codec::encode_parts(&record).map_err(|source| JournalError::Corrupt { offset, source })?;
-                encoded_records.push(encoded);
+                encoded_records.push(encode_record(txn, body, offset, now)?);
             }
             if txn.continues {
                 open |= !txn.bodies.is_empty();
@@ -501,6 +607,18 @@ impl Journal {
     /// Up to `limit` durable records from `from`, stopping once `max_bytes` of encoded records are read
     /// (always at least one). Blocking.
     pub fn read(&self, from: u64, limit: usize, max_bytes: usize) -> Result<Vec<Record>, JournalError> {
+        Ok(self.read_checked(from, limit, max_bytes)?.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// [`Journal::read`] with each record's verified checksum (None for records written before checksums).
+    /// A record that fails its checksum, or is not the offset the index says, is never returned: the records
+    /// before it are, and it is the error once it comes first.
+    pub fn read_checked(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Record, Option<u32>)>, JournalError> {
         let head = self.head();
         let first = self.first();
         if from < first || from > head + 1 {
@@ -519,13 +637,23 @@ impl Journal {
         }
         let locations: Vec<Location> = wanted.iter().map(|(_, l)| *l).collect();
         let raw = self.segments.read(&locations)?;
-        wanted
-            .iter()
-            .zip(raw)
-            .map(|((offset, _), bytes)| {
-                codec::decode(&bytes).map_err(|source| JournalError::Corrupt { offset: *offset, source })
-            })
-            .collect()
+        // The records before a damaged one are served; the damaged one is an error once it comes first.
+        let mut out = Vec::with_capacity(wanted.len());
+        for ((offset, loc), bytes) in wanted.iter().zip(raw) {
+            match verified(*offset, loc, &bytes) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    if matches!(e, JournalError::Damaged { .. }) {
+                        self.damage.report(*offset);
+                    }
+                    if out.is_empty() {
+                        return Err(e);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// When the record at `offset` was journaled, if it is retained.
@@ -570,7 +698,7 @@ impl Journal {
     /// Monotonic and idempotent: an ack below the current one changes nothing.
     pub fn ack(&self, name: &str, offset: u64) -> Result<u64, JournalError> {
         Self::valid_name(name)?;
-        let head = self.head();
+        let head = self.promised();
         if offset > head {
             return Err(JournalError::OutOfRange { offset, first: self.first(), last: head });
         }
@@ -700,6 +828,62 @@ mod tests {
         let recs = j.read(1, 10, usize::MAX).expect("read");
         assert_eq!(recs.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert!(matches!(j.read(5, 1, usize::MAX), Err(JournalError::OutOfRange { .. })));
+    }
+
+    fn with_gtid(seq: u64, pos: u64) -> Committed {
+        let gtid = common::position::Gtid { domain: 0, server: 1, seq };
+        let mut state = GtidState::default();
+        state.advance(gtid);
+        Committed { gtid: Some(gtid), gtid_state: state, ..committed(1, pos) }
+    }
+
+    fn segment_file(dir: &Path) -> std::path::PathBuf {
+        dir.join("segments").join(format!("{:016}.seg", 1))
+    }
+
+    #[test]
+    fn a_cut_short_end_is_removed_and_the_resume_state_goes_back_to_the_last_whole_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let j = Journal::open(dir.path()).expect("open");
+            j.append((1..=4).map(|i| with_gtid(i, i * 100)).collect()).expect("append");
+        }
+        let seg = segment_file(dir.path());
+        let len = std::fs::metadata(&seg).expect("segment").len();
+        std::fs::OpenOptions::new().write(true).open(&seg).expect("open").set_len(len - 7).expect("truncate");
+        let j = reopen(dir.path());
+        assert_eq!(j.head(), 3, "the torn record is gone");
+        let resume = j.resume().expect("resume");
+        assert_eq!((resume.position.pos, resume.gtid.to_string(), resume.last_offset), (300, "0-1-3".into(), 3));
+        assert_eq!(j.promised(), 4, "a consumer that had offset 4 may still ask for it");
+        assert_eq!(j.read(1, 10, usize::MAX).expect("read").len(), 3);
+        // The re-read transaction is journaled at the same offset.
+        j.append(vec![with_gtid(4, 400)]).expect("append again");
+        assert_eq!(j.read(4, 1, usize::MAX).expect("read")[0].source.pos, 400);
+        drop(j);
+        assert_eq!(reopen(dir.path()).head(), 4);
+    }
+
+    #[test]
+    fn a_damaged_record_inside_the_journal_is_never_served_and_the_ones_before_it_are() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loc = {
+            let j = Journal::open(dir.path()).expect("open");
+            j.append((1..=3).map(|i| with_gtid(i, i * 100)).collect()).expect("append");
+            location(&j.tree.get(record_key(2)).expect("get").expect("indexed")).expect("location")
+        };
+        let seg = segment_file(dir.path());
+        let mut bytes = std::fs::read(&seg).expect("segment");
+        bytes[(loc.pos + u64::from(loc.len) - 3) as usize] ^= 0x20;
+        std::fs::write(&seg, bytes).expect("write");
+        let j = reopen(dir.path());
+        assert_eq!(j.head(), 3, "not cut: whole records follow it");
+        let read = j.read(1, 10, usize::MAX).expect("read");
+        assert_eq!(read.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1]);
+        let err = j.read(2, 10, usize::MAX).expect_err("damaged");
+        assert!(matches!(err, JournalError::Damaged { offset: 2, segment: 1, .. }), "{err}");
+        assert!(err.to_string().contains("segment 0000000000000001.seg"), "{err}");
+        assert_eq!(j.read(3, 10, usize::MAX).expect("read")[0].offset.0, 3);
     }
 
     fn reopen(dir: &Path) -> Arc<Journal> {

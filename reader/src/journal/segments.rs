@@ -148,6 +148,27 @@ impl Segments {
         Ok(out)
     }
 
+    /// Writes `bytes` over the record at `loc` (a repair: same length) and makes it durable.
+    pub fn overwrite(&self, loc: &Location, bytes: &[u8]) -> std::io::Result<()> {
+        let file = OpenOptions::new().write(true).open(Self::path(&self.dir, loc.segment))?;
+        file.write_all_at(bytes, loc.pos)?;
+        file.sync_data()
+    }
+
+    /// Cuts the segments back to end at byte `end` of segment `segment` (later segments are deleted).
+    pub fn truncate_to(&self, segment: u64, end: u64) -> std::io::Result<()> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        for id in segment_ids(&self.dir)?.into_iter().filter(|&i| i > segment) {
+            std::fs::remove_file(Self::path(&self.dir, id))?;
+        }
+        let file = OpenOptions::new().read(true).write(true).open(Self::path(&self.dir, segment))?;
+        file.set_len(end)?;
+        file.sync_all()?;
+        File::open(&self.dir)?.sync_all()?;
+        *cur = Current { id: segment, file, len: end };
+        Ok(())
+    }
+
     /// Deletes every segment before `first_kept` (never the one being appended to).
     pub fn remove_before(&self, first_kept: u64) -> std::io::Result<()> {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).id;

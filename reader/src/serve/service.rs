@@ -144,8 +144,8 @@ impl JournalApi for JournalService {
         };
         let journal = self.journal.clone();
         let from = req.from_offset;
-        let records = blocking(move || journal.read(from, limit, READ_BYTES)).await?;
-        Ok(Response::new(proto::ReadResponse { records: records.into_iter().map(Into::into).collect() }))
+        let records = blocking(move || journal.read_checked(from, limit, READ_BYTES)).await?;
+        Ok(Response::new(proto::ReadResponse { records: records.into_iter().map(wire).collect() }))
     }
 
     type SubscribeStream =
@@ -160,7 +160,7 @@ impl JournalApi for JournalService {
         let name = req.consumer.clone();
         let journal = self.journal.clone();
         let first = journal.first();
-        let head = journal.head();
+        let head = journal.promised();
         // 0 means: where this consumer left off, or the oldest retained record for a new one.
         let from = {
             let journal = journal.clone();
@@ -203,7 +203,7 @@ impl JournalApi for JournalService {
                     continue;
                 }
                 let j = journal.clone();
-                let chunk = blocking(move || j.read(next, READ_CHUNK, READ_BYTES)).await;
+                let chunk = blocking(move || j.read_checked(next, READ_CHUNK, READ_BYTES)).await;
                 let records = match chunk {
                     Ok(r) => r,
                     Err(status) => {
@@ -211,10 +211,10 @@ impl JournalApi for JournalService {
                         break;
                     }
                 };
-                for record in records {
-                    next = record.offset.0 + 1;
-                    let share = record.body.mem_size().clamp(1, SUBSCRIBER_BYTES as usize) as u32;
-                    let wire = proto::Record::from(record);
+                for checked in records {
+                    next = checked.0.offset.0 + 1;
+                    let share = checked.0.body.mem_size().clamp(1, SUBSCRIBER_BYTES as usize) as u32;
+                    let wire = wire(checked);
                     let permit = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => return,
@@ -328,4 +328,9 @@ impl JournalApi for JournalService {
             Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
     }
+}
+
+/// A journal record on the wire, with the checksum it was verified against.
+fn wire((record, crc32c): (common::event::Record, Option<u32>)) -> proto::Record {
+    proto::Record { crc32c, ..proto::Record::from(record) }
 }

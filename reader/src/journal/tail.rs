@@ -1,0 +1,107 @@
+//! The check of the journal's tail at open: records of the last segment are verified, and a damaged end (a
+//! write cut short, a truncated file) is cut back to the last whole transaction and read again from the primary.
+//!
+//! Why re-reading is exact: the new resume state is the end of the last kept transaction K, and per GTID domain
+//! the GTID of the last record kept in that domain (or the journal's start state). A transaction after that
+//! point in a domain either was filtered out (it is filtered out again) or was journaled after K (cut, so it is
+//! journaled again, at the same offsets, since the reader assigns offsets in binlog order). Nothing is
+//! journaled twice and nothing is skipped. Consumers that were already served the cut records keep their
+//! offsets: `Subscribe` accepts offsets up to the highest one ever durable ([`Journal::promised`]) and waits
+//! for the journal to reach them.
+
+use common::event::Record;
+use common::position::GtidState;
+
+use super::{location, offset_of, record_key, verified, Journal, JournalError, ResumeState, RECORD_PREFIX};
+
+/// What the check found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TailCheck {
+    /// Records verified.
+    pub checked: u64,
+    /// First and last offset removed, if the end was damaged.
+    pub cut: Option<(u64, u64)>,
+    /// Damaged records with whole ones after them (not cut: repaired from the primary, or refused when read).
+    pub damaged: Vec<u64>,
+}
+
+impl Journal {
+    /// Verifies the records of the last segment; cuts a damaged end back to the last whole transaction. Blocking.
+    pub(super) fn check_tail(&self) -> Result<TailCheck, JournalError> {
+        let head = self.head();
+        let mut check = TailCheck::default();
+        let Some(last) = self.tree.scan_prefix([RECORD_PREFIX]).next_back() else { return Ok(check) };
+        let last_segment = location(&last?.1)?.segment;
+        // Newest first: the damaged suffix (if any), the whole transaction before it, then the rest of the segment.
+        let mut damaged_from = None;
+        let mut good: Option<Record> = None;
+        let mut in_suffix = true;
+        for kv in self.tree.range(record_key(0)..=record_key(head)).rev() {
+            let (k, v) = kv?;
+            let (offset, loc) = (offset_of(&k).unwrap_or(0), location(&v)?);
+            if loc.segment != last_segment && !(in_suffix && damaged_from.is_some()) {
+                break;
+            }
+            let bytes = self.segments.read(&[loc])?.pop().unwrap_or_default();
+            check.checked += 1;
+            match verified(offset, &loc, &bytes) {
+                // A fragment before the damage: its transaction is cut and read again too.
+                Ok((record, _)) if in_suffix && damaged_from.is_some() && record.continues => {
+                    damaged_from = Some(offset)
+                }
+                Ok((record, _)) if in_suffix => {
+                    good = Some(record);
+                    in_suffix = false;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(offset, segment = loc.segment, pos = loc.pos, error = %common::lifecycle::error_chain(&e),
+                                   "damaged journal record found at open");
+                    if in_suffix {
+                        damaged_from = Some(offset);
+                    } else {
+                        // Whole records after it: not a cut-short write. Served as DATA_LOSS until repaired.
+                        check.damaged.push(offset);
+                    }
+                }
+            }
+        }
+        let Some(from) = damaged_from else { return Ok(check) };
+        let Some(kept) = good else {
+            return Err(JournalError::Meta(format!(
+                "every record from offset {from} to {head} is damaged and none before it is whole: move the journal \
+                 directory aside and start a new journal (appliers move to it by GTID; README \"a damaged journal\")"
+            )));
+        };
+        let resume = self.resume_after(&kept)?;
+        self.cut_after(kept.offset.0, resume)?;
+        check.cut = Some((kept.offset.0 + 1, head));
+        Ok(check)
+    }
+
+    /// The resume state after record `kept` (see the module docs).
+    pub(super) fn resume_after(&self, kept: &Record) -> Result<ResumeState, JournalError> {
+        let now = self.resume().unwrap_or_default();
+        let start = self.start_gtid()?.unwrap_or_default();
+        let mut gtid = GtidState::default();
+        let mut open: Vec<u32> = now.gtid.iter().map(|g| g.domain).collect();
+        let mut offset = kept.offset.0;
+        while !open.is_empty() && offset >= self.first() {
+            let Some(record) = self.read(offset, 1, usize::MAX)?.pop() else { break };
+            if let Some(g) = record.gtid {
+                if let Some(i) = open.iter().position(|d| *d == g.domain) {
+                    gtid.advance(g);
+                    open.swap_remove(i);
+                }
+            }
+            if offset == 0 {
+                break;
+            }
+            offset -= 1;
+        }
+        for g in start.iter().filter(|g| open.contains(&g.domain)) {
+            gtid.advance(*g);
+        }
+        Ok(ResumeState { position: kept.source.clone(), gtid, last_offset: kept.offset.0, ..now })
+    }
+}

@@ -131,6 +131,24 @@ pub fn decode_checked(bytes: &[u8]) -> Result<(Record, Option<u32>), CodecError>
     }
 }
 
+/// The record at the start of `bytes` (records lie back to back in a segment file, without framing) and how many
+/// bytes it takes. Only layout 4 (the checksum tells a record from garbage).
+pub fn decode_prefix(bytes: &[u8]) -> Result<(Record, usize), CodecError> {
+    let (&version, _) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != RECORD_VERSION {
+        return Err(CodecError::UnknownVersion(version));
+    }
+    let body = bytes.get(HEADER..).ok_or(CodecError::Empty)?;
+    let (record, len): (Record, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
+    let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let computed = crc32c::crc32c(&body[..len]);
+    if stored != computed {
+        return Err(CodecError::Checksum { stored, computed });
+    }
+    Ok((record, HEADER + len))
+}
+
 fn decode_old(version: u8, body: &[u8]) -> Result<Record, CodecError> {
     match version {
         2 => {
@@ -361,6 +379,20 @@ mod tests {
         let mut padded = cut.to_vec();
         padded.extend_from_slice(&[0; 7]);
         assert!(matches!(decode(&padded), Err(CodecError::Checksum { .. })), "a gap filled with NULs");
+    }
+
+    #[test]
+    fn records_back_to_back_decode_one_by_one_until_garbage() {
+        let mut a = sample();
+        a.offset = JournalOffset(1);
+        let mut b = sample();
+        b.offset = JournalOffset(2);
+        let mut bytes = [encode(&a).expect("a"), encode(&b).expect("b")].concat();
+        bytes.extend_from_slice(&[0; 9]);
+        let (first, n) = decode_prefix(&bytes).expect("first");
+        let (second, m) = decode_prefix(&bytes[n..]).expect("second");
+        assert_eq!((first.offset.0, second.offset.0), (1, 2));
+        assert!(decode_prefix(&bytes[n + m..]).is_err(), "zeros are not a record");
     }
 
     #[test]

@@ -168,3 +168,35 @@ async fn a_record_with_a_flipped_byte_is_repaired_from_the_primarys_binlog() {
     caught_up(&primary, &reader, &secondary, &applier).await;
     assert_same_data(&primary, &secondary, "i").await;
 }
+
+/// sled recovers the longest intact prefix of its log and drops the rest without an error: a damaged index
+/// takes the journal back to an earlier state. The segment records past it are noticed, their transactions are
+/// read again from the primary at the same offsets, and an applier that had applied them keeps streaming.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_index_goes_back_to_an_earlier_state_loudly_and_appliers_ahead_of_it_keep_streaming() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let journal = primary.dir.path().join("journal");
+    let mut reader = Reader::start(&primary, &journal, &[]).await;
+    schema(&primary).await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let applier = Applier::start(&reader, &secondary, "ahead", &[("REPLICA_START_OFFSET", "1")]);
+    insert(&primary, 1..=100).await;
+    caught_up(&primary, &reader, &secondary, &applier).await;
+    assert_eq!(reader.terminate().map(|s| s.success()), Some(true));
+    let db = journal.join("db");
+    let mut bytes = std::fs::read(&db).expect("sled's log");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&db, bytes).expect("write");
+
+    reader.restart().await;
+    assert!(
+        reader.log_text().contains("the segments hold records the index does not"),
+        "the rollback is logged:\n{}",
+        reader.log_text()
+    );
+    insert(&primary, 101..=110).await;
+    caught_up(&primary, &reader, &secondary, &applier).await;
+    assert_same_data(&primary, &secondary, "i").await;
+    assert_eq!(reader.records().await.len() as u64, reader.info().await.last_offset, "dense offsets");
+}

@@ -48,7 +48,7 @@ const CACHE_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal storage failed")]
+    #[error("journal storage (sled) failed; if this repeats at every start its files may be damaged (README: \"a damaged journal\")")]
     Storage(#[from] sled::Error),
     #[error("journal segment files failed")]
     Segment(#[from] std::io::Error),
@@ -265,12 +265,31 @@ impl Journal {
             }
             None => None,
         };
-        let segments = Segments::open(&dir.join("segments"), valid_end)?;
-        let (head, _) = watch::channel(last);
-        let promised = match tree.get(PROMISED_KEY)? {
+        // Records written but not indexed: a crash between the segment write and the index write (one group),
+        // or an index that lost its end (sled recovers the longest intact prefix of its log and drops the rest
+        // silently). Either way they are read again from the primary; consumers that were served them may ask
+        // for their offsets meanwhile.
+        let unindexed = segments::unindexed(&dir.join("segments"), valid_end)?;
+        let mut promised = match tree.get(PROMISED_KEY)? {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| JournalError::Meta("promised".into()))?),
             None => 0,
         };
+        if let Some((from, to)) = unindexed.filter(|(_, to)| *to > last) {
+            tracing::warn!(
+                from,
+                to,
+                index_ends_at = last,
+                "the segments hold records the index does not (a crash between the two writes, or a damaged \
+                 index that sled recovered only up to an earlier point): they are read again from the primary"
+            );
+            if to > promised {
+                promised = to;
+                tree.insert(PROMISED_KEY, &promised.to_be_bytes())?;
+                tree.flush()?;
+            }
+        }
+        let segments = Segments::open(&dir.join("segments"), valid_end)?;
+        let (head, _) = watch::channel(last);
         let bounds = Bounds { first, resume, bytes, staged: last, promised };
         let id = Self::identity(&tree)?;
         let damage = damage::Damage::default();

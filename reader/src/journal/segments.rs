@@ -52,6 +52,31 @@ fn segment_ids(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// The records in segment bytes past the index's end (`valid_end`, as [`Segments::open`] takes it), before they
+/// are cut off: (lowest, highest offset) of those that read whole, if any.
+pub fn unindexed(dir: &Path, valid_end: Option<(u64, u64)>) -> std::io::Result<Option<(u64, u64)>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut found: Option<(u64, u64)> = None;
+    for id in segment_ids(dir)? {
+        let from = match valid_end {
+            Some((seg, _)) if id < seg => continue,
+            Some((seg, end)) if id == seg => end as usize,
+            _ => 0,
+        };
+        let bytes = std::fs::read(Segments::path(dir, id))?;
+        let mut pos = from;
+        while pos < bytes.len() {
+            let Ok((record, n)) = common::codec::decode_prefix(&bytes[pos..]) else { break };
+            let o = record.offset.0;
+            found = Some(found.map_or((o, o), |(lo, hi)| (lo.min(o), hi.max(o))));
+            pos += n;
+        }
+    }
+    Ok(found)
+}
+
 impl Segments {
     fn path(dir: &Path, id: u64) -> PathBuf {
         dir.join(format!("{id:016}.seg"))

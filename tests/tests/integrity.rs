@@ -74,11 +74,20 @@ async fn a_journal_cut_short_is_cut_back_to_its_last_whole_record_and_read_again
 
 /// Flips one byte of row `id`'s value in the stopped reader's last segment (`payload-<id>-abc…` → `-Abc…`).
 fn flip_value_byte(journal: &Path, id: u32) {
+    flip_near(journal, id, format!("payload-{id}-").len() as isize, 0x20);
+}
+
+/// Flips a bit of the length written before row `id`'s value (its bincode varint).
+fn flip_length_byte(journal: &Path, id: u32) {
+    flip_near(journal, id, -1, 0x01);
+}
+
+fn flip_near(journal: &Path, id: u32, from_value: isize, mask: u8) {
     let seg = last_segment(journal);
     let mut bytes = std::fs::read(&seg).expect("segment");
     let needle = format!("payload-{id}-{TEXT}");
     let at = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).expect("the row in the segment");
-    bytes[at + format!("payload-{id}-").len()] ^= 0x20;
+    bytes[(at as isize + from_value) as usize] ^= mask;
     std::fs::write(&seg, bytes).expect("write segment");
 }
 
@@ -140,7 +149,7 @@ async fn a_record_with_a_flipped_byte_is_neither_served_nor_applied_when_the_pri
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_record_with_a_flipped_byte_is_repaired_from_the_primarys_binlog() {
+async fn records_with_a_flipped_value_byte_and_a_flipped_length_byte_are_repaired_from_the_primarys_binlog() {
     let primary = MariaDb::start(Role::Primary).await;
     let journal = primary.dir.path().join("journal");
     let mut reader = Reader::start(&primary, &journal, &[]).await;
@@ -149,7 +158,7 @@ async fn a_record_with_a_flipped_byte_is_repaired_from_the_primarys_binlog() {
     let head = tests::journaled(&primary, &reader).await;
     assert_eq!(reader.terminate().map(|s| s.success()), Some(true));
     flip_value_byte(&journal, 15);
-    flip_value_byte(&journal, 16);
+    flip_length_byte(&journal, 16);
 
     reader.restart().await;
     tests::eventually(Duration::from_secs(60), "the damaged records repaired", || async {

@@ -43,6 +43,20 @@ CREATE TABLE IF NOT EXISTS replica_meta.copy_state (
   boundary_offset BIGINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'journal offset the last chunk reflects',
   updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
   PRIMARY KEY (consumer, schema_name, table_name)
+) ENGINE=InnoDB;
+CREATE TABLE IF NOT EXISTS replica_meta.conflicts (
+  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  consumer VARCHAR(128) NOT NULL,
+  journal_offset BIGINT UNSIGNED NOT NULL,
+  schema_name VARCHAR(64) NOT NULL,
+  table_name VARCHAR(64) NOT NULL,
+  row_key TEXT NOT NULL COMMENT 'primary key values, or every value without a primary key, as SQL literals',
+  kind VARCHAR(16) NOT NULL COMMENT 'exists, missing or differs',
+  primary_row LONGTEXT NOT NULL COMMENT 'the primary''s before image (missing, differs) or inserted row (exists)',
+  secondary_row LONGTEXT NULL COMMENT 'the secondary''s row, when it had one',
+  action VARCHAR(16) NOT NULL COMMENT 'overwritten or kept',
+  recorded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  KEY (consumer, journal_offset)
 ) ENGINE=InnoDB";
 
 /// This secondary's checkpoint.

@@ -84,6 +84,9 @@ pub struct Cli {
     /// Permanent errors of one table before it is quarantined (with --skip-failing-tables)
     #[arg(long, env = "REPLICA_MAX_TABLE_FAILURES", default_value_t = 5)]
     pub max_table_failures: u32,
+    /// What to do when the secondary's row is not what the primary changed (local writes on the secondary)
+    #[arg(long, env = "REPLICA_CONFLICTS", value_enum, default_value = "stop")]
+    pub conflicts: crate::conflict::ConflictMode,
     /// Most row changes in one secondary transaction
     #[arg(long, env = "REPLICA_BATCH_ROWS", default_value_t = 5000)]
     pub batch_rows: usize,
@@ -136,6 +139,7 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     pub skip_failing_tables: bool,
     pub max_table_failures: u32,
+    pub conflicts: crate::conflict::ConflictMode,
     pub batch_rows: usize,
     pub batch_bytes: u64,
     pub batch_time: Duration,
@@ -213,6 +217,7 @@ impl TryFrom<Cli> for Config {
             http_addr: c.http_addr,
             skip_failing_tables: c.skip_failing_tables,
             max_table_failures: c.max_table_failures.max(1),
+            conflicts: c.conflicts,
             batch_rows: c.batch_rows,
             batch_bytes: c.batch_bytes,
             batch_time: c.batch_time,

@@ -20,6 +20,7 @@
 //! | a new journal | [`relocate`] | finding the checkpoint's place in it by GTID |
 //! | planner | [`plan`], [`net`] | grouping limits, the carried record, net changes per key |
 //! | writer | [`writer`], [`rows`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
+//! | local writes on the secondary | [`conflict`] | detection and resolution (`REPLICA_CONFLICTS`) |
 //! | per-table policy | [`table`] | copy modes and quarantines |
 //! | initial copy | [`copy`] | copy state machine, workers, floors, chunk placement |
 //! | apply loop | [`apply_loop`] | the order of everything that moves the checkpoint |
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod apply_loop;
 pub mod checkpoint;
 pub mod config;
+pub mod conflict;
 pub mod copy;
 pub mod ddl;
 pub mod drift;

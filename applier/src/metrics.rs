@@ -23,6 +23,7 @@ pub struct ApplierMetrics {
     secondary_connected: Gauge,
     reader_connected: Gauge,
     behind_seconds: Gauge<f64, AtomicU64>,
+    conflicts: Family<Labels, Counter>,
 }
 
 impl ApplierMetrics {
@@ -34,6 +35,11 @@ impl ApplierMetrics {
         r.register("retries", "Transient errors retried", self.retries.clone());
         r.register("permanent_failures", "Permanent errors", self.permanent_failures.clone());
         r.register("quarantined_tables", "Tables whose changes are skipped", self.quarantined.clone());
+        r.register(
+            "conflicts",
+            "Conflicts resolved (REPLICA_CONFLICTS overwrite or keep), by kind, action, schema and table",
+            self.conflicts.clone(),
+        );
         r.register("copy_rows", "Rows written by the initial copy and table re-copies", self.copy_rows.clone());
         r.register(
             "behind_seconds",
@@ -53,6 +59,18 @@ impl ApplierMetrics {
             self.lag_seconds.clone(),
         );
         r
+    }
+
+    pub fn conflicts(&self, conflicts: &[crate::conflict::Conflict]) {
+        for c in conflicts {
+            let labels = vec![
+                ("kind".to_owned(), c.kind.as_str().to_owned()),
+                ("action".to_owned(), c.action.to_owned()),
+                ("schema".to_owned(), c.table.0.clone()),
+                ("table".to_owned(), c.table.1.clone()),
+            ];
+            self.conflicts.get_or_create(&labels).inc();
+        }
     }
 
     pub fn applied(&self, group: &[Record]) {

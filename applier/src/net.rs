@@ -32,6 +32,8 @@ pub struct NetTable<'a> {
 struct Entry<'a> {
     key_values: Vec<Value>,
     existed: bool,
+    /// The row as it was before the transaction (the first change's before image), when it existed.
+    before: Option<&'a [Value]>,
     final_image: Option<&'a [Value]>,
     /// The last image the key had in the transaction (for a key inserted and deleted again).
     last_image: Option<&'a [Value]>,
@@ -59,12 +61,22 @@ impl<'a> NetTable<'a> {
         (format!("{values:?}"), values)
     }
 
-    fn touch(&mut self, image: &[Value], existed: bool) -> &mut Entry<'a> {
+    fn touch(&mut self, image: &'a [Value], existed: bool) -> &mut Entry<'a> {
         let (k, key_values) = self.key(image);
         if !self.entries.contains_key(&k) {
             self.order.push(k.clone());
         }
-        self.entries.entry(k).or_insert(Entry { key_values, existed, final_image: None, last_image: None })
+        let before = existed.then_some(image);
+        self.entries.entry(k).or_insert(Entry { key_values, existed, before, final_image: None, last_image: None })
+    }
+
+    /// Every key the transaction touched, in first-touch order (for conflict detection).
+    pub fn touched(&self) -> Vec<Touched<'_>> {
+        self.order
+            .iter()
+            .filter_map(|k| self.entries.get(k))
+            .map(|e| Touched { key: &e.key_values, before: e.before, final_image: e.final_image })
+            .collect()
     }
 
     pub fn add(&mut self, c: &'a TableChange) {
@@ -114,6 +126,13 @@ impl<'a> NetTable<'a> {
     pub fn inserts(&self) -> Vec<&[Value]> {
         self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image).collect()
     }
+}
+
+/// A key a transaction touched: the row before it (None: the key did not exist on the primary) and after it.
+pub struct Touched<'a> {
+    pub key: &'a [Value],
+    pub before: Option<&'a [Value]>,
+    pub final_image: Option<&'a [Value]>,
 }
 
 impl<'a> Entry<'a> {

@@ -7,6 +7,7 @@ use common::event::{RowChange, TableChange, Value};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
+use crate::conflict::{self, Conflict, ConflictMode, Kind};
 use crate::error::{statement, ApplyError};
 use crate::net::NetTable;
 use crate::sql;
@@ -149,4 +150,161 @@ fn expect_one(tx: &Conn, offset: u64, table: &TableKey, stmt: String, what: &str
         statement: stmt,
         reason: format!("{what} found {} rows where the primary changed one", tx.affected_rows()),
     })
+}
+
+/// [`apply_net`] on a secondary that also takes local writes (`mode` overwrite or keep): the touched keys are
+/// looked up first, conflicts resolved and appended to `conflicts` (see [`crate::conflict`]).
+pub async fn apply_net_resolving(
+    tx: &mut Conn,
+    net: &NetTable<'_>,
+    counter: Option<usize>,
+    mode: ConflictMode,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<(), ApplyError> {
+    let touched = net.touched();
+    let found = conflict::look_up(tx, &net.shape, &touched, net.first_offset).await?;
+    let table = key_of(&net.shape);
+    let mut skip = vec![false; touched.len()];
+    for (i, (t, f)) in touched.iter().zip(&found).enumerate() {
+        let kind = match (t.before, f) {
+            (Some(_), None) => Kind::Missing,
+            (Some(_), Some((false, _))) => Kind::Differs,
+            (None, Some(_)) => Kind::Exists,
+            _ => continue,
+        };
+        skip[i] = mode == ConflictMode::Keep;
+        conflicts.push(Conflict {
+            offset: net.first_offset,
+            table: table.clone(),
+            key: conflict::text(t.key),
+            kind,
+            primary: t.before.or(t.final_image).map(conflict::text).unwrap_or_default(),
+            secondary: f.as_ref().map(|(_, row)| row.clone()),
+            action: mode.action(),
+        });
+    }
+    let present: Vec<&[Value]> = touched.iter().zip(&found).filter(|(_, f)| f.is_some()).map(|(t, _)| t.key).collect();
+    let kept = |i: &usize| !skip[*i];
+    let deletes: Vec<&[Value]> = match mode {
+        // Whatever the secondary has for a touched key goes; the primary's final rows are written.
+        ConflictMode::Overwrite => present.clone(),
+        _ => (0..touched.len()).filter(kept).filter(|&i| touched[i].before.is_some()).map(|i| touched[i].key).collect(),
+    };
+    delete_keys(tx, net, &deletes, false).await?;
+    if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
+        let taken = mode == ConflictMode::Keep && present.contains(&key);
+        if !taken {
+            insert_images(tx, net, &[image]).await?;
+            delete_keys(tx, net, &[key], false).await?;
+        }
+    }
+    let inserts: Vec<&[Value]> = (0..touched.len()).filter(kept).filter_map(|i| touched[i].final_image).collect();
+    insert_images(tx, net, &inserts).await
+}
+
+/// [`apply_in_order`] on a secondary that also takes local writes: each row is located by its whole before
+/// image; a row not found is a conflict (`differs` when a row with its primary key exists, else `missing`), as
+/// is an insert of a primary key the secondary has (`exists`). Row by row: updates of a row that other rows
+/// reference stay updates (never delete and insert).
+pub async fn apply_in_order_resolving(
+    tx: &mut Conn,
+    offset: u64,
+    c: &TableChange,
+    mode: ConflictMode,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<(), ApplyError> {
+    let table = key_of(c);
+    let exact = TableChange { primary_key: Vec::new(), ..shape_of(c) };
+    let keyed = !c.primary_key.is_empty();
+    let overwrite = mode == ConflictMode::Overwrite;
+    for row in &c.rows {
+        let found = |kind, primary: &[Value], secondary: Option<String>| Conflict {
+            offset,
+            table: table.clone(),
+            key: conflict::key_text(c, primary),
+            kind,
+            primary: conflict::text(primary),
+            secondary,
+            action: mode.action(),
+        };
+        match row {
+            RowChange::Insert { after } => {
+                let existing = conflict::secondary_row(tx, c, after, offset).await?;
+                if existing.is_some() {
+                    conflicts.push(found(Kind::Exists, after, existing));
+                    if overwrite {
+                        let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::update(c));
+                        let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
+                        params.extend(sql::key_params(c, after));
+                        tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                    }
+                    continue;
+                }
+                let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::insert(c, 1));
+                let params: Vec<_> = after.iter().map(sql::to_mysql).collect();
+                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+            }
+            RowChange::Update { before, after } => {
+                let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::update(&exact));
+                let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
+                params.extend(sql::key_params(&exact, before));
+                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                if tx.affected_rows() == 1 {
+                    continue;
+                }
+                let existing = if keyed { conflict::secondary_row(tx, c, before, offset).await? } else { None };
+                let had = existing.is_some();
+                conflicts.push(found(if had { Kind::Differs } else { Kind::Missing }, before, existing));
+                if overwrite {
+                    let (stmt, mut params) = if had {
+                        let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::update(c));
+                        (stmt, after.iter().map(sql::to_mysql).collect::<Vec<_>>())
+                    } else {
+                        let stmt =
+                            sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::insert(c, 1));
+                        (stmt, after.iter().map(sql::to_mysql).collect::<Vec<_>>())
+                    };
+                    if had {
+                        params.extend(sql::key_params(c, before));
+                    }
+                    tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                }
+            }
+            RowChange::Delete { before } => {
+                let stmt = sql::delete(&exact);
+                tx.exec_drop(&stmt, sql::key_params(&exact, before)).await.map_err(statement(
+                    offset,
+                    Some(&table),
+                    &stmt,
+                ))?;
+                if tx.affected_rows() == 1 {
+                    continue;
+                }
+                let existing = if keyed { conflict::secondary_row(tx, c, before, offset).await? } else { None };
+                let had = existing.is_some();
+                conflicts.push(found(if had { Kind::Differs } else { Kind::Missing }, before, existing));
+                if overwrite && had {
+                    let stmt = sql::delete(c);
+                    tx.exec_drop(&stmt, sql::key_params(c, before)).await.map_err(statement(
+                        offset,
+                        Some(&table),
+                        &stmt,
+                    ))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `c` without its rows.
+fn shape_of(c: &TableChange) -> TableChange {
+    TableChange {
+        schema: c.schema.clone(),
+        table: c.table.clone(),
+        columns: c.columns.clone(),
+        primary_key: c.primary_key.clone(),
+        rows: Vec::new(),
+        foreign_key_checks: c.foreign_key_checks,
+    }
 }

@@ -106,7 +106,7 @@ fn rows_per_statement(remaining: usize, columns: usize, most: usize) -> usize {
 /// The placeholder for a column's value. Binary-collation columns get `CAST(? AS BINARY)`: a bound string
 /// otherwise arrives in the connection's charset, and types such as UUID and INET6 (which the binlog shows as
 /// BINARY(n)) would parse it as text instead of taking the stored bytes.
-fn placeholder(col: &Column) -> &'static str {
+pub(crate) fn placeholder(col: &Column) -> &'static str {
     let binary = col.collation == 63 && matches!(col.ty, ColumnType::Char | ColumnType::VarChar | ColumnType::Blob);
     if binary {
         "CAST(? AS BINARY)"

@@ -40,6 +40,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::checkpoint;
 use crate::config::Config;
+use crate::conflict::{self, Conflict, ConflictMode};
 use crate::copy::state::Progress;
 use crate::drift;
 use crate::error::{codes, meta, statement, ApplyError};
@@ -121,6 +122,8 @@ pub struct Writer {
     applied_tx: watch::Sender<u64>,
     metrics: ApplierMetrics,
     shutdown: CancellationToken,
+    /// Conflicts resolved in the open secondary transaction (recorded in it; reported once it commits).
+    conflicts: Vec<Conflict>,
 }
 
 impl Writer {
@@ -172,6 +175,7 @@ impl Writer {
             applied_tx,
             metrics,
             shutdown,
+            conflicts: Vec::new(),
         };
         Ok(Some((writer, resumed)))
     }
@@ -459,7 +463,10 @@ impl Writer {
         let conn = self.secondary.conn().await?;
         if self.open.is_none() {
             conn.query_drop("START TRANSACTION").await.map_err(meta("starting a transaction"))?;
+            self.conflicts.clear();
         }
+        let conflicts_before = self.conflicts.len();
+        let mode = self.config.conflicts;
         let tx = conn;
         // Tables with a primary key and no part in foreign keys are applied as net changes after the others,
         // which go row by row in source order; changes to different tables of the two kinds do not interact.
@@ -500,7 +507,11 @@ impl Writer {
                 }
             }
             if c.primary_key.is_empty() || in_foreign_keys {
-                rows::apply_in_order(tx, offset, c, lenient).await?;
+                if lenient || mode == ConflictMode::Stop {
+                    rows::apply_in_order(tx, offset, c, lenient).await?;
+                } else {
+                    rows::apply_in_order_resolving(tx, offset, c, mode, &mut self.conflicts).await?;
+                }
                 continue;
             }
             match nets.iter_mut().find(|n| n.shape.schema == c.schema && n.shape.table == c.table) {
@@ -519,8 +530,14 @@ impl Writer {
                 .get(&key)
                 .and_then(|s| s.auto_increment.as_deref())
                 .and_then(|name| net.shape.columns.iter().position(|col| col.name.eq_ignore_ascii_case(name)));
-            rows::apply_net(tx, net, tables.mode(&key) == TableMode::Lenient, counter).await?;
+            let lenient = tables.mode(&key) == TableMode::Lenient;
+            if lenient || mode == ConflictMode::Stop {
+                rows::apply_net(tx, net, lenient, counter).await?;
+            } else {
+                rows::apply_net_resolving(tx, net, counter, mode, &mut self.conflicts).await?;
+            }
         }
+        conflict::record(tx, &name, &self.conflicts[conflicts_before..]).await?;
         if checks == Some(true) {
             // Back to the session's default for whatever runs next on this connection.
             tx.query_drop("SET foreign_key_checks = 0").await.map_err(meta("restoring foreign_key_checks"))?;
@@ -536,6 +553,11 @@ impl Writer {
         checkpoint::save(tx, &name, last.offset.0, &text, &last.source.file, last.source.pos).await?;
         tx.query_drop("COMMIT").await.map_err(meta("committing"))?;
         self.gtid = gtid;
+        if !self.conflicts.is_empty() {
+            conflict::report(&name, &self.conflicts);
+            self.metrics.conflicts(&self.conflicts);
+            self.conflicts.clear();
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench applier_throughput`
 //! Size: `BENCH_ROWS` prepared rows (default 100,000) plus `BENCH_EVENTS` oltp_write_only events (default 40,000).
+//! `BENCH_CONFLICTS=overwrite` (or `keep`) runs the applier with conflict detection on (`REPLICA_CONFLICTS`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -94,7 +95,14 @@ async fn main() {
         &[("REPLICA_START_POSITION", &format!("{}:{}", start.0, start.1)), ("RUST_LOG", "warn")],
     )
     .await;
-    let applier = Applier::start(&reader, &secondary, "bench", &[("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "warn")]);
+    let conflicts = std::env::var("BENCH_CONFLICTS").unwrap_or_else(|_| "stop".into());
+    println!("conflict detection: REPLICA_CONFLICTS={conflicts}");
+    let applier = Applier::start(
+        &reader,
+        &secondary,
+        "bench",
+        &[("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "warn"), ("REPLICA_CONFLICTS", &conflicts)],
+    );
     let mut conn = secondary.conn().await;
     loop {
         // The source GTID of the last applied transaction, from the secondary's own checkpoint.

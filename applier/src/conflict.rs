@@ -102,47 +102,55 @@ fn key_match(c: &TableChange) -> String {
 }
 
 /// What the secondary holds for each touched key of a keyed table: None when it has no such row, else whether
-/// the row equals the primary's before image (false when the primary had no row) and the row as text. One
-/// query per chunk of keys.
+/// the row equals the primary's before image (false when the primary had no row). One query per chunk of keys:
+/// the keys and before images as a derived table of bound values, joined to the table by primary key.
 pub async fn look_up(
     tx: &mut Conn,
     shape: &TableChange,
     touched: &[Touched<'_>],
     offset: u64,
-) -> Result<Vec<Option<(bool, String)>>, ApplyError> {
+) -> Result<Vec<Option<bool>>, ApplyError> {
     let table = (shape.schema.clone(), shape.table.clone());
-    let same_all: Vec<String> =
-        shape.columns.iter().map(|col| format!("{} <=> {}", sql::ident(&col.name), sql::placeholder(col))).collect();
-    let same_all = format!("({})", same_all.join(" AND "));
-    let (cols, key) = (columns(shape), key_match(shape));
-    let mut out: Vec<Option<(bool, String)>> = vec![None; touched.len()];
+    let keys: Vec<&common::event::Column> = shape.primary_key.iter().map(|&i| &shape.columns[i as usize]).collect();
+    let mut first = vec!["? AS i".to_owned(), "? AS hb".to_owned()];
+    first.extend(keys.iter().enumerate().map(|(j, col)| format!("{} AS k{j}", sql::placeholder(col))));
+    first.extend(shape.columns.iter().enumerate().map(|(j, col)| format!("{} AS b{j}", sql::placeholder(col))));
+    let first = format!("SELECT {}", first.join(", "));
+    let mut other = vec!["?", "?"];
+    other.extend(keys.iter().map(|col| sql::placeholder(col)));
+    other.extend(shape.columns.iter().map(sql::placeholder));
+    let other = format!("SELECT {}", other.join(", "));
+    let same: Vec<String> =
+        shape.columns.iter().enumerate().map(|(j, col)| format!("t.{} <=> k.b{j}", sql::ident(&col.name))).collect();
+    let on: Vec<String> = keys.iter().enumerate().map(|(j, col)| format!("t.{} = k.k{j}", sql::ident(&col.name))).collect();
+    let mut out: Vec<Option<bool>> = vec![None; touched.len()];
     let mut done = 0;
     while done < touched.len() {
-        let n = sql::insert_chunk(touched.len() - done, shape.columns.len() + shape.primary_key.len());
-        let mut branches = Vec::with_capacity(n);
-        let mut params = Vec::new();
+        let n = sql::insert_chunk(touched.len() - done, 2 + keys.len() + shape.columns.len());
+        let mut params: Vec<mysql_async::Value> = Vec::new();
         for (i, t) in touched[done..done + n].iter().enumerate() {
-            let same = match t.before {
-                Some(before) => {
-                    params.extend(before.iter().map(sql::to_mysql));
-                    same_all.as_str()
-                }
-                None => "0",
-            };
+            params.push(((done + i) as u64).into());
+            params.push(u8::from(t.before.is_some()).into());
             params.extend(t.key.iter().map(sql::to_mysql));
-            branches.push(format!(
-                "SELECT {} AS i, {same} AS same, {cols} FROM {} WHERE {key}",
-                done + i,
-                sql::table_name(shape)
-            ));
+            match t.before {
+                Some(before) => params.extend(before.iter().map(sql::to_mysql)),
+                None => params.extend(shape.columns.iter().map(|_| mysql_async::Value::NULL)),
+            }
         }
-        let stmt = branches.join(" UNION ALL ");
-        let rows: Vec<Row> = tx.exec(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
-        for row in rows {
-            let i: Option<u64> = row.get(0);
-            let same: Option<i64> = row.get(1);
-            if let Some(slot) = i.and_then(|i| out.get_mut(i as usize)) {
-                *slot = Some((same == Some(1), row_text(&row, 2)));
+        let mut branches = vec![first.clone()];
+        branches.extend(std::iter::repeat_n(other.clone(), n - 1));
+        let stmt = format!(
+            "SELECT k.i, (k.hb = 1 AND {}) FROM ({}) AS k JOIN {} AS t ON {}",
+            same.join(" AND "),
+            branches.join(" UNION ALL "),
+            sql::table_name(shape),
+            on.join(" AND ")
+        );
+        let rows: Vec<(u64, Option<i64>)> =
+            tx.exec(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+        for (i, same) in rows {
+            if let Some(slot) = out.get_mut(i as usize) {
+                *slot = Some(same == Some(1));
             }
         }
         done += n;
@@ -160,8 +168,19 @@ pub async fn secondary_row(
     if c.primary_key.is_empty() {
         return Ok(None);
     }
+    let key: Vec<Value> = c.primary_key.iter().map(|&i| image[i as usize].clone()).collect();
+    secondary_row_by_key(tx, c, &key, offset).await
+}
+
+/// The secondary's row with primary key values `key`, as text.
+pub async fn secondary_row_by_key(
+    tx: &mut Conn,
+    c: &TableChange,
+    key: &[Value],
+    offset: u64,
+) -> Result<Option<String>, ApplyError> {
     let stmt = format!("SELECT {} FROM {} WHERE {} LIMIT 1", columns(c), sql::table_name(c), key_match(c));
-    let params: Vec<_> = c.primary_key.iter().map(|&i| sql::to_mysql(&image[i as usize])).collect();
+    let params: Vec<_> = key.iter().map(sql::to_mysql).collect();
     let table = (c.schema.clone(), c.table.clone());
     let row: Option<Row> = tx.exec_first(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
     Ok(row.map(|r| row_text(&r, 0)))

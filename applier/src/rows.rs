@@ -168,18 +168,23 @@ pub async fn apply_net_resolving(
     for (i, (t, f)) in touched.iter().zip(&found).enumerate() {
         let kind = match (t.before, f) {
             (Some(_), None) => Kind::Missing,
-            (Some(_), Some((false, _))) => Kind::Differs,
+            (Some(_), Some(false)) => Kind::Differs,
             (None, Some(_)) => Kind::Exists,
             _ => continue,
         };
         skip[i] = mode == ConflictMode::Keep;
+        // The secondary's row, fetched for conflicts only (they are rare; the lookup returns no rows).
+        let secondary = match f {
+            Some(_) => conflict::secondary_row_by_key(tx, &net.shape, t.key, net.first_offset).await?,
+            None => None,
+        };
         conflicts.push(Conflict {
             offset: net.first_offset,
             table: table.clone(),
             key: conflict::text(t.key),
             kind,
             primary: t.before.or(t.final_image).map(conflict::text).unwrap_or_default(),
-            secondary: f.as_ref().map(|(_, row)| row.clone()),
+            secondary,
             action: mode.action(),
         });
     }

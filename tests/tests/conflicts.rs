@@ -15,16 +15,20 @@ const SCHEMA: &[&str] = &[
     "INSERT INTO c.nk VALUES (1,'a'),(2,'b')",
     "INSERT INTO c.parent VALUES (1,'p1'),(2,'p2'),(3,'p3')",
     "INSERT INTO c.child VALUES (10,1),(11,2),(12,3)",
+    // A string key, a binary column, microseconds, DECIMAL and NULL: rows that did not change locally must
+    // compare equal, or every change to them would be reported.
+    "CREATE TABLE c.s (code VARCHAR(10) PRIMARY KEY, bin VARBINARY(8), d DATETIME(6), amount DECIMAL(10,2), n INT)",
+    "INSERT INTO c.s VALUES ('a', X'00ff', '2024-01-02 03:04:05.678901', 12.50, NULL),      ('B', X'', '2024-01-02 03:04:05.000000', -0.10, 7)",
 ];
 
 /// What a reporting copy's users write on it meanwhile.
 const LOCAL: &str = "INSERT INTO c.k VALUES (100,'local'); DELETE FROM c.k WHERE id = 2; \
     UPDATE c.k SET v = 'local' WHERE id IN (3, 4); DELETE FROM c.nk WHERE a = 1; \
-    UPDATE c.parent SET v = 'local' WHERE id = 2";
+    UPDATE c.parent SET v = 'local' WHERE id = 2; UPDATE c.s SET n = 8 WHERE code = 'B'";
 
 const PRIMARY: &str = "INSERT INTO c.k VALUES (100,'primary'); UPDATE c.k SET v = 'p2' WHERE id = 2; \
     UPDATE c.k SET v = 'p3' WHERE id = 3; DELETE FROM c.k WHERE id = 4; UPDATE c.k SET v = 'p5' WHERE id = 5; \
-    UPDATE c.nk SET b = 'a2' WHERE a = 1; UPDATE c.parent SET v = 'p' WHERE id = 2";
+    UPDATE c.nk SET b = 'a2' WHERE a = 1; UPDATE c.parent SET v = 'p' WHERE id = 2;     UPDATE c.s SET amount = amount + 1";
 
 async fn conflicts(secondary: &MariaDb) -> Vec<(String, String, String, String)> {
     secondary
@@ -77,6 +81,7 @@ async fn conflicts_from_local_writes_are_overwritten_or_kept_and_each_is_recorde
                 ("k", "(4)", "differs"),
                 ("nk", "(1, 'a')", "missing"),
                 ("parent", "(2)", "differs"),
+                ("s", "('B')", "differs"),
             ],
             "{action}"
         );

@@ -3,8 +3,9 @@
 //! record back byte for byte (see `journal::damage` for why only then). Runs beside the source on a replication
 //! connection of its own (server id `MARIA_SERVER_ID` + 2^30, so it never displaces the source's).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::event::Body;
 use futures_util::StreamExt;
@@ -38,11 +39,20 @@ pub enum RepairError {
 
 /// Repairs records as they are reported damaged, until `shutdown`.
 pub async fn run(config: Arc<Config>, journal: Arc<Journal>, status: Arc<SourceStatus>, shutdown: CancellationToken) {
+    // Offsets whose repair failed, and when: reads report them again at once, the retry waits RETRY_AFTER.
+    let mut failed: HashMap<u64, Instant> = HashMap::new();
     loop {
         let offsets = tokio::select! {
             _ = shutdown.cancelled() => return,
             o = journal.damaged() => o,
+            // Failed repairs are tried again (the primary may be back, or an operator fixed the cause).
+            _ = tokio::time::sleep(RETRY_AFTER), if !failed.is_empty() => {
+                let again: Vec<u64> = failed.drain().map(|(o, _)| o).collect();
+                again
+            }
         };
+        failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
+        let offsets: Vec<u64> = offsets.into_iter().filter(|o| !failed.contains_key(o)).collect();
         for offset in offsets {
             let j = journal.clone();
             let plan = match tokio::task::spawn_blocking(move || j.plan_repair(offset)).await {
@@ -64,14 +74,10 @@ pub async fn run(config: Arc<Config>, journal: Arc<Journal>, status: Arc<SourceS
                     warn!(offset, records = n, from = %plan.from.gtid, "damaged journal records repaired from the primary's binlog")
                 }
                 Err(e) => {
+                    failed.insert(offset, Instant::now());
                     error!(offset, error = %common::lifecycle::error_chain(&e), retry_in = ?RETRY_AFTER,
                            "a damaged journal record could not be repaired from the primary; it is not served \
                             (README \"a damaged journal\")");
-                    let j = journal.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(RETRY_AFTER).await;
-                        j.report_damage(offset);
-                    });
                 }
             }
         }

@@ -14,6 +14,9 @@ use common::position::GtidState;
 
 use super::{location, offset_of, record_key, verified, Journal, JournalError, ResumeState, RECORD_PREFIX};
 
+/// Index entries read per batch.
+const BATCH: usize = 1024;
+
 /// What the check found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TailCheck {
@@ -36,32 +39,43 @@ impl Journal {
         let mut damaged_from = None;
         let mut good: Option<Record> = None;
         let mut in_suffix = true;
-        for kv in self.tree.range(record_key(0)..=record_key(head)).rev() {
-            let (k, v) = kv?;
-            let (offset, loc) = (offset_of(&k).unwrap_or(0), location(&v)?);
-            if loc.segment != last_segment && !(in_suffix && damaged_from.is_some()) {
+        // Read in batches (one open of each segment per batch), newest first.
+        let mut entries = self.tree.range(record_key(0)..=record_key(head)).rev();
+        'scan: loop {
+            let mut batch = Vec::with_capacity(BATCH);
+            for kv in entries.by_ref().take(BATCH) {
+                let (k, v) = kv?;
+                batch.push((offset_of(&k).unwrap_or(0), location(&v)?));
+            }
+            if batch.is_empty() {
                 break;
             }
-            let bytes = self.segments.read(&[loc])?.pop().unwrap_or_default();
-            check.checked += 1;
-            match verified(offset, &loc, &bytes) {
-                // A fragment before the damage: its transaction is cut and read again too.
-                Ok((record, _)) if in_suffix && damaged_from.is_some() && record.continues => {
-                    damaged_from = Some(offset)
+            let locations: Vec<_> = batch.iter().map(|(_, loc)| *loc).collect();
+            for ((offset, loc), bytes) in batch.iter().zip(self.segments.read(&locations)?) {
+                let (offset, loc) = (*offset, *loc);
+                if loc.segment != last_segment && !(in_suffix && damaged_from.is_some()) {
+                    break 'scan;
                 }
-                Ok((record, _)) if in_suffix => {
-                    good = Some(record);
-                    in_suffix = false;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(offset, segment = loc.segment, pos = loc.pos, error = %common::lifecycle::error_chain(&e),
-                                   "damaged journal record found at open");
-                    if in_suffix {
-                        damaged_from = Some(offset);
-                    } else {
-                        // Whole records after it: not a cut-short write. Served as DATA_LOSS until repaired.
-                        check.damaged.push(offset);
+                check.checked += 1;
+                match verified(offset, &loc, &bytes) {
+                    // A fragment before the damage: its transaction is cut and read again too.
+                    Ok((record, _)) if in_suffix && damaged_from.is_some() && record.continues => {
+                        damaged_from = Some(offset)
+                    }
+                    Ok((record, _)) if in_suffix => {
+                        good = Some(record);
+                        in_suffix = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(offset, segment = loc.segment, pos = loc.pos, error = %common::lifecycle::error_chain(&e),
+                                       "damaged journal record found at open");
+                        if in_suffix {
+                            damaged_from = Some(offset);
+                        } else {
+                            // Whole records after it: not a cut-short write. Served as DATA_LOSS until repaired.
+                            check.damaged.push(offset);
+                        }
                     }
                 }
             }

@@ -122,7 +122,8 @@ pub async fn look_up(
     let other = format!("SELECT {}", other.join(", "));
     let same: Vec<String> =
         shape.columns.iter().enumerate().map(|(j, col)| format!("t.{} <=> k.b{j}", sql::ident(&col.name))).collect();
-    let on: Vec<String> = keys.iter().enumerate().map(|(j, col)| format!("t.{} = k.k{j}", sql::ident(&col.name))).collect();
+    let on: Vec<String> =
+        keys.iter().enumerate().map(|(j, col)| format!("t.{} = k.k{j}", sql::ident(&col.name))).collect();
     let mut out: Vec<Option<bool>> = vec![None; touched.len()];
     let mut done = 0;
     while done < touched.len() {

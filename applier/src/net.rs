@@ -41,19 +41,7 @@ struct Entry<'a> {
 
 impl<'a> NetTable<'a> {
     pub fn new(c: &TableChange, offset: u64) -> Self {
-        Self {
-            shape: TableChange {
-                schema: c.schema.clone(),
-                table: c.table.clone(),
-                columns: c.columns.clone(),
-                primary_key: c.primary_key.clone(),
-                rows: Vec::new(),
-                foreign_key_checks: c.foreign_key_checks,
-            },
-            first_offset: offset,
-            order: Vec::new(),
-            entries: HashMap::new(),
-        }
+        Self { shape: c.shape(), first_offset: offset, order: Vec::new(), entries: HashMap::new() }
     }
 
     fn key(&self, image: &[Value]) -> (String, Vec<Value>) {

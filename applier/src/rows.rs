@@ -42,7 +42,7 @@ async fn delete_keys(tx: &mut Conn, net: &NetTable<'_>, keys: &[&[Value]], lenie
         let n = sql::insert_chunk(keys.len() - done, shape.primary_key.len());
         let stmt = sql::delete_keys(shape, n);
         let params: Vec<_> = keys[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
-        tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+        execute(tx, offset, &table, &stmt, params).await?;
         if tx.affected_rows() != n as u64 && !lenient {
             return Err(ApplyError::Drift {
                 offset,
@@ -65,7 +65,7 @@ async fn insert_images(tx: &mut Conn, net: &NetTable<'_>, images: &[&[Value]]) -
         let rows = &images[done..done + n];
         let stmt = sql::relaxed_if(sql::needs_relaxed(&shape.columns, rows.iter().copied()), sql::insert(shape, n));
         let params: Vec<_> = rows.iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
-        tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+        execute(tx, offset, &table, &stmt, params).await?;
         done += n;
     }
     Ok(())
@@ -79,16 +79,12 @@ pub async fn apply_in_order(tx: &mut Conn, offset: u64, c: &TableChange, lenient
         for row in &c.rows {
             if let RowChange::Update { before, .. } | RowChange::Delete { before } = row {
                 let stmt = sql::delete(c);
-                tx.exec_drop(&stmt, sql::key_params(c, before)).await.map_err(statement(
-                    offset,
-                    Some(&table),
-                    &stmt,
-                ))?;
+                execute(tx, offset, &table, &stmt, sql::key_params(c, before)).await?;
             }
             if let RowChange::Insert { after } | RowChange::Update { after, .. } = row {
                 let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::replace(c, 1));
                 let params: Vec<_> = after.iter().map(sql::to_mysql).collect();
-                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                execute(tx, offset, &table, &stmt, params).await?;
             }
         }
         return Ok(());
@@ -111,7 +107,7 @@ pub async fn apply_in_order(tx: &mut Conn, offset: u64, c: &TableChange, lenient
                     let stmt =
                         sql::relaxed_if(sql::needs_relaxed(&c.columns, images.iter().copied()), sql::insert(c, n));
                     let params: Vec<_> = images.iter().flat_map(|r| r.iter().map(sql::to_mysql)).collect();
-                    tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                    execute(tx, offset, &table, &stmt, params).await?;
                     done += n;
                 }
                 i += run;
@@ -120,23 +116,30 @@ pub async fn apply_in_order(tx: &mut Conn, offset: u64, c: &TableChange, lenient
                 let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::update(c));
                 let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
                 params.extend(sql::key_params(c, before));
-                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                execute(tx, offset, &table, &stmt, params).await?;
                 expect_one(tx, offset, &table, stmt, "UPDATE")?;
                 i += 1;
             }
             RowChange::Delete { before } => {
                 let stmt = sql::delete(c);
-                tx.exec_drop(&stmt, sql::key_params(c, before)).await.map_err(statement(
-                    offset,
-                    Some(&table),
-                    &stmt,
-                ))?;
+                execute(tx, offset, &table, &stmt, sql::key_params(c, before)).await?;
                 expect_one(tx, offset, &table, stmt, "DELETE")?;
                 i += 1;
             }
         }
     }
     Ok(())
+}
+
+/// Runs one statement of a row change, naming offset, table and statement in its error.
+async fn execute(
+    tx: &mut Conn,
+    offset: u64,
+    table: &TableKey,
+    stmt: &str,
+    params: Vec<mysql_async::Value>,
+) -> Result<(), ApplyError> {
+    tx.exec_drop(stmt, params).await.map_err(statement(offset, Some(table), stmt))
 }
 
 /// An UPDATE or DELETE that finds no row means the secondary has drifted from the primary.
@@ -219,7 +222,7 @@ pub async fn apply_in_order_resolving(
     conflicts: &mut Vec<Conflict>,
 ) -> Result<(), ApplyError> {
     let table = key_of(c);
-    let exact = TableChange { primary_key: Vec::new(), ..shape_of(c) };
+    let exact = TableChange { primary_key: Vec::new(), ..c.shape() };
     let keyed = !c.primary_key.is_empty();
     let overwrite = mode == ConflictMode::Overwrite;
     for row in &c.rows {
@@ -241,19 +244,19 @@ pub async fn apply_in_order_resolving(
                         let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::update(c));
                         let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
                         params.extend(sql::key_params(c, after));
-                        tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                        execute(tx, offset, &table, &stmt, params).await?;
                     }
                     continue;
                 }
                 let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::insert(c, 1));
                 let params: Vec<_> = after.iter().map(sql::to_mysql).collect();
-                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                execute(tx, offset, &table, &stmt, params).await?;
             }
             RowChange::Update { before, after } => {
                 let stmt = sql::relaxed_if(sql::needs_relaxed(&c.columns, [after.as_slice()]), sql::update(&exact));
                 let mut params: Vec<_> = after.iter().map(sql::to_mysql).collect();
                 params.extend(sql::key_params(&exact, before));
-                tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                execute(tx, offset, &table, &stmt, params).await?;
                 if tx.affected_rows() == 1 {
                     continue;
                 }
@@ -272,16 +275,12 @@ pub async fn apply_in_order_resolving(
                     if had {
                         params.extend(sql::key_params(c, before));
                     }
-                    tx.exec_drop(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+                    execute(tx, offset, &table, &stmt, params).await?;
                 }
             }
             RowChange::Delete { before } => {
                 let stmt = sql::delete(&exact);
-                tx.exec_drop(&stmt, sql::key_params(&exact, before)).await.map_err(statement(
-                    offset,
-                    Some(&table),
-                    &stmt,
-                ))?;
+                execute(tx, offset, &table, &stmt, sql::key_params(&exact, before)).await?;
                 if tx.affected_rows() == 1 {
                     continue;
                 }
@@ -290,26 +289,10 @@ pub async fn apply_in_order_resolving(
                 conflicts.push(found(if had { Kind::Differs } else { Kind::Missing }, before, existing));
                 if overwrite && had {
                     let stmt = sql::delete(c);
-                    tx.exec_drop(&stmt, sql::key_params(c, before)).await.map_err(statement(
-                        offset,
-                        Some(&table),
-                        &stmt,
-                    ))?;
+                    execute(tx, offset, &table, &stmt, sql::key_params(c, before)).await?;
                 }
             }
         }
     }
     Ok(())
-}
-
-/// `c` without its rows.
-fn shape_of(c: &TableChange) -> TableChange {
-    TableChange {
-        schema: c.schema.clone(),
-        table: c.table.clone(),
-        columns: c.columns.clone(),
-        primary_key: c.primary_key.clone(),
-        rows: Vec::new(),
-        foreign_key_checks: c.foreign_key_checks,
-    }
 }

@@ -71,6 +71,18 @@ pub struct TableChange {
 }
 
 impl TableChange {
+    /// The table's shape: this change without its rows.
+    pub fn shape(&self) -> TableChange {
+        TableChange {
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            columns: self.columns.clone(),
+            primary_key: self.primary_key.clone(),
+            rows: Vec::new(),
+            foreign_key_checks: self.foreign_key_checks,
+        }
+    }
+
     /// Bytes the change holds in memory, rows and shape (see [`Value::mem_size`]).
     pub fn mem_size(&self) -> usize {
         let shape: usize = self.columns.iter().map(|c| std::mem::size_of::<Column>() + c.name.len()).sum();

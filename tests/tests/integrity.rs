@@ -23,6 +23,27 @@ async fn insert(db: &MariaDb, ids: std::ops::RangeInclusive<u32>) {
     }
 }
 
+/// A primary with `i.t`, a reader and an applier that has applied `rows` one-row transactions.
+struct Streaming {
+    primary: MariaDb,
+    journal: PathBuf,
+    reader: Reader,
+    secondary: MariaDb,
+    applier: Applier,
+}
+
+async fn streaming(rows: u32) -> Streaming {
+    let primary = MariaDb::start(Role::Primary).await;
+    let journal = primary.dir.path().join("journal");
+    let reader = Reader::start(&primary, &journal, &[]).await;
+    schema(&primary).await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let applier = Applier::start(&reader, &secondary, "streaming", &[("REPLICA_START_OFFSET", "1")]);
+    insert(&primary, 1..=rows).await;
+    caught_up(&primary, &reader, &secondary, &applier).await;
+    Streaming { primary, journal, reader, secondary, applier }
+}
+
 fn last_segment(journal: &Path) -> PathBuf {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(journal.join("segments"))
         .expect("segments")
@@ -35,14 +56,7 @@ fn last_segment(journal: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_journal_cut_short_is_cut_back_to_its_last_whole_record_and_read_again_from_the_primary() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let journal = primary.dir.path().join("journal");
-    let mut reader = Reader::start(&primary, &journal, &[]).await;
-    schema(&primary).await;
-    let secondary = MariaDb::start(Role::Secondary).await;
-    let applier = Applier::start(&reader, &secondary, "torn", &[("REPLICA_START_OFFSET", "1")]);
-    insert(&primary, 1..=30).await;
-    caught_up(&primary, &reader, &secondary, &applier).await;
+    let Streaming { primary, journal, mut reader, secondary, applier } = streaming(30).await;
     let head = reader.info().await.last_offset;
     assert_eq!(reader.terminate().map(|s| s.success()), Some(true));
     let seg = last_segment(&journal);
@@ -183,14 +197,7 @@ async fn records_with_a_flipped_value_byte_and_a_flipped_length_byte_are_repaire
 /// read again from the primary at the same offsets, and an applier that had applied them keeps streaming.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_index_goes_back_to_an_earlier_state_loudly_and_appliers_ahead_of_it_keep_streaming() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let journal = primary.dir.path().join("journal");
-    let mut reader = Reader::start(&primary, &journal, &[]).await;
-    schema(&primary).await;
-    let secondary = MariaDb::start(Role::Secondary).await;
-    let applier = Applier::start(&reader, &secondary, "ahead", &[("REPLICA_START_OFFSET", "1")]);
-    insert(&primary, 1..=100).await;
-    caught_up(&primary, &reader, &secondary, &applier).await;
+    let Streaming { primary, journal, mut reader, secondary, applier } = streaming(100).await;
     assert_eq!(reader.terminate().map(|s| s.success()), Some(true));
     let db = journal.join("db");
     let mut bytes = std::fs::read(&db).expect("sled's log");

@@ -123,9 +123,10 @@ pub fn status(e: impl Into<ReaderError>) -> Status {
         ReaderError::Journal(JournalError::OutOfRange { .. }) => Status::out_of_range(message),
         ReaderError::Journal(JournalError::UnknownConsumer(_)) => Status::not_found(message),
         ReaderError::Journal(JournalError::BadConsumerName(_)) => Status::invalid_argument(message),
-        ReaderError::Journal(JournalError::Damaged { .. } | JournalError::Misplaced { .. }) => {
-            Status::data_loss(message)
-        }
+        ReaderError::Journal(JournalError::Damaged { .. } | JournalError::Misplaced { .. })
+        | ReaderError::Snapshot(SnapshotError::Journal(
+            JournalError::Damaged { .. } | JournalError::Misplaced { .. },
+        )) => Status::data_loss(message),
         ReaderError::Snapshot(SnapshotError::NotFound(_)) => Status::not_found(message),
         ReaderError::Snapshot(SnapshotError::Invalid(_)) => Status::invalid_argument(message),
         ReaderError::Snapshot(SnapshotError::Journal(JournalError::OutOfRange { .. })) => Status::out_of_range(message),

@@ -44,6 +44,26 @@ async fn streaming(rows: u32) -> Streaming {
     Streaming { primary, journal, reader, secondary, applier }
 }
 
+/// A primary with `i.t` and `rows` one-row transactions journaled by a reader, which is then stopped.
+struct Journaled {
+    primary: MariaDb,
+    journal: PathBuf,
+    reader: Reader,
+    /// The journal's last offset.
+    head: u64,
+}
+
+async fn journaled_and_stopped(rows: u32) -> Journaled {
+    let primary = MariaDb::start(Role::Primary).await;
+    let journal = primary.dir.path().join("journal");
+    let mut reader = Reader::start(&primary, &journal, &[]).await;
+    schema(&primary).await;
+    insert(&primary, 1..=rows).await;
+    let head = tests::journaled(&primary, &reader).await;
+    assert_eq!(reader.terminate().map(|s| s.success()), Some(true));
+    Journaled { primary, journal, reader, head }
+}
+
 fn last_segment(journal: &Path) -> PathBuf {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(journal.join("segments"))
         .expect("segments")
@@ -107,13 +127,7 @@ fn flip_near(journal: &Path, id: u32, from_value: isize, mask: u8) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_with_a_flipped_byte_is_neither_served_nor_applied_when_the_primary_no_longer_has_it() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let journal = primary.dir.path().join("journal");
-    let mut reader = Reader::start(&primary, &journal, &[]).await;
-    schema(&primary).await;
-    insert(&primary, 1..=30).await;
-    let head = tests::journaled(&primary, &reader).await;
-    assert_eq!(reader.terminate().map(|s| s.success()), Some(true));
+    let Journaled { primary, journal, mut reader, head } = journaled_and_stopped(30).await;
     flip_value_byte(&journal, 15);
     // The primary no longer has those transactions: nothing to repair from.
     primary.exec("FLUSH BINARY LOGS").await;
@@ -164,13 +178,7 @@ async fn a_record_with_a_flipped_byte_is_neither_served_nor_applied_when_the_pri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_with_a_flipped_value_byte_and_a_flipped_length_byte_are_repaired_from_the_primarys_binlog() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let journal = primary.dir.path().join("journal");
-    let mut reader = Reader::start(&primary, &journal, &[]).await;
-    schema(&primary).await;
-    insert(&primary, 1..=30).await;
-    let head = tests::journaled(&primary, &reader).await;
-    assert_eq!(reader.terminate().map(|s| s.success()), Some(true));
+    let Journaled { primary, journal, mut reader, head } = journaled_and_stopped(30).await;
     flip_value_byte(&journal, 15);
     flip_length_byte(&journal, 16);
 

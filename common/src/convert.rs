@@ -7,7 +7,7 @@ use crate::proto;
 /// A wire record that does not describe a valid domain record.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed record from the reader: {0}")]
-pub struct WireError(&'static str);
+pub struct WireError(pub &'static str);
 
 // Domain to wire by value: a record's strings and bytes move into the wire record (a fragment may hold many
 // MiB, so it is not copied on its way to a subscriber).
@@ -183,10 +183,22 @@ impl TryFrom<proto::Record> for Record {
     }
 }
 
+impl TryFrom<proto::RowChange> for RowChange {
+    type Error = WireError;
+    fn try_from(r: proto::RowChange) -> Result<Self, WireError> {
+        use proto::row_change::Kind;
+        Ok(match Kind::try_from(r.kind).map_err(|_| WireError("unknown row kind"))? {
+            Kind::Insert => RowChange::Insert { after: values(r.after)? },
+            Kind::Update => RowChange::Update { before: values(r.before)?, after: values(r.after)? },
+            Kind::Delete => RowChange::Delete { before: values(r.before)? },
+            Kind::Unspecified => return Err(WireError("row kind unspecified")),
+        })
+    }
+}
+
 impl TryFrom<proto::TableChange> for TableChange {
     type Error = WireError;
     fn try_from(c: proto::TableChange) -> Result<Self, WireError> {
-        use proto::row_change::Kind;
         let columns = c
             .columns
             .into_iter()
@@ -202,18 +214,7 @@ impl TryFrom<proto::TableChange> for TableChange {
                 })
             })
             .collect::<Result<Vec<_>, WireError>>()?;
-        let rows = c
-            .rows
-            .into_iter()
-            .map(|r| {
-                Ok(match Kind::try_from(r.kind).map_err(|_| WireError("unknown row kind"))? {
-                    Kind::Insert => RowChange::Insert { after: values(r.after)? },
-                    Kind::Update => RowChange::Update { before: values(r.before)?, after: values(r.after)? },
-                    Kind::Delete => RowChange::Delete { before: values(r.before)? },
-                    Kind::Unspecified => return Err(WireError("row kind unspecified")),
-                })
-            })
-            .collect::<Result<Vec<_>, WireError>>()?;
+        let rows = c.rows.into_iter().map(RowChange::try_from).collect::<Result<Vec<_>, WireError>>()?;
         if c.primary_key.iter().any(|&i| i as usize >= columns.len()) {
             return Err(WireError("primary key index out of range"));
         }

@@ -11,10 +11,12 @@
 //! - [`lifecycle`]: shutdown signals and error reports for the binaries
 //! - [`mariadb`]: MariaDB connection options and `information_schema` column reads, built one way
 //! - [`metrics`]: the Prometheus endpoint
+//! - [`chunk`]: the SELECT of a key range, selected values as journal values, the row checksum of verification
 //! - [`sql_value`]: journal values as MariaDB driver parameters
 //! - [`retry`]: the one retry policy (jittered exponential backoff, capped, reset after success)
 //! - [`reference`]: the README configuration reference, generated from clap
 
+pub mod chunk;
 pub mod codec;
 pub mod config;
 pub mod config_file;

@@ -82,6 +82,11 @@ impl ReaderMetrics {
         r.register("journal_rows", "Row changes journaled", counters.rows.clone());
         r.register("copy_chunks", "Chunks served to initial copies", counters.copy_chunks.clone());
         r.register("copy_rows", "Rows served to initial copies", counters.copy_rows.clone());
+        r.register(
+            "verify_rows",
+            "Rows of the primary checksummed for online verification",
+            counters.verify_rows.clone(),
+        );
         m
     }
 

@@ -64,6 +64,8 @@ pub struct Counters {
     /// Chunks and rows served to appliers' initial copies.
     pub copy_chunks: Counter,
     pub copy_rows: Counter,
+    /// Rows of the primary checksummed for appliers' online verifications.
+    pub verify_rows: Counter,
 }
 
 /// Live state shown in status and health.

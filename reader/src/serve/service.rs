@@ -289,6 +289,25 @@ impl JournalApi for JournalService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    type ChecksumChunksStream = ReceiverStream<Result<proto::ChecksumPart, Status>>;
+
+    async fn checksum_chunks(
+        &self,
+        req: Request<proto::ChecksumChunksRequest>,
+    ) -> Result<Response<Self::ChecksumChunksStream>, Status> {
+        let req = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let snapshots = self.snapshots.clone();
+        tokio::spawn(async move {
+            let (schema, table) = (req.schema.clone(), req.table.clone());
+            if let Err(e) = snapshots.checksum_chunks(req, tx.clone()).await {
+                debug!(schema = %schema, table = %table, error = %e, "checksum failed");
+                let _ = tx.send(Err(status(e))).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn switch_primary(
         &self,
         req: Request<proto::SwitchPrimaryRequest>,

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::chunk::{self, Range, RowSum, SelectColumn};
 use common::event::{Column, ColumnType, RowChange, TableChange, Value};
 use common::position::BinlogPosition;
 use common::proto;
@@ -34,13 +35,8 @@ const PART_ROWS: usize = 1000;
 const PART_BYTES: usize = 2 << 20;
 /// Default rows of a chunk when the request says 0.
 const DEFAULT_CHUNK: u32 = 1000;
-
-/// One column as a chunk carries it, with how to select it.
-struct ChunkColumn {
-    column: Column,
-    /// UUID and INET types are selected as their stored bytes, as the binlog logs them.
-    as_binary: bool,
-}
+/// Default chunks of a checksum response when the request says 0.
+const DEFAULT_CHECKSUM_CHUNKS: u32 = 10;
 
 /// The chunk key of a table.
 struct TableKey {
@@ -278,20 +274,20 @@ impl Snapshots {
     }
 
     /// The columns a copy writes (generated columns are computed by the secondary).
-    async fn columns(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<ChunkColumn>, SnapshotError> {
+    async fn columns(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<SelectColumn>, SnapshotError> {
         let found = common::mariadb::columns(conn, schema, table).await?;
         Ok(found
             .into_iter()
             .filter(|c| !c.generated)
             .map(|c| {
                 let ty = ColumnType::from_data_type(&c.data_type);
-                let as_binary = matches!(c.data_type.as_str(), "uuid" | "inet4" | "inet6");
+                let as_binary = SelectColumn::is_stored_as_bytes(&c.data_type);
                 let binary = as_binary
                     || matches!(
                         c.data_type.as_str(),
                         "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
                     );
-                ChunkColumn {
+                SelectColumn {
                     column: Column {
                         name: c.name,
                         ty,
@@ -312,7 +308,7 @@ impl Snapshots {
         conn: &mut Conn,
         schema: &str,
         table: &str,
-        columns: &[ChunkColumn],
+        columns: &[SelectColumn],
     ) -> Result<TableKey, SnapshotError> {
         let rows: Vec<(String, String, u8, Option<u64>)> = conn
             .exec(
@@ -369,7 +365,7 @@ impl Snapshots {
         sql: String,
         params: Vec<My>,
         shape: &TableChange,
-        columns: &[ChunkColumn],
+        columns: &[SelectColumn],
         tx: &mpsc::Sender<Result<proto::ChunkPart, Status>>,
     ) -> Result<(), SnapshotError> {
         let mut result = conn.exec_iter(sql, params).await?;
@@ -380,7 +376,7 @@ impl Snapshots {
                 .unwrap()
                 .into_iter()
                 .zip(columns)
-                .map(|(v, c)| value(v, &c.column))
+                .map(|(v, c)| chunk::value(v, &c.column))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| SnapshotError::Invalid(format!("{}.{}: {e}", shape.schema, shape.table)))?;
             self.status.counters.copy_rows.inc();
@@ -404,60 +400,55 @@ impl Snapshots {
         Ok(())
     }
 
-    /// Streams one chunk of a table into `tx`: a first part with the boundary and the columns, then rows.
-    pub async fn read_chunk(
-        &self,
-        req: proto::ReadChunkRequest,
-        tx: mpsc::Sender<Result<proto::ChunkPart, Status>>,
-    ) -> Result<(), SnapshotError> {
-        if !self.config.filter.table(&req.schema, &req.table) {
-            return Err(SnapshotError::Invalid(format!(
-                "table {}.{} is excluded by the reader's filters",
-                req.schema, req.table
-            )));
+    /// Begins a snapshot of the primary for one table: checks the filters and the key values given, reads the
+    /// table's columns and chunk key in the snapshot, and waits for the snapshot's journal boundary.
+    async fn open_table(&self, schema: &str, table: &str, keys: &[&[Value]]) -> Result<TableSnapshot, SnapshotError> {
+        if !self.config.filter.table(schema, table) {
+            return Err(SnapshotError::Invalid(format!("table {schema}.{table} is excluded by the reader's filters")));
         }
-        let after: Vec<Value> = req
-            .after_key
-            .into_iter()
-            .map(Value::try_from)
-            .collect::<Result<_, _>>()
-            .map_err(|e| SnapshotError::Invalid(format!("after_key: {e}")))?;
         let (mut conn, server) = self.conn().await?;
         let position = Self::start_snapshot(&mut conn).await?;
         // Definitions read after the snapshot began: a DDL after that makes the SELECT fail (ER_TABLE_DEF_CHANGED).
-        let columns = Self::columns(&mut conn, &req.schema, &req.table).await?;
+        let columns = Self::columns(&mut conn, schema, table).await?;
         if columns.is_empty() {
-            return Err(SnapshotError::NotFound(format!(
-                "table {}.{} does not exist on the primary",
-                req.schema, req.table
-            )));
+            return Err(SnapshotError::NotFound(format!("table {schema}.{table} does not exist on the primary")));
         }
-        let key = Self::key(&mut conn, &req.schema, &req.table, &columns).await?;
+        let key = Self::key(&mut conn, schema, table, &columns).await?;
         let key_index: Vec<u32> = key
             .columns
             .iter()
             .map(|k| columns.iter().position(|c| c.column.name == *k).map(|i| i as u32))
             .collect::<Option<_>>()
             .ok_or_else(|| SnapshotError::Unavailable("a key column is generated or missing; retry".into()))?;
-        if !after.is_empty() && after.len() != key_index.len() {
+        if let Some(bad) = keys.iter().find(|k| !k.is_empty() && k.len() != key_index.len()) {
             return Err(SnapshotError::Invalid(format!(
-                "after_key has {} values but the key of {}.{} is ({})",
-                after.len(),
-                req.schema,
-                req.table,
+                "a key of {} values was given but the key of {schema}.{table} is ({})",
+                bad.len(),
                 key.columns.join(", ")
             )));
         }
         let boundary = self.boundary(&position, &server).await?;
         let shape = TableChange {
-            schema: req.schema.clone(),
-            table: req.table.clone(),
+            schema: schema.to_owned(),
+            table: table.to_owned(),
             columns: columns.iter().map(|c| c.column.clone()).collect(),
-            primary_key: key_index.clone(),
+            primary_key: key_index,
             rows: Vec::new(),
             // A copy is written with checks off, whatever this says.
             foreign_key_checks: false,
         };
+        Ok(TableSnapshot { conn, position, columns, key_kind: key.kind, shape, boundary })
+    }
+
+    /// Streams one chunk of a table into `tx`: a first part with the boundary and the columns, then rows.
+    pub async fn read_chunk(
+        &self,
+        req: proto::ReadChunkRequest,
+        tx: mpsc::Sender<Result<proto::ChunkPart, Status>>,
+    ) -> Result<(), SnapshotError> {
+        let after = values(req.after_key, "after_key")?;
+        let TableSnapshot { mut conn, position, columns, key_kind, shape, boundary } =
+            self.open_table(&req.schema, &req.table, &[&after]).await?;
         let first = proto::ChunkPart {
             boundary_offset: boundary,
             position: Some(proto::SourcePosition {
@@ -466,140 +457,123 @@ impl Snapshots {
                 gtid: String::new(),
             }),
             rows: Some(shape.clone().into()),
-            key_kind: key.kind.into(),
+            key_kind: key_kind.into(),
         };
         if tx.send(Ok(first)).await.is_err() {
             return Ok(());
         }
 
         let limit = if req.limit == 0 { DEFAULT_CHUNK } else { req.limit };
-        let (sql, params) = chunk_select(&shape, &columns, &key.columns, &after, limit);
+        let range = Range { after: &after, upto: &[], limit: Some(limit) };
+        let (sql, params) = chunk::select(&shape.schema, &shape.table, &columns, &shape.primary_key, range);
         self.status.counters.copy_chunks.inc();
         self.stream_rows(&mut conn, sql, params, &shape, &columns, &tx).await?;
         conn.query_drop("COMMIT").await?;
         Ok(())
     }
-}
 
-/// A selected value as the journal carries the same column's value from the binlog.
-/// The SELECT of one chunk: the columns (UUID and INET as their stored bytes), rows after `after` in key order
-/// — `(k1, k2, ...) > (v1, v2, ...)` spelled out so the optimizer uses the key as a range — up to `limit`; a
-/// table without a key is read whole.
-fn chunk_select(
-    shape: &TableChange,
-    columns: &[ChunkColumn],
-    key: &[String],
-    after: &[Value],
-    limit: u32,
-) -> (String, Vec<My>) {
-    let select: Vec<String> = columns
-        .iter()
-        .map(|c| if c.as_binary { format!("CAST({} AS BINARY)", ident(&c.column.name)) } else { ident(&c.column.name) })
-        .collect();
-    let mut sql = format!("SELECT {} FROM {}.{}", select.join(", "), ident(&shape.schema), ident(&shape.table));
-    let mut params: Vec<My> = Vec::new();
-    let key_index = &shape.primary_key;
-    if key_index.is_empty() {
-        return (sql, params);
-    }
-    if !after.is_empty() {
-        let mut ors = Vec::new();
-        for i in 0..key_index.len() {
-            let mut ands = Vec::new();
-            for (j, k) in key_index.iter().enumerate().take(i + 1) {
-                let c = &columns[*k as usize];
-                let op = if j == i { ">" } else { "=" };
-                let ph = if c.column.collation == 63 && !c.as_binary { "CAST(? AS BINARY)" } else { "?" };
-                ands.push(format!("{} {op} {ph}", ident(&c.column.name)));
-                params.push(common::sql_value::to_mysql(&after[j]));
-            }
-            ors.push(format!("({})", ands.join(" AND ")));
-        }
-        sql.push_str(&format!(" WHERE {}", ors.join(" OR ")));
-    }
-    let order: Vec<String> = key.iter().map(|k| ident(k)).collect();
-    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
-    (sql, params)
-}
-
-fn value(v: My, col: &Column) -> Result<Value, String> {
-    use ColumnType as T;
-    let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| format!("column {} is not valid UTF-8", col.name));
-    Ok(match v {
-        My::NULL => Value::Null,
-        My::Int(i) if col.ty == T::Year => Value::Year(i as u16),
-        My::Int(i) => Value::Int(i),
-        My::UInt(u) => Value::UInt(u),
-        My::Float(f) => Value::Float(f),
-        My::Double(d) if col.ty == T::Float => Value::Float(d as f32),
-        My::Double(d) => Value::Double(d),
-        My::Bytes(b) => match col.ty {
-            T::Decimal => Value::Decimal(text(b)?),
-            T::Bit | T::Geometry => Value::Bytes(b),
-            T::Char | T::VarChar | T::Blob if col.collation == 63 => Value::Bytes(b),
-            T::Char | T::VarChar | T::Blob | T::Enum | T::Set => Value::Text(text(b)?),
-            T::Year => Value::Year(text(b)?.parse().map_err(|_| format!("column {}: bad YEAR", col.name))?),
-            other => return Err(format!("column {} ({other}) came back as bytes", col.name)),
-        },
-        My::Date(year, month, day, hour, minute, second, micros) => match col.ty {
-            T::Date => Value::Date { year, month, day },
-            T::Timestamp if year == 0 => Value::Timestamp { seconds: 0, micros: 0 },
-            T::Timestamp => Value::Timestamp {
-                seconds: common::event::unix_from_utc(year, month, day, hour, minute, second),
-                micros,
-            },
-            _ => Value::DateTime { year, month, day, hour, minute, second, micros },
-        },
-        My::Time(negative, days, hours, minutes, seconds, micros) => {
-            Value::Time { negative, hours: days * 24 + u32::from(hours), minutes, seconds, micros }
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn column(name: &str, collation: u16, as_binary: bool) -> ChunkColumn {
-        let column = Column {
-            name: name.into(),
-            ty: ColumnType::Int,
-            unsigned: false,
-            nullable: false,
-            binlog_type: 0,
-            binlog_meta: 0,
-            collation,
+    /// Checksums consecutive chunks of a table in one snapshot (see `ChecksumChunks` in the proto).
+    pub async fn checksum_chunks(
+        &self,
+        req: proto::ChecksumChunksRequest,
+        tx: mpsc::Sender<Result<proto::ChecksumPart, Status>>,
+    ) -> Result<(), SnapshotError> {
+        let mut after = values(req.after_key, "after_key")?;
+        let upto = values(req.upto_key, "upto_key")?;
+        let TableSnapshot { mut conn, columns, key_kind, shape, boundary, .. } =
+            self.open_table(&req.schema, &req.table, &[&after, &upto]).await?;
+        let keyless = shape.primary_key.is_empty();
+        let chunk_rows = if req.chunk_rows == 0 { DEFAULT_CHUNK } else { req.chunk_rows };
+        let max_chunks = match req.max_chunks {
+            _ if !upto.is_empty() || keyless => 1,
+            0 => DEFAULT_CHECKSUM_CHUNKS,
+            n => n.min(1000),
         };
-        ChunkColumn { column, as_binary }
-    }
-
-    fn shape(primary_key: Vec<u32>) -> TableChange {
-        TableChange {
-            schema: "s".into(),
-            table: "t".into(),
-            columns: vec![],
-            primary_key,
-            rows: vec![],
-            foreign_key_checks: false,
+        let with_rows = req.with_rows;
+        let first = proto::ChecksumPart {
+            boundary_offset: boundary,
+            key_kind: key_kind.into(),
+            shape: Some(shape.clone().into()),
+            ..Default::default()
+        };
+        if tx.send(Ok(first)).await.is_err() {
+            return Ok(());
         }
+        let mut end = false;
+        let mut buf = Vec::new();
+        for _ in 0..max_chunks {
+            if end {
+                break;
+            }
+            let limit = if upto.is_empty() && !keyless { Some(chunk_rows) } else { None };
+            let range = Range { after: &after, upto: &upto, limit };
+            let (sql, params) = chunk::select(&shape.schema, &shape.table, &columns, &shape.primary_key, range);
+            let mut result = conn.exec_iter(sql, params).await?;
+            let mut sum = RowSum::default();
+            let mut last: Option<Vec<My>> = None;
+            let (mut rows_read, mut row_hashes) = (Vec::new(), Vec::new());
+            while let Some(row) = result.next().await? {
+                let row = row.unwrap();
+                let hash = chunk::row_hash(&row, &mut buf);
+                sum.add(hash);
+                if with_rows {
+                    let image = to_values(row.clone(), &columns, &shape)?;
+                    rows_read.push(RowChange::Insert { after: image });
+                    row_hashes.push(hash.to_le_bytes().to_vec());
+                }
+                last = Some(row);
+            }
+            drop(result);
+            self.status.counters.verify_rows.inc_by(sum.rows);
+            end = keyless || !upto.is_empty() || limit.is_some_and(|l| sum.rows < u64::from(l));
+            let last_key: Vec<Value> = match last {
+                Some(row) => {
+                    let row = to_values(row, &columns, &shape)?;
+                    shape.primary_key.iter().map(|&k| row[k as usize].clone()).collect()
+                }
+                None => Vec::new(),
+            };
+            if !last_key.is_empty() {
+                after = last_key.clone();
+            }
+            let chunk = proto::ChunkChecksum {
+                last_key: last_key.into_iter().map(Into::into).collect(),
+                rows: sum.rows,
+                checksum: sum.sum_bytes(),
+                rows_read: rows_read.into_iter().map(Into::into).collect(),
+                row_hashes,
+            };
+            let part = proto::ChecksumPart { chunk: Some(chunk), end, ..Default::default() };
+            if tx.send(Ok(part)).await.is_err() {
+                return Ok(());
+            }
+        }
+        conn.query_drop("COMMIT").await?;
+        Ok(())
     }
+}
 
-    #[test]
-    fn a_chunk_selects_the_rows_after_the_last_key_in_key_order() {
-        let columns = [column("a", 33, false), column("b", 63, false), column("u", 63, true)];
-        let key = ["a".to_owned(), "b".to_owned()];
-        let (sql, params) = chunk_select(&shape(vec![0, 1]), &columns, &key, &[], 10);
-        assert_eq!(sql, "SELECT `a`, `b`, CAST(`u` AS BINARY) FROM `s`.`t` ORDER BY `a`, `b` LIMIT 10");
-        assert!(params.is_empty());
-        let after = [Value::Int(1), Value::Bytes(vec![2])];
-        let (sql, params) = chunk_select(&shape(vec![0, 1]), &columns, &key, &after, 10);
-        assert_eq!(
-            sql,
-            "SELECT `a`, `b`, CAST(`u` AS BINARY) FROM `s`.`t` WHERE (`a` > ?) OR (`a` = ? AND `b` > CAST(? AS BINARY)) \
-             ORDER BY `a`, `b` LIMIT 10"
-        );
-        assert_eq!(params.len(), 3);
-        let (sql, _) = chunk_select(&shape(vec![]), &columns, &[], &[], 10);
-        assert_eq!(sql, "SELECT `a`, `b`, CAST(`u` AS BINARY) FROM `s`.`t`", "a keyless table is read whole");
-    }
+/// A snapshot of the primary begun for one table.
+struct TableSnapshot {
+    conn: Conn,
+    position: BinlogPosition,
+    columns: Vec<SelectColumn>,
+    key_kind: &'static str,
+    shape: TableChange,
+    boundary: u64,
+}
+
+fn values(key: Vec<proto::Value>, what: &str) -> Result<Vec<Value>, SnapshotError> {
+    key.into_iter()
+        .map(Value::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|e| SnapshotError::Invalid(format!("{what}: {e}")))
+}
+
+fn to_values(row: Vec<My>, columns: &[SelectColumn], shape: &TableChange) -> Result<Vec<Value>, SnapshotError> {
+    row.into_iter()
+        .zip(columns)
+        .map(|(v, c)| chunk::value(v, &c.column))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SnapshotError::Invalid(format!("{}.{}: {e}", shape.schema, shape.table)))
 }

@@ -16,6 +16,7 @@ use crate::error::{self, ApplyError};
 use crate::metrics::ApplierMetrics;
 use crate::reader_client;
 use crate::table::QuarantineBoard;
+use crate::verify::board::VerifyBoard;
 
 /// Requests the apply loop carries out between transactions.
 #[derive(Debug)]
@@ -29,6 +30,7 @@ pub struct AdminState {
     pub board: Arc<CopyBoard>,
     pub quarantined: QuarantineBoard,
     pub commands: mpsc::Sender<AdminCmd>,
+    pub verify: Arc<VerifyBoard>,
     pub applied: watch::Receiver<u64>,
     pub serving: watch::Receiver<bool>,
     pub metrics: ApplierMetrics,
@@ -157,5 +159,58 @@ impl AdminApi for AdminState {
             Ok(message) => Ok(Response::new(proto::ResyncTableResponse { message })),
             Err(e) => Err(error::status(&e)),
         }
+    }
+
+    async fn start_verify(
+        &self,
+        req: Request<proto::StartVerifyRequest>,
+    ) -> Result<Response<proto::StartVerifyResponse>, Status> {
+        let req = req.into_inner();
+        if req.schema.is_empty() && !req.table.is_empty() {
+            return Err(Status::invalid_argument("a table needs its schema"));
+        }
+        let mut client = reader_client::connect(&self.config).await.map_err(|e| error::status(&e))?;
+        let listed = client
+            .list_tables(proto::ListTablesRequest {
+                schema: req.schema.clone(),
+                table: req.table.clone(),
+                consumer: String::new(),
+            })
+            .await
+            .map_err(|s| error::status(&reader_client::refused("ListTables")(s)))?
+            .into_inner();
+        let tables: Vec<(String, String)> = listed.tables.into_iter().map(|t| (t.schema, t.name)).collect();
+        if tables.is_empty() {
+            let what = if req.schema.is_empty() {
+                "no table".to_owned()
+            } else {
+                format!("no table {}.{}", req.schema, req.table)
+            };
+            return Err(Status::not_found(format!(
+                "the reader serves {what} (check the names and the reader's filters)"
+            )));
+        }
+        let names = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        tracing::info!(consumer = %self.config.name, tables = tables.len(), repair = req.repair, "verification started");
+        self.verify.start(tables, req.repair);
+        Ok(Response::new(proto::StartVerifyResponse { tables: names }))
+    }
+
+    async fn get_verify(
+        &self,
+        _: Request<proto::GetVerifyRequest>,
+    ) -> Result<Response<proto::GetVerifyResponse>, Status> {
+        Ok(Response::new(self.verify.lock().report()))
+    }
+
+    async fn stop_verify(
+        &self,
+        _: Request<proto::StopVerifyRequest>,
+    ) -> Result<Response<proto::StopVerifyResponse>, Status> {
+        let stopped = self.verify.stop();
+        if stopped {
+            tracing::info!(consumer = %self.config.name, "verification stopped");
+        }
+        Ok(Response::new(proto::StopVerifyResponse { stopped }))
     }
 }

@@ -57,6 +57,23 @@ CREATE TABLE IF NOT EXISTS replica_meta.conflicts (
   action VARCHAR(16) NOT NULL COMMENT 'overwritten or kept',
   recorded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   KEY (consumer, journal_offset)
+) ENGINE=InnoDB;
+CREATE TABLE IF NOT EXISTS replica_meta.verify (
+  consumer VARCHAR(128) NOT NULL,
+  schema_name VARCHAR(64) NOT NULL,
+  table_name VARCHAR(64) NOT NULL,
+  state VARCHAR(16) NOT NULL COMMENT 'pending, verifying, equal, differs, repaired, skipped, failed or stopped',
+  repair TINYINT NOT NULL DEFAULT 0,
+  key_kind VARCHAR(16) NOT NULL DEFAULT '',
+  last_key LONGTEXT NULL COMMENT 'JSON key of the last row compared; NULL before the first chunk',
+  chunks_compared BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  rows_compared BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  chunks_differing BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  rows_differing BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  rows_repaired BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  message TEXT NULL,
+  updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (consumer, schema_name, table_name)
 ) ENGINE=InnoDB";
 
 /// This secondary's checkpoint.

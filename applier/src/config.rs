@@ -72,6 +72,12 @@ pub struct Cli {
     /// Most rows per second the copy reads from the primary (0: no limit)
     #[arg(long, env = "REPLICA_COPY_ROWS_PER_SECOND", default_value_t = 0)]
     pub copy_rows_per_second: u64,
+    /// Most rows per second online verification compares (0: no limit)
+    #[arg(long, env = "REPLICA_VERIFY_ROWS_PER_SECOND", default_value_t = 0)]
+    pub verify_rows_per_second: u64,
+    /// Rows per checksummed chunk of online verification
+    #[arg(long, env = "REPLICA_VERIFY_CHUNK_ROWS", default_value_t = 1000)]
+    pub verify_chunk_rows: u32,
     /// Serve the admin gRPC service (replica.v1.Applier: status, pause/resume, resync) at ADDR (off when empty)
     #[arg(long, env = "REPLICA_ADMIN_ADDR")]
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -135,6 +141,8 @@ pub struct Config {
     pub copy_chunk_rows: u32,
     pub copy_workers: usize,
     pub copy_rows_per_second: u64,
+    pub verify_rows_per_second: u64,
+    pub verify_chunk_rows: u32,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub http_addr: Option<std::net::SocketAddr>,
     pub skip_failing_tables: bool,
@@ -192,8 +200,10 @@ impl TryFrom<Cli> for Config {
         if name.is_empty() || name.len() > 128 {
             return Err(format!("secondary name {name:?} must be 1 to 128 characters"));
         }
-        if c.copy_chunk_rows == 0 || c.copy_workers == 0 {
-            return Err("TRANSFER_BATCH_SIZE and REPLICA_COPY_WORKERS must be above 0".into());
+        if c.copy_chunk_rows == 0 || c.copy_workers == 0 || c.verify_chunk_rows == 0 {
+            return Err(
+                "TRANSFER_BATCH_SIZE, REPLICA_COPY_WORKERS and REPLICA_VERIFY_CHUNK_ROWS must be above 0".into()
+            );
         }
         if c.resync && c.start_offset.is_some() {
             return Err("--resync and --start-offset exclude each other: a re-copy starts where its snapshot is".into());
@@ -213,6 +223,8 @@ impl TryFrom<Cli> for Config {
             copy_chunk_rows: c.copy_chunk_rows,
             copy_workers: c.copy_workers,
             copy_rows_per_second: c.copy_rows_per_second,
+            verify_rows_per_second: c.verify_rows_per_second,
+            verify_chunk_rows: c.verify_chunk_rows,
             admin_addr: c.admin_addr,
             http_addr: c.http_addr,
             skip_failing_tables: c.skip_failing_tables,

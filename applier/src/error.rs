@@ -98,6 +98,9 @@ pub enum ApplyError {
     State { what: String, reason: String },
     #[error("a copy step of {} is stale: {why}", show(&Some(.table.clone())))]
     StaleChunk { table: TableKey, why: String },
+    /// A verification's snapshot of the secondary missed its journal offset; it is taken again.
+    #[error("verifying {}: {why}", show(&Some(.table.clone())))]
+    VerifyMissed { table: TableKey, why: String },
     #[error("fetching a chunk of {} from the reader failed", show(&Some(.table.clone())))]
     ChunkFetch {
         table: TableKey,
@@ -147,6 +150,7 @@ impl ApplyError {
             | ApplyError::ReaderEnded
             | ApplyError::ReaderIncomplete { .. }
             | ApplyError::StaleChunk { .. }
+            | ApplyError::VerifyMissed { .. }
             | ApplyError::ChunkFetch { .. }
             | ApplyError::ChunkStalled { .. }
             | ApplyError::Unverified { .. }

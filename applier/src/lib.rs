@@ -8,7 +8,8 @@
 //!    │    buffer, acks)          grouping,     retries, quarantine) checkpoint, secondary)
 //!    │                           floors)            ▲
 //!    │                                              │ at each chunk's boundary
-//!    └──ListTables / ReadChunk── copy::worker ──items──▶ copy::place ──▶ copy::chunk (own connections)
+//!    ├──ListTables / ReadChunk── copy::worker ──items──▶ copy::place ──▶ copy::chunk (own connections)
+//!    └──ChecksumChunks────────── verify::run (floors; own connection: snapshots at a boundary, repairs)
 //!
 //!  apply_loop: the one owner of the checkpoint; drives plan → writer and copy::place, admin commands, health checks
 //!  health: NOT_SERVING when stalled or disconnected      admin: replica.v1.Applier (status, pause, resync)
@@ -23,6 +24,7 @@
 //! | local writes on the secondary | [`conflict`] | detection and resolution (`REPLICA_CONFLICTS`) |
 //! | per-table policy | [`table`] | copy modes and quarantines |
 //! | initial copy | [`copy`] | copy state machine, workers, floors, chunk placement |
+//! | online verification | [`verify`] | comparing with the primary at a journal boundary, repairs |
 //! | apply loop | [`apply_loop`] | the order of everything that moves the checkpoint |
 //! | health, admin (gRPC and HTTP JSON), metrics | [`health`], [`admin`], [`http_api`], [`metrics`] | |
 //! | errors | [`error`] | the one taxonomy and retry classification |
@@ -50,6 +52,7 @@ pub mod secondary;
 pub mod sql;
 pub mod stream;
 pub mod table;
+pub mod verify;
 pub mod writer;
 
 use std::sync::Arc;
@@ -66,6 +69,7 @@ use crate::error::ApplyError;
 use crate::metrics::ApplierMetrics;
 use crate::stream::{Records, StreamState};
 use crate::table::QuarantineBoard;
+use crate::verify::board::VerifyBoard;
 use crate::writer::Writer;
 
 /// Runs the applier until `shutdown` (Ok) or a permanent error.
@@ -75,6 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
     let (applied_tx, applied_rx) = watch::channel(0u64);
     let tasks = tokio_util::task::TaskTracker::new();
     let board = Arc::new(CopyBoard::default());
+    let verify = Arc::new(VerifyBoard::default());
     let quarantined = QuarantineBoard::default();
     // Health, status and metrics answer from the start: NOT_SERVING until the secondary has answered and the
     // health watch takes over (an applier waiting for its secondary must not look healthy, nor be invisible).
@@ -84,7 +89,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
         config: config.clone(),
         board: board.clone(),
         quarantined: quarantined.clone(),
-        commands: admin_tx,
+        commands: admin_tx.clone(),
+        verify: verify.clone(),
         applied: applied_rx.clone(),
         serving: serving_rx,
         metrics: metrics.clone(),
@@ -113,7 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
             }
         });
     }
-    let wiring = Wiring { board, quarantined, applied_tx, applied_rx, serving_tx, admin_rx };
+    let wiring = Wiring { board, verify, quarantined, applied_tx, applied_rx, serving_tx, admin_tx, admin_rx };
     let result = apply(config.clone(), metrics, wiring, &tasks, &shutdown).await;
     shutdown.cancel();
     tasks.close();
@@ -124,10 +130,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Appl
 /// What the admin service and the health reporter share with the stages, made before the secondary is open.
 struct Wiring {
     board: Arc<CopyBoard>,
+    verify: Arc<VerifyBoard>,
     quarantined: QuarantineBoard,
     applied_tx: watch::Sender<u64>,
     applied_rx: watch::Receiver<u64>,
     serving_tx: watch::Sender<bool>,
+    admin_tx: mpsc::Sender<admin::AdminCmd>,
     admin_rx: mpsc::Receiver<admin::AdminCmd>,
 }
 
@@ -139,7 +147,7 @@ async fn apply(
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ApplyError> {
-    let Wiring { board, quarantined, applied_tx, applied_rx, serving_tx, admin_rx } = wiring;
+    let Wiring { board, verify, quarantined, applied_tx, applied_rx, serving_tx, admin_tx, admin_rx } = wiring;
     let Some((mut writer, resumed)) =
         Writer::open(config.clone(), applied_tx, metrics.clone(), shutdown.clone()).await?
     else {
@@ -147,7 +155,8 @@ async fn apply(
     };
     let secondary_ok = writer.secondary().ok_flag();
     let (chunks_tx, chunks_rx) = mpsc::channel(16);
-    let mut apply = ApplyLoop::new(config.clone(), writer, board.clone(), chunks_tx, metrics.clone(), quarantined);
+    let mut apply =
+        ApplyLoop::new(config.clone(), writer, board.clone(), chunks_tx, metrics.clone(), quarantined.clone());
     if !apply.prepare(resumed, shutdown).await? {
         return Ok(());
     }
@@ -179,6 +188,17 @@ async fn apply(
     };
     let copying = tokio::spawn(workers.run(copy_stop.clone()));
     tasks.spawn(copy::report::run(board.clone(), copy_stop.clone()));
+    let verifier = verify::run::Verifier {
+        config: config.clone(),
+        board: verify,
+        copy: board.clone(),
+        quarantined,
+        stream: stream_state.clone(),
+        applied: applied_rx.clone(),
+        commands: admin_tx,
+        metrics: metrics.clone(),
+    };
+    let verifying = tokio::spawn(verifier.run(copy_stop.clone()));
 
     // Stopped only after the apply loop, so that its final ack covers the last commit.
     let ack_stop = CancellationToken::new();
@@ -188,6 +208,7 @@ async fn apply(
     let result = apply.run(&mut inputs, shutdown).await;
     copy_stop.cancel();
     let _ = copying.await;
+    let _ = verifying.await;
     ack_stop.cancel();
     inputs.records.stop().await;
     // The ack loop sends a final ack of what is committed before it ends.

@@ -24,6 +24,9 @@ pub struct ApplierMetrics {
     reader_connected: Gauge,
     behind_seconds: Gauge<f64, AtomicU64>,
     conflicts: Family<Labels, Counter>,
+    verify_rows: Counter,
+    verify_rows_differing: Counter,
+    verify_rows_repaired: Counter,
 }
 
 impl ApplierMetrics {
@@ -39,6 +42,17 @@ impl ApplierMetrics {
             "conflicts",
             "Conflicts resolved (REPLICA_CONFLICTS overwrite or keep), by kind, action, schema and table",
             self.conflicts.clone(),
+        );
+        r.register("verify_rows", "Rows compared with the primary by online verification", self.verify_rows.clone());
+        r.register(
+            "verify_rows_differing",
+            "Rows online verification found differing from the primary (missing, extra or different)",
+            self.verify_rows_differing.clone(),
+        );
+        r.register(
+            "verify_rows_repaired",
+            "Rows online verification re-copied from the primary",
+            self.verify_rows_repaired.clone(),
         );
         r.register("copy_rows", "Rows written by the initial copy and table re-copies", self.copy_rows.clone());
         r.register(
@@ -99,6 +113,13 @@ impl ApplierMetrics {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         self.lag_seconds.set(lag_seconds(now, last.journaled_unix_ms, last.commit_unix_seconds));
+    }
+
+    /// Rows compared, found differing and repaired by online verification.
+    pub fn verified(&self, compared: u64, differing: u64, repaired: u64) {
+        self.verify_rows.inc_by(compared);
+        self.verify_rows_differing.inc_by(differing);
+        self.verify_rows_repaired.inc_by(repaired);
     }
 
     pub fn copied(&self, rows: u64) {

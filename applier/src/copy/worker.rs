@@ -38,7 +38,7 @@ pub struct Workers {
 impl Workers {
     /// Runs `config.copy_workers` workers until `stop`; each copies one table at a time from the queue.
     pub async fn run(self, stop: CancellationToken) {
-        let pacer = Arc::new(Pacer { rows_per_second: self.config.copy_rows_per_second, next: Instant::now().into() });
+        let pacer = Arc::new(Pacer::new(self.config.copy_rows_per_second));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..self.config.copy_workers.max(1) {
             workers.spawn(self.clone().work(pacer.clone(), stop.clone()));
@@ -274,14 +274,19 @@ struct Fetched {
     end: bool,
 }
 
-/// Keeps the copy under `rows_per_second` across all workers (0: no limit).
-struct Pacer {
+/// Keeps the copy (or a verification) under `rows_per_second` across all workers (0: no limit).
+pub struct Pacer {
     rows_per_second: u64,
     next: tokio::sync::Mutex<Instant>,
 }
 
 impl Pacer {
-    async fn take(&self, rows: u64) {
+    pub fn new(rows_per_second: u64) -> Self {
+        Self { rows_per_second, next: Instant::now().into() }
+    }
+
+    /// Waits until `rows` more rows keep the rate.
+    pub async fn take(&self, rows: u64) {
         if self.rows_per_second == 0 {
             return;
         }

@@ -78,7 +78,7 @@ pub struct Cli {
     /// Rows per checksummed chunk of online verification
     #[arg(long, env = "REPLICA_VERIFY_CHUNK_ROWS", default_value_t = 1000)]
     pub verify_chunk_rows: u32,
-    /// Serve the admin gRPC service (replica.v1.Applier: status, pause/resume, resync) at ADDR (off when empty)
+    /// Serve the admin gRPC service (replica.v1.Applier: status, pause/resume, resync, verify) at ADDR (off when empty)
     #[arg(long, env = "REPLICA_ADMIN_ADDR")]
     pub admin_addr: Option<std::net::SocketAddr>,
     /// Serve the same admin operations as HTTP JSON (GET /v1/status, POST /v1/copy/pause, ...) at ADDR (off when empty)

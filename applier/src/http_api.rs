@@ -7,6 +7,8 @@
 //! | `GET /v1/health` | `{"serving": bool}`, 200 or 503 (no token needed, like gRPC health) |
 //! | `POST /v1/copy/pause`, `POST /v1/copy/resume` | `PauseCopy`, `ResumeCopy` |
 //! | `POST /v1/tables/{schema}/{table}/resync` | `ResyncTable` |
+//! | `POST /v1/verify` (body `{"schema": "", "table": "", "repair": false}`, all optional) | `StartVerify` |
+//! | `GET /v1/verify`, `POST /v1/verify/stop` | `GetVerify`, `StopVerify` |
 //!
 //! Errors are `{"error": "..."}` with the HTTP status of the gRPC code (400, 401, 404, 409, 503, 500).
 
@@ -37,6 +39,8 @@ pub async fn serve(
         .route("/v1/copy/pause", post(pause))
         .route("/v1/copy/resume", post(resume))
         .route("/v1/tables/{schema}/{table}/resync", post(resync))
+        .route("/v1/verify", get(get_verify).post(start_verify))
+        .route("/v1/verify/stop", post(stop_verify))
         .with_state(state);
     info!(addr = %listener.local_addr()?, "admin HTTP listening");
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
@@ -146,4 +150,53 @@ async fn resync(
     let request = tonic::Request::new(proto::ResyncTableRequest { schema, table });
     let r = state.resync_table(request).await.map_err(from_status)?;
     Ok(Json(json!({ "message": r.into_inner().message })))
+}
+
+async fn start_verify(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
+    authorized(&state, &headers)?;
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")))?
+    };
+    let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let request = proto::StartVerifyRequest {
+        schema: text("schema"),
+        table: text("table"),
+        repair: body.get("repair").and_then(Value::as_bool).unwrap_or(false),
+    };
+    let r = state.start_verify(tonic::Request::new(request)).await.map_err(from_status)?;
+    Ok(Json(json!({ "tables": r.into_inner().tables })))
+}
+
+async fn get_verify(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Answer {
+    authorized(&state, &headers)?;
+    let r = state.get_verify(tonic::Request::new(proto::GetVerifyRequest {})).await.map_err(from_status)?.into_inner();
+    let tables: Vec<Value> = r
+        .tables
+        .iter()
+        .map(|t| {
+            json!({
+                "schema": t.schema, "table": t.table, "state": t.state, "key_kind": t.key_kind,
+                "chunks_compared": t.chunks_compared, "rows_compared": t.rows_compared,
+                "chunks_differing": t.chunks_differing, "rows_differing": t.rows_differing,
+                "rows_repaired": t.rows_repaired, "rows_per_second": t.rows_per_second, "message": t.message,
+                "sample": t.sample.iter().map(|d| json!({
+                    "key": d.key, "kind": d.kind, "primary_row": d.primary_row, "secondary_row": d.secondary_row,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "state": r.state, "repair": r.repair, "rows_compared": r.rows_compared, "rows_differing": r.rows_differing,
+        "rows_repaired": r.rows_repaired, "rows_per_second": r.rows_per_second, "tables_differing": r.tables_differing,
+        "tables": tables,
+    })))
+}
+
+async fn stop_verify(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Answer {
+    authorized(&state, &headers)?;
+    let r = state.stop_verify(tonic::Request::new(proto::StopVerifyRequest {})).await.map_err(from_status)?;
+    Ok(Json(json!({ "stopped": r.into_inner().stopped })))
 }

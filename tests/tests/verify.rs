@@ -159,8 +159,15 @@ async fn verification_under_writes_reports_exactly_the_planted_differences_and_r
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_verification_killed_with_minus_9_resumes_where_it_was() {
-    let (primary, reader, secondary, mut applier, admin) =
-        setup(&[("REPLICA_VERIFY_ROWS_PER_SECOND", "800"), ("REPLICA_VERIFY_CHUNK_ROWS", "100")]).await;
+    let (http, metrics) = (tests::free_port(), tests::free_port());
+    let (http_addr, metrics_addr) = (format!("127.0.0.1:{http}"), format!("127.0.0.1:{metrics}"));
+    let (primary, reader, secondary, mut applier, admin) = setup(&[
+        ("REPLICA_VERIFY_ROWS_PER_SECOND", "800"),
+        ("REPLICA_VERIFY_CHUNK_ROWS", "100"),
+        ("REPLICA_HTTP_ADDR", &http_addr),
+        ("REPLICA_METRICS_ADDR", &metrics_addr),
+    ])
+    .await;
     let start = tests::run_grpcurl(&[
         "-plaintext",
         "-d",
@@ -193,6 +200,18 @@ async fn a_verification_killed_with_minus_9_resumes_where_it_was() {
     // Resumed, not restarted: the rows compared before the kill are not compared again (3000 rows in all, give or
     // take the round the kill interrupted).
     assert!(rows[0].0 >= 3000 && rows[0].0 < 3000 + 1000, "{rows:?} (had {compared} before the kill)");
+    // The same verification over HTTP JSON, and its metrics.
+    let (code, body) = tests::http(http, "GET", "/v1/verify", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""state":"done""#) && body.contains(r#""state":"equal""#), "{body}");
+    assert_eq!(tests::http(http, "POST", "/v1/verify/stop", None), (200, r#"{"stopped":false}"#.to_owned()));
+    let (_, text) = tests::http(metrics, "GET", "/metrics", None);
+    let verified: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("replica_applier_verify_rows_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("verify metric missing:\n{text}"));
+    assert!(verified >= 3000.0 - compared as f64, "rows verified since the restart: {verified}");
     caught_up(&primary, &reader, &secondary, &applier).await;
     assert_same_data(&primary, &secondary, "v").await;
 }

@@ -1,0 +1,219 @@
+//! Benchmark: online verification of sysbench tables while a write load runs — `replica-applier verify` on a
+//! secondary kept by replica-reader + replica-applier, next to `pt-table-checksum` on a native replica of the
+//! same primary, in the same run on the same machine — with the replication lag each causes, measured with a
+//! microsecond heartbeat.
+//!
+//! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench verify_throughput`
+//! Size: `BENCH_TABLES` (default 4) sysbench tables of `BENCH_ROWS` rows (default 250,000); the write load is
+//! `sysbench oltp_write_only` at `BENCH_TPS` transactions per second (default 200) from 2 threads, uniform keys.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tests::bench::{env_u64, sysbench_prepare};
+use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
+
+/// A sysbench write load on the primary until the child is killed.
+fn write_load(primary: &MariaDb, tables: u64, rows: u64, tps: u64) -> Child {
+    Command::new("sysbench")
+        .args(["oltp_write_only", "--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-user=root"])
+        .args(["--mysql-db=sbtest", "--rand-type=uniform", "--threads=2", "--time=0", "--events=0"])
+        .arg(format!("--mysql-port={}", primary.port))
+        .arg(format!("--tables={tables}"))
+        .arg(format!("--table-size={rows}"))
+        .arg(format!("--rate={tps}"))
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sysbench runs")
+}
+
+/// Heartbeats written on the primary every 20 ms; each one's arrival on `replica` (polled every 2 ms) minus its
+/// microsecond timestamp is one lag sample. Stops when `stop` is set; returns the samples in milliseconds.
+fn heartbeat(primary: &MariaDb, replica: &MariaDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<f64>> {
+    let (p, r) = (primary.root_opts(), replica.root_opts());
+    let writer_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut w = mysql_async::Conn::new(p).await.expect("primary");
+        let writer = tokio::spawn(async move {
+            while !writer_stop.load(Ordering::SeqCst) {
+                w.query_drop("REPLACE INTO hb.beat VALUES (1, NOW(6))").await.expect("heartbeat");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut c = mysql_async::Conn::new(r).await.expect("replica");
+        let mut last: Option<String> = None;
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let row: Option<(String, i64)> = c
+                .query_first(
+                    "SELECT CAST(ts AS CHAR), TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM hb.beat WHERE id = 1",
+                )
+                .await
+                .ok()
+                .flatten();
+            if let Some((ts, lag)) = row {
+                if last.as_ref() != Some(&ts) {
+                    if last.is_some() {
+                        samples.push(lag as f64 / 1000.0);
+                    }
+                    last = Some(ts);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = writer.await;
+        samples
+    })
+}
+
+fn summary(mut ms: Vec<f64>) -> String {
+    if ms.is_empty() {
+        return "no samples".into();
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q) as usize];
+    format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)", at(0.5), at(0.99), at(1.0), ms.len())
+}
+
+async fn wait_gtid(replica: &MariaDb, gtid: &str, sql: &str) {
+    let t = Instant::now();
+    loop {
+        let pos: Vec<Option<String>> = replica.query(sql).await;
+        if pos.first().cloned().flatten().as_deref() == Some(gtid) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(1800), "replica did not catch up to {gtid}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let tables = env_u64("BENCH_TABLES", 4);
+    let rows = env_u64("BENCH_ROWS", 250_000);
+    let tps = env_u64("BENCH_TPS", 200);
+    let big = ["--innodb-buffer-pool-size=1G"];
+    let primary = MariaDb::start_with(Role::Primary, 1, &big).await;
+    let start: Vec<(String, u64)> = primary
+        .query::<mysql_async::Row>("SHOW MASTER STATUS")
+        .await
+        .into_iter()
+        .map(|r| (r.get::<String, _>(0).expect("file"), r.get::<u64, _>(1).expect("pos")))
+        .collect();
+    let start = start[0].clone();
+    primary
+        .exec("CREATE DATABASE sbtest; CREATE DATABASE hb; CREATE TABLE hb.beat (id INT PRIMARY KEY, ts DATETIME(6))")
+        .await;
+    let t = Instant::now();
+    sysbench_prepare(&primary, tables, rows);
+    println!("prepared {tables} x {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
+    let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
+    let end = end[0].clone();
+
+    // A native replica and a pipeline secondary, both from the first binlog event.
+    let native = MariaDb::start_with(Role::Secondary, 30, &big).await;
+    native
+        .exec(&format!(
+            "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}',
+             MASTER_PASSWORD = '{REPL_PASS}', MASTER_LOG_FILE = '{}', MASTER_LOG_POS = {}, MASTER_USE_GTID = no;
+             START SLAVE",
+            primary.port, start.0, start.1
+        ))
+        .await;
+    let secondary = MariaDb::start_with(Role::Secondary, 20, &big).await;
+    let reader = Reader::start(
+        &primary,
+        &primary.dir.path().join("journal"),
+        &[("REPLICA_START_POSITION", &format!("{}:{}", start.0, start.1)), ("RUST_LOG", "warn")],
+    )
+    .await;
+    let admin = format!("127.0.0.1:{}", tests::free_port());
+    let applier = Applier::start(
+        &reader,
+        &secondary,
+        "bench",
+        &[("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "info"), ("REPLICA_ADMIN_ADDR", &admin)],
+    );
+    wait_gtid(&native, &end, "SELECT @@gtid_slave_pos").await;
+    wait_gtid(&secondary, &end, "SELECT gtid FROM replica_meta.checkpoint WHERE consumer = 'bench'").await;
+    let verified_rows = tables * rows;
+
+    // Ours: replica-applier verify under the write load.
+    let mut load = write_load(&primary, tables, rows, tps);
+    let stop = Arc::new(AtomicBool::new(false));
+    let idle_stop = Arc::new(AtomicBool::new(false));
+    let idle = heartbeat(&primary, &secondary, idle_stop.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    idle_stop.store(true, Ordering::SeqCst);
+    let idle = idle.await.expect("heartbeat");
+    let lag = heartbeat(&primary, &secondary, stop.clone());
+    let t = Instant::now();
+    let out = Command::new(tests::binary("replica-applier"))
+        .env_clear()
+        .args(["verify", "--admin-addr", &admin, "--schema", "sbtest"])
+        .output()
+        .expect("replica-applier verify");
+    let ours = t.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let ours_lag = lag.await.expect("heartbeat");
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
+    assert_eq!(out.status.code(), Some(0), "no difference on a correct secondary:\n{report}\n{}", applier.log_text());
+    let _ = load.kill();
+    let _ = load.wait();
+
+    // pt-table-checksum on the native replica, under the same load.
+    primary
+        .exec(&format!(
+            "CREATE DATABASE percona; CREATE TABLE percona.dsns (id INT AUTO_INCREMENT PRIMARY KEY, parent_id INT, dsn VARCHAR(255));
+             INSERT INTO percona.dsns (dsn) VALUES ('h=127.0.0.1,P={},u=root')",
+            native.port
+        ))
+        .await;
+    let mut load = write_load(&primary, tables, rows, tps);
+    let idle_stop = Arc::new(AtomicBool::new(false));
+    let idle_native = heartbeat(&primary, &native, idle_stop.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    idle_stop.store(true, Ordering::SeqCst);
+    let idle_native = idle_native.await.expect("heartbeat");
+    let stop = Arc::new(AtomicBool::new(false));
+    let lag = heartbeat(&primary, &native, stop.clone());
+    let t = Instant::now();
+    let out = Command::new("pt-table-checksum")
+        .arg(format!("h=127.0.0.1,P={},u=root", primary.port))
+        .args(["--databases=sbtest", "--no-check-binlog-format"])
+        .arg(format!("--recursion-method=dsn=h=127.0.0.1,P={},D=percona,t=dsns", primary.port))
+        .output()
+        .expect("pt-table-checksum (apt-get install percona-toolkit)");
+    let theirs = t.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let theirs_lag = lag.await.expect("heartbeat");
+    let _ = load.kill();
+    let _ = load.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    // Exit 0, or only the "a replica lagged" bits: no DIFFS bit (16) may be set.
+    assert_eq!(out.status.code().unwrap_or(255) & 16, 0, "pt-table-checksum found no difference");
+
+    let rate = |d: Duration| verified_rows as f64 / d.as_secs_f64();
+    println!();
+    println!("| verification of {verified_rows} rows ({tables} tables) under {tps} TPS | seconds | rows/s | vs pt-table-checksum |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| replica-applier verify | {:.2} | {:.0} | {:.2}x |",
+        ours.as_secs_f64(),
+        rate(ours),
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+    println!("| pt-table-checksum (native replica) | {:.2} | {:.0} | 1.00x |", theirs.as_secs_f64(), rate(theirs));
+    println!();
+    println!("replication lag, pipeline, before verify: {}", summary(idle));
+    println!("replication lag, pipeline, during verify: {}", summary(ours_lag));
+    println!("replication lag, native, before pt-table-checksum: {}", summary(idle_native));
+    println!("replication lag, native, during pt-table-checksum: {}", summary(theirs_lag));
+}

@@ -60,13 +60,7 @@ async fn main() {
     let events = env_u64("BENCH_EVENTS", 40_000);
     let primary = MariaDb::start_with(Role::Primary, 1, &["--innodb-buffer-pool-size=512M"]).await;
     // Both pipelines start here, after the harness's own setup (users), at the same binlog position.
-    let start: Vec<(String, u64)> = primary
-        .query::<mysql_async::Row>("SHOW MASTER STATUS")
-        .await
-        .into_iter()
-        .map(|r| (r.get::<String, _>(0).expect("file"), r.get::<u64, _>(1).expect("pos")))
-        .collect();
-    let start = start[0].clone();
+    let start = tests::bench::binlog_position(&primary).await;
     primary.exec("CREATE DATABASE sbtest").await;
     sysbench_backlog(&primary, rows, events);
     let end_gtid: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;

@@ -99,13 +99,7 @@ async fn main() {
     let tps = env_u64("BENCH_TPS", 200);
     let big = ["--innodb-buffer-pool-size=1G"];
     let primary = MariaDb::start_with(Role::Primary, 1, &big).await;
-    let start: Vec<(String, u64)> = primary
-        .query::<mysql_async::Row>("SHOW MASTER STATUS")
-        .await
-        .into_iter()
-        .map(|r| (r.get::<String, _>(0).expect("file"), r.get::<u64, _>(1).expect("pos")))
-        .collect();
-    let start = start[0].clone();
+    let start = tests::bench::binlog_position(&primary).await;
     primary
         .exec("CREATE DATABASE sbtest; CREATE DATABASE hb; CREATE TABLE hb.beat (id INT PRIMARY KEY, ts DATETIME(6))")
         .await;

@@ -730,6 +730,17 @@ pub mod bench {
 
     use super::MariaDb;
 
+    /// The primary's binlog file and position now (where a benchmark's pipelines start).
+    pub async fn binlog_position(primary: &MariaDb) -> (String, u64) {
+        let rows: Vec<(String, u64)> = primary
+            .query::<mysql_async::Row>("SHOW MASTER STATUS")
+            .await
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0).expect("file"), r.get::<u64, _>(1).expect("pos")))
+            .collect();
+        rows[0].clone()
+    }
+
     /// A numeric setting from the environment, or `default`.
     pub fn env_u64(name: &str, default: u64) -> u64 {
         std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -82,7 +82,7 @@ async fn run(cli: VerifyCli) -> Result<proto::GetVerifyResponse, String> {
     eprintln!("verifying {} table(s){}", started.tables.len(), if cli.repair { ", repairing" } else { "" });
     let began = Instant::now();
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let report = client
             .get_verify(GetVerifyRequest {})
             .await

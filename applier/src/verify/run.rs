@@ -31,6 +31,8 @@ use crate::verify::secondary::{self, RowDiff};
 
 /// Longest wait for the checkpoint to reach a round's boundary.
 const REACH_WAIT: Duration = Duration::from_secs(60);
+/// Rows compared per round (one snapshot on each side).
+const ROUND_ROWS: u32 = 100_000;
 /// How often a table's progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -233,13 +235,14 @@ impl Verifier {
         }
         self.save(conn, table, job).await?;
         let pacer = Pacer::new(self.config.verify_rows_per_second);
+        let mut client = reader_client::connect(&self.config).await?;
         let mut logged = Instant::now();
         loop {
             if stop.is_cancelled() || !self.current(job) {
                 return Ok(());
             }
             let after = self.board.lock().tables.get(table).and_then(|t| t.last_key.clone()).unwrap_or_default();
-            let (end, rows) = match self.round(conn, table, &after, job).await {
+            let (end, rows) = match self.round(conn, &mut client, table, &after, job).await {
                 Ok(r) => r,
                 Err(e) if e.is_not_found() => {
                     self.update(table, |t| {
@@ -290,6 +293,14 @@ impl Verifier {
             }
             pacer.take(rows).await;
         }
+    }
+
+    /// Chunks per round: about [`ROUND_ROWS`] rows, or half a second's worth under `--verify-rows-per-second`, so
+    /// that pacing stays smooth and progress is saved often.
+    fn chunks_per_round(&self) -> u32 {
+        let rate = self.config.verify_rows_per_second;
+        let rows = if rate > 0 { (rate / 2).min(u64::from(ROUND_ROWS)) as u32 } else { ROUND_ROWS };
+        (rows / self.config.verify_chunk_rows).clamp(1, 1000)
     }
 
     /// Why `table` cannot be compared now, if it cannot.
@@ -352,21 +363,22 @@ impl Verifier {
     async fn round(
         &self,
         conn: &mut Conn,
+        client: &mut ReaderClient,
         table: &TableKey,
         after: &[Value],
         job: Job,
     ) -> Result<(bool, u64), ApplyError> {
-        let mut client = reader_client::connect(&self.config).await?;
         let req = proto::ChecksumChunksRequest {
             schema: table.0.clone(),
             table: table.1.clone(),
             after_key: after.iter().cloned().map(Into::into).collect(),
             chunk_rows: self.config.verify_chunk_rows,
-            max_chunks: 0,
+            // About ROUND_ROWS rows per snapshot: fewer rounds (each holds the apply loop for a moment).
+            max_chunks: self.chunks_per_round(),
             upto_key: Vec::new(),
             with_rows: false,
         };
-        let (mut round, floor) = self.at_boundary(&mut client, table, req).await?;
+        let (mut round, floor) = self.at_boundary(client, table, req).await?;
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await
             .map_err(meta("beginning a verify snapshot"))?;
@@ -403,7 +415,7 @@ impl Verifier {
                 differing_rows += d;
                 repaired += r;
             } else {
-                let (d, r) = self.narrow(conn, &mut client, table, &after, &upto, job).await?;
+                let (d, r) = self.narrow(conn, client, table, &after, &upto, job).await?;
                 differing_rows += d;
                 repaired += r;
             }

@@ -63,6 +63,7 @@ fn write_load(primary: &MariaDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
 
 /// Runs `replica-applier verify` against `admin`; its exit code and what it printed.
 fn verify_once(admin: &str, extra: &[&str]) -> (i32, String) {
+    let began = std::time::Instant::now();
     let out = std::process::Command::new(tests::binary("replica-applier"))
         .env_clear()
         .args(["verify", "--admin-addr", admin, "--timeout", "120s"])
@@ -70,7 +71,7 @@ fn verify_once(admin: &str, extra: &[&str]) -> (i32, String) {
         .output()
         .expect("replica-applier verify runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    eprintln!("replica-applier verify {extra:?} exited {:?}:\n{text}", out.status.code());
+    eprintln!("replica-applier verify {extra:?} exited {:?} after {:?}:\n{text}", out.status.code(), began.elapsed());
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -185,7 +186,7 @@ async fn a_verification_killed_with_minus_9_resumes_where_it_was() {
     applier.kill9();
     primary.exec("UPDATE v.k SET s = 'moved' WHERE id < 100").await;
     applier.spawn();
-    eventually(Duration::from_secs(60), "the verification ends after the restart", || async {
+    eventually(Duration::from_secs(120), "the verification ends after the restart", || async {
         let rows: Vec<(u64, String)> =
             secondary.query("SELECT rows_compared, state FROM replica_meta.verify WHERE table_name = 'k'").await;
         rows.first().filter(|(_, s)| s != "verifying").cloned()

@@ -172,19 +172,20 @@ impl Verifier {
     async fn resume(&mut self) -> Result<Conn, ApplyError> {
         let mut conn = self.connect().await?;
         let mut left = board::load(&mut conn, &self.config.name).await?;
+        let mut v = self.board.lock();
+        if v.generation > 0 {
+            // A verification was started while this one was being read: the new one wins.
+            return Ok(conn);
+        }
         if left.tables.values().any(|t| t.state.open()) {
             let tables = left.tables.len();
             info!(consumer = %self.config.name, tables, repair = left.repair, "resuming the verification left unfinished");
-            let mut v = self.board.lock();
-            left.generation = v.generation;
             left.began = Some((Instant::now(), left.tables.values().map(|t| t.rows).sum()));
-            *v = left;
-        } else if self.board.lock().tables.is_empty() {
-            // Finished or stopped: shown by GetVerify until a new one starts.
-            let mut v = self.board.lock();
-            left.generation = v.generation;
-            *v = left;
         }
+        // Unfinished, finished or stopped: shown by GetVerify until a new one starts.
+        left.generation = v.generation;
+        *v = left;
+        drop(v);
         Ok(conn)
     }
 
@@ -453,7 +454,15 @@ impl Verifier {
             compared += chunk.rows;
             chunks += 1;
             if mine != theirs {
-                differing.push((prev.clone(), upto, theirs, mine));
+                if end && !last.is_empty() {
+                    // The open end is narrowed in two parts: up to the primary's last key as of B, then past it
+                    // (rows the secondary has beyond, and whatever was inserted since). Narrowing `(prev, ∞)` in
+                    // one walk would chase every row appended on the primary meanwhile.
+                    differing.push((prev.clone(), last.clone(), theirs, mine));
+                    differing.push((last.clone(), Vec::new(), theirs, mine));
+                } else {
+                    differing.push((prev.clone(), upto, theirs, mine));
+                }
             }
             if !last.is_empty() {
                 prev = last;
@@ -520,7 +529,12 @@ impl Verifier {
                 schema: table.0.clone(),
                 table: table.1.clone(),
                 after_key: after.iter().cloned().map(Into::into).collect(),
-                chunk_rows: self.config.verify_chunk_rows,
+                // Past the end, larger steps: what was appended since the round is read in few of them.
+                chunk_rows: if upto.is_empty() {
+                    self.config.verify_chunk_rows.saturating_mul(10)
+                } else {
+                    self.config.verify_chunk_rows
+                },
                 max_chunks: 1,
                 upto_key: upto.iter().cloned().map(Into::into).collect(),
                 with_rows: true,

@@ -347,13 +347,20 @@ impl Verifier {
         Ok((Round { boundary, key_kind: first.key_kind, shape, parts, columns_missing: None }, floor))
     }
 
-    /// The checkpoint as `conn`'s transaction sees it, which must be `boundary`.
-    async fn check_checkpoint(&self, conn: &mut Conn, table: &TableKey, boundary: u64) -> Result<(), ApplyError> {
-        let stmt = "SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = ?";
+    /// Checks that the checkpoint, as `conn`'s transaction sees it (with a shared lock when `lock`), is `boundary`.
+    async fn check_checkpoint(
+        &self,
+        conn: &mut impl Queryable,
+        table: &TableKey,
+        boundary: u64,
+        lock: bool,
+    ) -> Result<(), ApplyError> {
+        let lock = if lock { " LOCK IN SHARE MODE" } else { "" };
+        let stmt = format!("SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = ?{lock}");
         let at: Option<u64> =
             conn.exec_first(stmt, (&self.config.name,)).await.map_err(meta("reading the checkpoint to verify"))?;
         if at != Some(boundary) {
-            let why = format!("the secondary's snapshot is at offset {at:?}, not at the boundary {boundary}");
+            let why = format!("the secondary is at offset {at:?}, not at the boundary {boundary}");
             return Err(ApplyError::VerifyMissed { table: table.clone(), why });
         }
         Ok(())
@@ -383,7 +390,7 @@ impl Verifier {
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await
             .map_err(meta("beginning a verify snapshot"))?;
-        let checked = self.check_checkpoint(conn, table, round.boundary).await;
+        let checked = self.check_checkpoint(conn, table, round.boundary, false).await;
         // The snapshot is taken: the apply loop goes on.
         drop(floor);
         if let Err(e) = checked {
@@ -555,7 +562,7 @@ impl Verifier {
             let primary = secondary::primary_rows(rows, &chunk.row_hashes);
             // Held at the boundary: the secondary's rows are the ones as of it, and a repair lands exactly there.
             let mut tx = conn.start_transaction(Default::default()).await.map_err(meta("beginning a verify repair"))?;
-            self.check_checkpoint_tx(&mut tx, table, round.boundary).await?;
+            self.check_checkpoint(&mut tx, table, round.boundary, true).await?;
             let columns = match secondary::columns(&mut tx, &round.shape).await? {
                 Ok(c) => c,
                 Err(why) => return Err(ApplyError::VerifyMissed { table: table.clone(), why }),
@@ -577,26 +584,6 @@ impl Verifier {
             }
             after = last;
         }
-    }
-
-    async fn check_checkpoint_tx(
-        &self,
-        tx: &mut mysql_async::Transaction<'_>,
-        table: &TableKey,
-        boundary: u64,
-    ) -> Result<(), ApplyError> {
-        let at: Option<u64> = tx
-            .exec_first(
-                "SELECT applied_offset FROM replica_meta.checkpoint WHERE consumer = ? LOCK IN SHARE MODE",
-                (&self.config.name,),
-            )
-            .await
-            .map_err(meta("reading the checkpoint to verify"))?;
-        if at != Some(boundary) {
-            let why = format!("the checkpoint is at {at:?}, not at the boundary {boundary}");
-            return Err(ApplyError::VerifyMissed { table: table.clone(), why });
-        }
-        Ok(())
     }
 
     /// Logs the differing rows and keeps a sample for GetVerify.

@@ -100,15 +100,26 @@ impl ReaderTlsArgs {
     /// The client's TLS settings, if TLS to the reader is on.
     pub fn client_tls(&self) -> Result<Option<ClientTlsConfig>, String> {
         let Some(ca) = &self.reader_ca else { return Ok(None) };
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "reader CA")?));
-        if let (Some(cert), Some(key)) = (&self.reader_client_cert, &self.reader_client_key) {
-            tls = tls.identity(Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
-        }
-        if let Some(domain) = &self.reader_tls_domain {
-            tls = tls.domain_name(domain.clone());
-        }
-        Ok(Some(tls))
+        let identity = self.reader_client_cert.as_deref().zip(self.reader_client_key.as_deref());
+        client_tls(ca, identity, self.reader_tls_domain.as_deref()).map(Some)
     }
+}
+
+/// A TLS client's settings: the CA that signed the server's certificate, the client's own certificate and key
+/// (mutual TLS) and the name to verify the server's certificate against (default: the host connected to).
+pub fn client_tls(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    domain: Option<&str>,
+) -> Result<ClientTlsConfig, String> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
+    }
+    if let Some(domain) = domain {
+        tls = tls.domain_name(domain.to_owned());
+    }
+    Ok(tls)
 }
 
 /// Server side: refuses a call without the expected bearer token (no token configured: everything passes).
@@ -194,10 +205,70 @@ mod tests {
     }
 }
 
-/// The TLS failure somewhere in an error's chain, in plain words with what to do (None if there is none).
+/// How a TLS connection failed, as far as a person can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The server requires a client certificate and none was sent.
+    ClientCertRequired,
+    /// The server refused the client certificate sent.
+    ClientCertRefused,
+    /// The server's certificate is not signed by the CA given.
+    UnknownIssuer,
+    /// The server's certificate does not name the host connected to.
+    WrongName,
+    /// The server's certificate has expired or is not valid yet.
+    Expired,
+}
+
+/// The settings a TLS client of ours is configured by, as its hints name them.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTlsNames {
+    /// Where the CA of the server's certificate is set.
+    pub ca: &'static str,
+    pub cert: &'static str,
+    pub key: &'static str,
+    pub domain: &'static str,
+    /// Where the server is told which client certificates to trust.
+    pub server_client_ca: &'static str,
+}
+
+/// The applier's connection to the reader (and, for an unknown CA, MariaDB connections).
+pub const READER_CLIENT: ClientTlsNames = ClientTlsNames {
+    ca: "REPLICA_READER_CA for the reader, MARIA_TLS_CA for MariaDB",
+    cert: "REPLICA_READER_CLIENT_CERT",
+    key: "REPLICA_READER_CLIENT_KEY",
+    domain: "REPLICA_READER_TLS_DOMAIN",
+    server_client_ca: "the reader's REPLICA_TLS_CLIENT_CA",
+};
+
+impl TlsFailure {
+    /// What happened and what to set, in plain words.
+    pub fn hint(self, names: &ClientTlsNames) -> String {
+        match self {
+            Self::ClientCertRequired => {
+                format!("the server requires a client certificate: set {} and {}", names.cert, names.key)
+            }
+            Self::ClientCertRefused => format!(
+                "the server refused this client certificate: it must be signed by the CA the server trusts ({})",
+                names.server_client_ca
+            ),
+            Self::UnknownIssuer => format!("the server's certificate is not signed by the CA given ({})", names.ca),
+            Self::WrongName => format!(
+                "the server's certificate does not name the host connected to: connect by a name it holds, or set {} \
+                 to one",
+                names.domain
+            ),
+            Self::Expired => {
+                "the server's certificate has expired or is not valid yet (check it, and the clocks)".into()
+            }
+        }
+    }
+}
+
+/// The TLS failure somewhere in an error's chain (None if there is none).
 /// rustls errors reach us inside `std::io::Error`s, either as the error itself (MariaDB connections) or, through
 /// tonic's connector, only as its text; both are recognised (the text by rustls's own wording, pinned by a test).
-pub fn tls_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
     use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
     let mut current = Some(e);
     while let Some(err) = current {
@@ -207,53 +278,52 @@ pub fn tls_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
                 .and_then(|inner| inner.downcast_ref::<Tls>())
         });
         let text = tls.map_or_else(|| err.to_string(), ToString::to_string);
-        let hint = match tls {
-            Some(Tls::AlertReceived(Alert::CertificateRequired)) => Some(CLIENT_CERT_REQUIRED),
+        let failure = match tls {
+            Some(Tls::AlertReceived(Alert::CertificateRequired)) => Some(TlsFailure::ClientCertRequired),
             Some(Tls::AlertReceived(Alert::UnknownCA | Alert::BadCertificate | Alert::CertificateUnknown)) => {
-                Some(CLIENT_CERT_REFUSED)
+                Some(TlsFailure::ClientCertRefused)
             }
-            Some(Tls::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature)) => Some(UNKNOWN_ISSUER),
+            Some(Tls::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature)) => Some(TlsFailure::UnknownIssuer),
             Some(Tls::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. })) => {
-                Some(WRONG_NAME)
+                Some(TlsFailure::WrongName)
             }
             Some(Tls::InvalidCertificate(
                 Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. },
-            )) => Some(EXPIRED),
+            )) => Some(TlsFailure::Expired),
             Some(_) => None,
-            None if err.downcast_ref::<std::io::Error>().is_some() => hint_from_text(&text),
+            None if err.downcast_ref::<std::io::Error>().is_some() => failure_from_text(&text),
             None => None,
         };
-        if hint.is_some() {
-            return hint;
+        if failure.is_some() {
+            return failure;
         }
         current = err.source();
     }
     None
 }
 
-const CLIENT_CERT_REQUIRED: &str =
-    "the server requires a client certificate: set REPLICA_READER_CLIENT_CERT and REPLICA_READER_CLIENT_KEY";
-const CLIENT_CERT_REFUSED: &str = "the server refused this client certificate: it must be signed by the CA the \
-     server trusts (the reader's REPLICA_TLS_CLIENT_CA)";
-const UNKNOWN_ISSUER: &str = "the server's certificate is not signed by the CA given (REPLICA_READER_CA for the \
-     reader, MARIA_TLS_CA for MariaDB)";
-const WRONG_NAME: &str = "the server's certificate does not name the host connected to: connect by a name it \
-     holds, or set REPLICA_READER_TLS_DOMAIN to one";
-const EXPIRED: &str = "the server's certificate has expired or is not valid yet (check it, and the clocks)";
+/// The TLS failure in an error's chain in plain words, naming the applier's settings for the reader.
+pub fn tls_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    tls_failure(e).map(|f| f.hint(&READER_CLIENT))
+}
 
 /// rustls's wording of the same failures (`received fatal alert: …`, `invalid peer certificate: …`).
-fn hint_from_text(text: &str) -> Option<&'static str> {
+fn failure_from_text(text: &str) -> Option<TlsFailure> {
     let alert = text.strip_prefix("received fatal alert: ");
     let cert = text.strip_prefix("invalid peer certificate: ");
     match (alert, cert) {
-        (Some(a), _) if a.starts_with("CertificateRequired") => Some(CLIENT_CERT_REQUIRED),
+        (Some(a), _) if a.starts_with("CertificateRequired") => Some(TlsFailure::ClientCertRequired),
         (Some(a), _) if ["UnknownCA", "BadCertificate", "CertificateUnknown"].iter().any(|k| a.starts_with(k)) => {
-            Some(CLIENT_CERT_REFUSED)
+            Some(TlsFailure::ClientCertRefused)
         }
-        (_, Some(c)) if c.starts_with("UnknownIssuer") || c.starts_with("BadSignature") => Some(UNKNOWN_ISSUER),
-        (_, Some(c)) if c.contains("NotValidForName") || c.contains("not valid for name") => Some(WRONG_NAME),
+        (_, Some(c)) if c.starts_with("UnknownIssuer") || c.starts_with("BadSignature") => {
+            Some(TlsFailure::UnknownIssuer)
+        }
+        (_, Some(c)) if c.contains("NotValidForName") || c.contains("not valid for name") => {
+            Some(TlsFailure::WrongName)
+        }
         (_, Some(c)) if c.starts_with("Expired") || c.starts_with("NotValidYet") || c.contains("expired") => {
-            Some(EXPIRED)
+            Some(TlsFailure::Expired)
         }
         _ => None,
     }

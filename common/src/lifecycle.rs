@@ -60,8 +60,19 @@ pub fn reloaded_setting(config_file: Option<&std::path::Path>, key: &str, env: &
     }
 }
 
-/// An error with every `source` after it, `: `-separated.
+/// An error with every `source` after it, `: `-separated, and a plain hint when TLS to the reader (or MariaDB)
+/// failed.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error_chain_plain(e);
+    if let Some(hint) = crate::grpc_security::tls_hint(e) {
+        out.push_str(" — ");
+        out.push_str(&hint);
+    }
+    out
+}
+
+/// An error with every `source` after it, `: `-separated.
+pub fn error_chain_plain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -72,10 +83,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
             out.push_str(&text);
         }
         source = s.source();
-    }
-    if let Some(hint) = crate::grpc_security::tls_hint(e) {
-        out.push_str(" — ");
-        out.push_str(hint);
     }
     out
 }

@@ -252,3 +252,63 @@ async fn reader_and_applier_reach_mariadb_over_verified_tls() {
     let status = plain.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("refused:\n{}", plain.log_text()));
     assert!(!status.success(), "{}", plain.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_one_shot_verify_reaches_an_admin_service_over_mutual_tls_and_explains_refusals() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let certs = primary.dir.path().join("certs");
+    make_certs(&certs);
+    let path = |f: &str| certs.join(f).to_string_lossy().into_owned();
+    let (ca, server_cert, server_key, client_cert, client_key) =
+        (path("ca.pem"), path("server.pem"), path("server.key"), path("client.pem"), path("client.key"));
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    primary.exec("CREATE DATABASE v; CREATE TABLE v.t (id INT PRIMARY KEY); INSERT INTO v.t VALUES (1), (2)").await;
+    let secondary = MariaDb::start(Role::Secondary).await;
+    let admin = format!("127.0.0.1:{}", tests::free_port());
+    let applier = Applier::start(
+        &reader,
+        &secondary,
+        "tls-admin",
+        &[
+            ("REPLICA_ADMIN_ADDR", admin.as_str()),
+            ("REPLICA_TLS_CERT", server_cert.as_str()),
+            ("REPLICA_TLS_KEY", server_key.as_str()),
+            ("REPLICA_TLS_CLIENT_CA", ca.as_str()),
+        ],
+    );
+    eventually(Duration::from_secs(60), "the table on the secondary", || async {
+        let n: Vec<u64> =
+            secondary.query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'v'").await;
+        if n[0] == 0 {
+            return None;
+        }
+        (secondary.query::<u64>("SELECT COUNT(*) FROM v.t").await[0] == 2).then_some(())
+    })
+    .await;
+    let verify = |extra: &[&str]| {
+        let out = Command::new(tests::binary("replica-applier"))
+            .env_clear()
+            .args(["verify", "--admin-addr", admin.as_str(), "--timeout", "60s"])
+            .args(extra)
+            .output()
+            .expect("replica-applier verify runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!("replica-applier verify {extra:?} exited {:?}:\n{text}", out.status.code());
+        (out.status.code(), text)
+    };
+    let (code, text) =
+        verify(&["--admin-ca", &ca, "--admin-client-cert", &client_cert, "--admin-client-key", &client_key]);
+    assert_eq!(code, Some(0), "{text}\n{}", applier.log_text());
+    assert!(text.contains("v.t: equal") && text.contains("verification done"), "{text}");
+
+    let (code, text) = verify(&["--admin-ca", &ca]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("requires a client certificate: set --admin-client-cert and --admin-client-key"), "{text}");
+    let (code, text) =
+        verify(&["--admin-ca", &client_cert, "--admin-client-cert", &client_cert, "--admin-client-key", &client_key]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("not signed by the CA given (--admin-ca)"), "{text}");
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(2), "plain gRPC to a TLS admin service: {text}");
+    assert!(text.contains("give --admin-ca"), "{text}");
+}

@@ -2,11 +2,13 @@
 //! it, prints a report, and exits 0 when every table is equal, 1 when anything differed (repaired or not), 2
 //! when the verification could not be done — for cron jobs and CI pipelines.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::config::{parse_duration, Secret};
+use common::grpc_security::ClientTlsNames;
 use common::proto::applier_client::ApplierClient;
 use common::proto::{self, GetVerifyRequest, StartVerifyRequest};
 
@@ -35,7 +37,28 @@ pub struct VerifyCli {
     /// Give up (exit 2) after this long; 0: wait until done
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub timeout: Duration,
+    /// PEM CA that signed the applier's admin certificate (its REPLICA_TLS_CERT); TLS is on when set
+    #[arg(long, env = "REPLICA_ADMIN_CA")]
+    pub admin_ca: Option<PathBuf>,
+    /// PEM client certificate, when the applier requires one (its REPLICA_TLS_CLIENT_CA)
+    #[arg(long, env = "REPLICA_ADMIN_CLIENT_CERT", requires = "admin_client_key")]
+    pub admin_client_cert: Option<PathBuf>,
+    /// PEM private key of --admin-client-cert
+    #[arg(long, env = "REPLICA_ADMIN_CLIENT_KEY", requires = "admin_client_cert")]
+    pub admin_client_key: Option<PathBuf>,
+    /// Name to verify the applier's certificate against (default: the address's host)
+    #[arg(long, env = "REPLICA_ADMIN_TLS_DOMAIN")]
+    pub admin_tls_domain: Option<String>,
 }
+
+/// The one-shot client's TLS settings, as its hints name them.
+const ADMIN_CLIENT: ClientTlsNames = ClientTlsNames {
+    ca: "--admin-ca",
+    cert: "--admin-client-cert",
+    key: "--admin-client-key",
+    domain: "--admin-tls-domain",
+    server_client_ca: "the applier's REPLICA_TLS_CLIENT_CA",
+};
 
 /// Runs the one-shot verification with `args` (after the `verify` word).
 pub async fn main(args: impl Iterator<Item = String>) -> ExitCode {
@@ -62,22 +85,33 @@ pub async fn main(args: impl Iterator<Item = String>) -> ExitCode {
 }
 
 async fn run(cli: VerifyCli) -> Result<proto::GetVerifyResponse, String> {
+    let scheme = if cli.admin_ca.is_some() { "https" } else { "http" };
     let url =
-        if cli.admin_addr.contains("://") { cli.admin_addr.clone() } else { format!("http://{}", cli.admin_addr) };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        if cli.admin_addr.contains("://") { cli.admin_addr.clone() } else { format!("{scheme}://{}", cli.admin_addr) };
+    if url.starts_with("https://") && cli.admin_ca.is_none() {
+        return Err("an https:// admin address needs --admin-ca (the CA that signed the applier's certificate)".into());
+    }
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| format!("bad admin address {url}: {e}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| {
-            format!("cannot reach the applier's admin service at {url} (is REPLICA_ADMIN_ADDR set on it?): {e}")
-        })?;
+        .connect_timeout(Duration::from_secs(10));
+    let tls = cli.admin_ca.is_some();
+    if let Some(ca) = &cli.admin_ca {
+        let identity = cli.admin_client_cert.as_deref().zip(cli.admin_client_key.as_deref());
+        let tls = common::grpc_security::client_tls(ca, identity, cli.admin_tls_domain.as_deref())?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS settings: {e}"))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot reach the applier's admin service at {url} (is REPLICA_ADMIN_ADDR set on it?): {}",
+            explain(&e, tls)
+        )
+    })?;
     let token = common::grpc_security::BearerToken::new(cli.auth_token.as_ref())?;
     let mut client = ApplierClient::with_interceptor(channel, token);
     let started = client
         .start_verify(StartVerifyRequest { schema: cli.schema, table: cli.table, repair: cli.repair })
         .await
-        .map_err(|s| format!("StartVerify refused: {}", s.message()))?
+        .map_err(|s| format!("StartVerify failed: {}", explain(&s, tls)))?
         .into_inner();
     eprintln!("verifying {} table(s){}", started.tables.len(), if cli.repair { ", repairing" } else { "" });
     let began = Instant::now();
@@ -86,7 +120,7 @@ async fn run(cli: VerifyCli) -> Result<proto::GetVerifyResponse, String> {
         let report = client
             .get_verify(GetVerifyRequest {})
             .await
-            .map_err(|s| format!("GetVerify failed: {}", s.message()))?
+            .map_err(|s| format!("GetVerify failed: {}", explain(&s, tls)))?
             .into_inner();
         if report.state != "running" {
             return Ok(report);
@@ -95,6 +129,26 @@ async fn run(cli: VerifyCli) -> Result<proto::GetVerifyResponse, String> {
             return Err(format!("not done after {:?}; it goes on in the applier (GetVerify, StopVerify)", cli.timeout));
         }
     }
+}
+
+/// An error in plain words: a TLS failure as the setting to change, a gRPC status by its message (with what
+/// lies under a transport failure), and a hint when plain gRPC meets a TLS port.
+fn explain(e: &(dyn std::error::Error + 'static), tls: bool) -> String {
+    if let Some(failure) = common::grpc_security::tls_failure(e) {
+        return failure.hint(&ADMIN_CLIENT);
+    }
+    let status = e.downcast_ref::<tonic::Status>();
+    // A failure below gRPC (connection, HTTP/2) carries its cause; a refusal by the service does not.
+    let transport = status.is_none() || e.source().is_some();
+    let mut text = match (status, e.source()) {
+        (Some(s), Some(under)) => format!("{}: {}", s.message(), common::lifecycle::error_chain_plain(under)),
+        (Some(s), None) => s.message().to_owned(),
+        (None, _) => common::lifecycle::error_chain_plain(e),
+    };
+    if !tls && transport {
+        text.push_str(" — if the applier serves TLS (its REPLICA_TLS_CERT), give --admin-ca");
+    }
+    text
 }
 
 fn differs(report: &proto::GetVerifyResponse) -> bool {

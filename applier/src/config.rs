@@ -78,6 +78,9 @@ pub struct Cli {
     /// Rows per checksummed chunk of online verification
     #[arg(long, env = "REPLICA_VERIFY_CHUNK_ROWS", default_value_t = 1000)]
     pub verify_chunk_rows: u32,
+    /// Tables online verification compares at once
+    #[arg(long, env = "REPLICA_VERIFY_WORKERS", default_value_t = 2)]
+    pub verify_workers: usize,
     /// Serve the admin gRPC service (replica.v1.Applier: status, pause/resume, resync, verify) at ADDR (off when empty)
     #[arg(long, env = "REPLICA_ADMIN_ADDR")]
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -143,6 +146,7 @@ pub struct Config {
     pub copy_rows_per_second: u64,
     pub verify_rows_per_second: u64,
     pub verify_chunk_rows: u32,
+    pub verify_workers: usize,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub http_addr: Option<std::net::SocketAddr>,
     pub skip_failing_tables: bool,
@@ -200,9 +204,11 @@ impl TryFrom<Cli> for Config {
         if name.is_empty() || name.len() > 128 {
             return Err(format!("secondary name {name:?} must be 1 to 128 characters"));
         }
-        if c.copy_chunk_rows == 0 || c.copy_workers == 0 || c.verify_chunk_rows == 0 {
+        if c.copy_chunk_rows == 0 || c.copy_workers == 0 || c.verify_chunk_rows == 0 || c.verify_workers == 0 {
             return Err(
-                "TRANSFER_BATCH_SIZE, REPLICA_COPY_WORKERS and REPLICA_VERIFY_CHUNK_ROWS must be above 0".into()
+                "TRANSFER_BATCH_SIZE, REPLICA_COPY_WORKERS, REPLICA_VERIFY_CHUNK_ROWS and REPLICA_VERIFY_WORKERS \
+                        must be above 0"
+                    .into(),
             );
         }
         if c.resync && c.start_offset.is_some() {
@@ -225,6 +231,7 @@ impl TryFrom<Cli> for Config {
             copy_rows_per_second: c.copy_rows_per_second,
             verify_rows_per_second: c.verify_rows_per_second,
             verify_chunk_rows: c.verify_chunk_rows,
+            verify_workers: c.verify_workers,
             admin_addr: c.admin_addr,
             http_addr: c.http_addr,
             skip_failing_tables: c.skip_failing_tables,

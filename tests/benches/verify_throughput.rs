@@ -6,6 +6,8 @@
 //! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench verify_throughput`
 //! Size: `BENCH_TABLES` (default 4) sysbench tables of `BENCH_ROWS` rows (default 250,000); the write load is
 //! `sysbench oltp_write_only` at `BENCH_TPS` transactions per second (default 200) from 2 threads, uniform keys.
+//! `BENCH_APPLIER_LOG` sets the applier's RUST_LOG (e.g. `info,applier::verify=debug` for a line per round, with
+//! `REPLICA_TEST_LOG_DIR` to keep the log).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,7 +133,11 @@ async fn main() {
         &reader,
         &secondary,
         "bench",
-        &[("REPLICA_START_OFFSET", "1"), ("RUST_LOG", "info"), ("REPLICA_ADMIN_ADDR", &admin)],
+        &[
+            ("REPLICA_START_OFFSET", "1"),
+            ("RUST_LOG", &std::env::var("BENCH_APPLIER_LOG").unwrap_or_else(|_| "info".into())),
+            ("REPLICA_ADMIN_ADDR", &admin),
+        ],
     );
     wait_gtid(&native, &end, "SELECT @@gtid_slave_pos").await;
     wait_gtid(&secondary, &end, "SELECT gtid FROM replica_meta.checkpoint WHERE consumer = 'bench'").await;

@@ -2,8 +2,9 @@
 //! `replica_meta.verify` by a previous process), compares its tables one after another in rounds of chunks,
 //! each round anchored at the journal boundary of the primary's snapshot (see [`crate::verify`]).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::chunk::{Range, RowSum};
@@ -15,7 +16,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::AdminCmd;
 use crate::config::Config;
@@ -125,28 +126,94 @@ impl Verifier {
                     }
                 }
             }
-            let next = self.board.lock().tables.iter().find(|(_, t)| t.state.open()).map(|(k, _)| k.clone());
-            match next {
-                Some(table) if !self.board.lock().stopped => match self.table(&mut conn, &table, job, &stop).await {
-                    Ok(()) => retry.reset(),
-                    Err(e) => {
-                        warn!(consumer = %self.config.name, schema = %table.0, table = %table.1,
-                                  error = %common::lifecycle::error_chain(&e), "verification interrupted; retrying");
-                        conn = match self.reconnect(&stop, &mut retry).await {
-                            Some(c) => c,
-                            None => return,
-                        };
-                    }
-                },
-                _ => {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = changed.changed() => if r.is_err() { return },
-                    }
+            let open = self.board.lock().tables.values().any(|t| t.state.open());
+            if open && self.current(job) {
+                // Tables are verified `--verify-workers` at a time, one secondary connection each (the first
+                // worker takes this one), under one rate limit.
+                let claimed = Mutex::new(HashSet::new());
+                let pacer = Pacer::new(self.config.verify_rows_per_second);
+                let workers = self.config.verify_workers.max(1);
+                let mut first = Some(conn);
+                let mut slots = Vec::with_capacity(workers);
+                for _ in 0..workers {
+                    slots.push(self.worker(first.take(), job, &claimed, &pacer, &stop));
                 }
+                let mut conns = futures_util::future::join_all(slots).await.into_iter().flatten();
+                conn = match conns.next() {
+                    Some(c) => c,
+                    None => match self.reconnect(&stop, &mut retry).await {
+                        Some(c) => c,
+                        None => return,
+                    },
+                };
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = changed.changed() => if r.is_err() { return },
             }
             if stop.is_cancelled() {
                 return;
+            }
+        }
+    }
+
+    /// One worker of `job`: takes open tables no other worker has and verifies each to its end, reconnecting
+    /// after transient failures (the table is taken again). Ends when no table is left for it, the
+    /// verification changes, or on `stop`; returns its connection, if it has one.
+    async fn worker(
+        &self,
+        mut conn: Option<Conn>,
+        job: Job,
+        claimed: &Mutex<HashSet<TableKey>>,
+        pacer: &Pacer,
+        stop: &CancellationToken,
+    ) -> Option<Conn> {
+        let mut retry = RetryPolicy::new(Duration::from_millis(200), self.config.retry_max).start();
+        loop {
+            if stop.is_cancelled() || !self.current(job) {
+                return conn;
+            }
+            let table = {
+                let v = self.board.lock();
+                let mut claimed = claimed.lock().unwrap_or_else(|p| p.into_inner());
+                let next =
+                    v.tables.iter().find(|(k, t)| t.state.open() && !claimed.contains(*k)).map(|(k, _)| k.clone());
+                if let Some(k) = &next {
+                    claimed.insert(k.clone());
+                }
+                next
+            };
+            let Some(table) = table else { return conn };
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(consumer = %self.config.name, error = %common::lifecycle::error_chain(&e),
+                              "cannot connect to the secondary to verify; retrying");
+                        claimed.lock().unwrap_or_else(|p| p.into_inner()).remove(&table);
+                        if !retry.wait(stop).await {
+                            return None;
+                        }
+                        continue;
+                    }
+                },
+            };
+            match self.table(&mut c, &table, job, pacer, stop).await {
+                Ok(()) => {
+                    retry.reset();
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    warn!(consumer = %self.config.name, schema = %table.0, table = %table.1,
+                          error = %common::lifecycle::error_chain(&e), "verification interrupted; retrying");
+                    // Taken again (by this worker or another) after the wait, on a new connection.
+                    claimed.lock().unwrap_or_else(|p| p.into_inner()).remove(&table);
+                    if !retry.wait(stop).await {
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -216,6 +283,7 @@ impl Verifier {
         conn: &mut Conn,
         table: &TableKey,
         job: Job,
+        pacer: &Pacer,
         stop: &CancellationToken,
     ) -> Result<(), ApplyError> {
         let (schema, name) = (&table.0, &table.1);
@@ -235,7 +303,6 @@ impl Verifier {
             info!(consumer = %self.config.name, schema = %schema, table = %name, repair = job.repair, "verifying table");
         }
         self.save(conn, table, job).await?;
-        let pacer = Pacer::new(self.config.verify_rows_per_second);
         let mut client = reader_client::connect(&self.config).await?;
         let mut logged = Instant::now();
         loop {
@@ -386,7 +453,9 @@ impl Verifier {
             upto_key: Vec::new(),
             with_rows: false,
         };
+        let began = Instant::now();
         let (mut round, floor) = self.at_boundary(client, table, req).await?;
+        let reached = began.elapsed();
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await
             .map_err(meta("beginning a verify snapshot"))?;
@@ -400,6 +469,9 @@ impl Verifier {
         let result = self.compare_chunks(conn, &mut round, after).await;
         let _ = conn.query_drop("COMMIT").await;
         let (differing, end, compared, chunks, last) = result?;
+        debug!(consumer = %self.config.name, schema = %table.0, table = %table.1, boundary = round.boundary, chunks,
+               rows = compared, differing = differing.len(), boundary_ms = reached.as_millis() as u64,
+               round_ms = began.elapsed().as_millis() as u64, "verify round");
         let keyless = round.shape.primary_key.is_empty();
         self.update(table, |t| {
             t.key_kind = round.key_kind.clone();

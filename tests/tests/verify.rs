@@ -1,6 +1,7 @@
 //! Online verification against real servers: no difference reported on a correct secondary while the primary
 //! takes writes; differences planted on the secondary (1 µs, a trailing BINARY byte, 'a' → 'A' under a
-//! case-insensitive collation, a DECIMAL digit, a missing row, an extra row, a keyless table) each reported with
+//! case-insensitive collation, a DECIMAL digit, FLOAT and DOUBLE last bits, BIT, TIME, ENUM, NULL vs '' and 'N', a
+//! missing row, an extra row, a keyless table) each reported with
 //! its key and repaired while replication goes on; a verification killed with -9 resumes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +23,18 @@ const SCHEMA: &[&str] = &[
     "INSERT INTO v.sk SELECT CONCAT('key', seq), 'a' FROM v.seq_1_to_500",
     "CREATE TABLE v.nk (a INT, b VARCHAR(20))",
     "INSERT INTO v.nk SELECT seq % 10, 'x' FROM v.seq_1_to_200",
+    // Values easily lost by a checksum of their text: FLOAT (MariaDB prints 6 digits), BIT, TIME and TIMESTAMP
+    // fractions, ENUM, DOUBLE's last bits, NULL next to '' and 'N'.
+    "CREATE TABLE v.ty (id INT PRIMARY KEY, f FLOAT, dbl DOUBLE, bt BIT(8), t TIME(6), ts TIMESTAMP(6) NULL, \
+     e ENUM('x', 'y'), s VARCHAR(5) NULL, u UUID)",
+    "INSERT INTO v.ty SELECT seq, 1, seq / 3e0, b'1', '-1:02:03.000004', '2024-01-02 03:04:05.000006', 'x', NULL, \
+     UUID() FROM v.seq_1_to_1000",
+    "CREATE TABLE v.tx (id INT PRIMARY KEY, body TEXT)",
+    "INSERT INTO v.tx SELECT seq, REPEAT('t', seq) FROM v.seq_1_to_300",
 ];
 
-/// Differences written on the secondary only, and the key each one is reported with.
+/// Differences written on the secondary only, and the key each one is reported with (those of v.ty a chunk apart,
+/// so that each is found by its own chunk's checksum).
 const PLANTED: &[(&str, &str, &str)] = &[
     ("UPDATE v.k SET d = '2024-01-02 03:04:05.123457' WHERE id = 2001", "k", "(2001)"),
     ("UPDATE v.k SET b = CONCAT(LEFT(b, 15), X'00') WHERE id = 2002 AND RIGHT(b, 1) <> X'00'", "k", "(2002)"),
@@ -34,7 +44,19 @@ const PLANTED: &[(&str, &str, &str)] = &[
     ("UPDATE v.sk SET v = 'A' WHERE code = 'key250'", "sk", "('key250')"),
     ("UPDATE v.ck SET v = v + 1 WHERE a = 7 AND b = 'b7'", "ck", "(7, 'b7')"),
     ("INSERT INTO v.nk VALUES (99, 'extra')", "nk", ""),
+    ("UPDATE v.ty SET f = 1.0000001 WHERE id = 50", "ty", "(50)"),
+    ("UPDATE v.ty SET bt = b'10000001' WHERE id = 150", "ty", "(150)"),
+    ("UPDATE v.ty SET t = '-1:02:03.000005' WHERE id = 250", "ty", "(250)"),
+    ("UPDATE v.ty SET ts = '2024-01-02 03:04:05.000007' WHERE id = 350", "ty", "(350)"),
+    ("UPDATE v.ty SET s = '' WHERE id = 450", "ty", "(450)"),
+    ("UPDATE v.ty SET s = 'N' WHERE id = 550", "ty", "(550)"),
+    ("UPDATE v.ty SET e = 'y' WHERE id = 650", "ty", "(650)"),
+    ("UPDATE v.ty SET dbl = dbl * (1 + 4e-16) WHERE id = 750", "ty", "(750)"),
+    ("UPDATE v.tx SET body = CONCAT(body, ' ') WHERE id = 19", "tx", "(19)"),
 ];
+
+/// The tables of SCHEMA.
+const TABLES: &[&str] = &["v.k", "v.ck", "v.sk", "v.nk", "v.ty", "v.tx"];
 
 /// Writes to the primary until stopped: updates, inserts and deletes of keys the planted rows do not use.
 fn write_load(primary: &MariaDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
@@ -99,7 +121,7 @@ async fn verification_under_writes_reports_exactly_the_planted_differences_and_r
     // A correct secondary under a moving primary: nothing differs.
     let (code, report) = verify_once(&admin, &[]);
     assert_eq!(code, 0, "a correct secondary verifies equal:\n{report}\n{}", applier.log_text());
-    for t in ["v.k", "v.ck", "v.sk", "v.nk"] {
+    for t in TABLES {
         assert!(report.contains(&format!("{t}: equal")), "{t} is compared and equal:\n{report}");
     }
     assert!(report.contains("3000 rows") || report.contains("rows in"), "{report}");
@@ -135,7 +157,7 @@ async fn verification_under_writes_reports_exactly_the_planted_differences_and_r
     // Repair while the primary keeps writing; then the secondary equals the primary and verifies equal.
     let (code, report) = verify_once(&admin, &["--repair"]);
     assert_eq!(code, 1, "a repairing run still reports what differed:\n{report}");
-    for t in ["v.k", "v.ck", "v.sk", "v.nk"] {
+    for t in TABLES {
         assert!(report.contains(&format!("{t}: repaired")), "{t} is repaired:\n{report}\n{}", applier.log_text());
     }
     // The keyless table is re-copied at its own boundary: verified again once that copy is done.
@@ -154,7 +176,7 @@ async fn verification_under_writes_reports_exactly_the_planted_differences_and_r
     assert_same_data(&primary, &secondary, "v").await;
     let states: Vec<(String, String)> =
         secondary.query("SELECT table_name, state FROM replica_meta.verify ORDER BY table_name").await;
-    assert_eq!(states.len(), 4, "{states:?}");
+    assert_eq!(states.len(), TABLES.len(), "{states:?}");
     assert!(states.iter().all(|(_, s)| s == "equal"), "{states:?}");
 }
 

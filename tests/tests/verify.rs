@@ -52,6 +52,8 @@ const PLANTED: &[(&str, &str, &str)] = &[
     ("UPDATE v.ty SET s = 'N' WHERE id = 550", "ty", "(550)"),
     ("UPDATE v.ty SET e = 'y' WHERE id = 650", "ty", "(650)"),
     ("UPDATE v.ty SET dbl = dbl * (1 + 4e-16) WHERE id = 750", "ty", "(750)"),
+    // Two rows swap their values: a checksum that XORs linear row checksums (CRC32) cannot see it.
+    ("UPDATE v.ty SET dbl = CASE id WHEN 850 THEN 851 / 3e0 ELSE 850 / 3e0 END WHERE id IN (850, 851)", "ty", "(851)"),
     ("UPDATE v.tx SET body = CONCAT(body, ' ') WHERE id = 19", "tx", "(19)"),
 ];
 

@@ -1,6 +1,7 @@
 //! Secondaries that also take local writes: conflicts (an insert of a key the secondary has, a change to a row it
 //! lacks, a change to a row that is not the primary's before image) resolved by `REPLICA_CONFLICTS=overwrite`
-//! (the primary wins) and `keep` (the secondary wins), each recorded in `replica_meta.conflicts`.
+//! (the primary wins) and `keep` (the secondary wins), each recorded in `replica_meta.conflicts`; under the default
+//! `stop` an existing key and a missing row stop the applier, and a differing row takes the primary's change.
 
 use tests::{assert_same_data, caught_up, Applier, MariaDb, Reader, Role};
 
@@ -89,4 +90,46 @@ async fn conflicts_from_local_writes_are_overwritten_or_kept_and_each_is_recorde
     }
     assert!(a.log_text().contains("conflict: the secondary's row was not what the primary changed"));
     assert!(!a.log_text().contains("ERROR") && !b.log_text().contains("ERROR"), "{}", b.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_default_stop_policy_an_existing_key_and_a_missing_row_stop_the_applier_and_a_differing_row_takes_the_primarys(
+) {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    for stmt in SCHEMA {
+        primary.exec(stmt).await;
+    }
+    let sec = MariaDb::start(Role::Secondary).await;
+    let mut a = Applier::start(&reader, &sec, "strict", &[("REPLICA_START_OFFSET", "1")]);
+    caught_up(&primary, &reader, &sec, &a).await;
+
+    // exists: the primary inserts a key the secondary has.
+    sec.exec("INSERT INTO c.k VALUES (100, 'local')").await;
+    primary.exec("INSERT INTO c.k VALUES (100, 'primary')").await;
+    let status = a.wait_exit(std::time::Duration::from_secs(60)).unwrap_or_else(|| panic!("{}", a.log_text()));
+    assert!(!status.success());
+    let log = a.log_text();
+    assert!(log.contains("Duplicate entry") && log.contains("`c`.`k`"), "{log}");
+    sec.exec("DELETE FROM c.k WHERE id = 100").await;
+    a.spawn();
+    caught_up(&primary, &reader, &sec, &a).await;
+
+    // missing: the primary updates a row the secondary lacks.
+    sec.exec("DELETE FROM c.k WHERE id = 2").await;
+    primary.exec("UPDATE c.k SET v = 'p2' WHERE id = 2").await;
+    let status = a.wait_exit(std::time::Duration::from_secs(60)).unwrap_or_else(|| panic!("{}", a.log_text()));
+    assert!(!status.success());
+    let log = a.log_text();
+    assert!(log.contains("the secondary has drifted") && log.contains("`c`.`k`"), "{log}");
+    sec.exec("INSERT INTO c.k VALUES (2, 'two')").await;
+    a.spawn();
+    caught_up(&primary, &reader, &sec, &a).await;
+
+    // differs: not looked for; the primary's change is applied by key and the row ends as on the primary.
+    sec.exec("UPDATE c.k SET v = 'local' WHERE id = 3").await;
+    primary.exec("UPDATE c.k SET v = 'p3' WHERE id = 3").await;
+    caught_up(&primary, &reader, &sec, &a).await;
+    assert_same_data(&primary, &sec, "c").await;
+    assert!(conflicts(&sec).await.is_empty(), "nothing is recorded as a conflict under stop");
 }

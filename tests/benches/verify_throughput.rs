@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mysql_async::prelude::Queryable;
 use tests::bench::{env_u64, sysbench_prepare};
 use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
 
@@ -34,52 +33,14 @@ fn write_load(primary: &MariaDb, tables: u64, rows: u64, tps: u64) -> Child {
         .expect("sysbench runs")
 }
 
-/// Heartbeats written on the primary every 20 ms; each one's arrival on `replica` (polled every 2 ms) minus its
-/// microsecond timestamp is one lag sample. Stops when `stop` is set; returns the samples in milliseconds.
+/// Heartbeats every 20 ms on the primary, arrivals on `replica` (see [`tests::bench::heartbeat`]).
 fn heartbeat(primary: &MariaDb, replica: &MariaDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<f64>> {
-    let (p, r) = (primary.root_opts(), replica.root_opts());
-    let writer_stop = stop.clone();
-    tokio::spawn(async move {
-        let mut w = mysql_async::Conn::new(p).await.expect("primary");
-        let writer = tokio::spawn(async move {
-            while !writer_stop.load(Ordering::SeqCst) {
-                w.query_drop("REPLACE INTO hb.beat VALUES (1, NOW(6))").await.expect("heartbeat");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        let mut c = mysql_async::Conn::new(r).await.expect("replica");
-        let mut last: Option<String> = None;
-        let mut samples = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            let row: Option<(String, i64)> = c
-                .query_first(
-                    "SELECT CAST(ts AS CHAR), TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM hb.beat WHERE id = 1",
-                )
-                .await
-                .ok()
-                .flatten();
-            if let Some((ts, lag)) = row {
-                if last.as_ref() != Some(&ts) {
-                    if last.is_some() {
-                        samples.push(lag as f64 / 1000.0);
-                    }
-                    last = Some(ts);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let _ = writer.await;
-        samples
-    })
+    let all = tests::bench::heartbeat(primary, &[replica], Duration::from_millis(20), stop);
+    tokio::spawn(async move { all.await.expect("heartbeat").remove(0) })
 }
 
-fn summary(mut ms: Vec<f64>) -> String {
-    if ms.is_empty() {
-        return "no samples".into();
-    }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| ms[((ms.len() - 1) as f64 * q) as usize];
-    format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)", at(0.5), at(0.99), at(1.0), ms.len())
+fn summary(ms: Vec<f64>) -> String {
+    tests::bench::lag_summary(ms)
 }
 
 async fn wait_gtid(replica: &MariaDb, gtid: &str, sql: &str) {

@@ -727,8 +727,80 @@ impl Drop for Proxy {
 /// Helpers shared by the benchmarks.
 pub mod bench {
     use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use mysql_async::prelude::Queryable;
 
     use super::MariaDb;
+
+    /// Heartbeats written on the primary every `every` into `hb.beat` (which must exist: `id INT PRIMARY KEY, ts
+    /// DATETIME(6)`); each one's arrival on each of `replicas` (each polled every millisecond on its own
+    /// connection) minus its microsecond timestamp is one lag sample of that replica. Stops when `stop` is set;
+    /// returns each replica's samples in milliseconds. (pt-heartbeat's 0.5 s skew would hide everything below.)
+    pub fn heartbeat(
+        primary: &MariaDb,
+        replicas: &[&MariaDb],
+        every: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<Vec<Vec<f64>>> {
+        let p = primary.root_opts();
+        let writer_stop = stop.clone();
+        let pollers: Vec<_> = replicas
+            .iter()
+            .map(|r| {
+                let (opts, stop) = (r.root_opts(), stop.clone());
+                tokio::spawn(async move {
+                    let mut c = mysql_async::Conn::new(opts).await.expect("replica");
+                    let mut last: Option<String> = None;
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let row: Option<(String, i64)> = c
+                            .query_first(
+                                "SELECT CAST(ts AS CHAR), TIMESTAMPDIFF(MICROSECOND, ts, NOW(6)) FROM hb.beat \
+                                 WHERE id = 1",
+                            )
+                            .await
+                            .ok()
+                            .flatten();
+                        if let Some((ts, lag)) = row {
+                            if last.as_ref() != Some(&ts) {
+                                if last.is_some() {
+                                    samples.push(lag as f64 / 1000.0);
+                                }
+                                last = Some(ts);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    samples
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut w = mysql_async::Conn::new(p).await.expect("primary");
+            while !writer_stop.load(Ordering::SeqCst) {
+                w.query_drop("REPLACE INTO hb.beat VALUES (1, NOW(6))").await.expect("heartbeat");
+                tokio::time::sleep(every).await;
+            }
+            let mut all = Vec::new();
+            for p in pollers {
+                all.push(p.await.expect("heartbeat poller"));
+            }
+            all
+        })
+    }
+
+    /// Lag samples as `p50 …, p99 …, max … (n samples)`.
+    pub fn lag_summary(mut ms: Vec<f64>) -> String {
+        if ms.is_empty() {
+            return "no samples".into();
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q) as usize];
+        format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)", at(0.5), at(0.99), at(1.0), ms.len())
+    }
 
     /// The primary's binlog file and position now (where a benchmark's pipelines start).
     pub async fn binlog_position(primary: &MariaDb) -> (String, u64) {

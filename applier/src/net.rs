@@ -7,6 +7,11 @@
 //! violate. It turns thousands of single-row statements into a few multi-row ones. The DELETE must remove
 //! exactly the keys that existed; any other count means the secondary has drifted.
 //!
+//! On a table whose only unique key is the primary key, rows that existed and still exist are updated in place
+//! instead ([`NetTable::in_place`]): deleted keys are deleted, kept keys updated, new keys inserted — three
+//! disjoint sets of primary keys, and no other unique key that a row's intermediate state could collide on. An
+//! update stays an update, as on the primary (about twice as fast in InnoDB as a delete and an insert).
+//!
 //! A key inserted and deleted within the transaction leaves no row, but on the primary its insert moved the
 //! table's AUTO_INCREMENT counter. For tables with such a counter, [`NetTable::highest_transient`] gives the
 //! one such row whose counter value is highest (its last image); it is inserted and deleted again between the
@@ -114,6 +119,30 @@ impl<'a> NetTable<'a> {
     pub fn inserts(&self) -> Vec<&[Value]> {
         self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image).collect()
     }
+
+    /// The same changes for applying updates in place (a table whose only unique key is the primary key):
+    /// keys that existed and are gone (to delete), keys that existed and still exist with their final images (to
+    /// update), and final images of keys that did not exist (to insert).
+    pub fn in_place(&self) -> InPlace<'_> {
+        let mut out = InPlace { deletes: Vec::new(), updates: Vec::new(), inserts: Vec::new() };
+        for e in self.order.iter().filter_map(|k| self.entries.get(k)) {
+            match (e.existed, e.final_image) {
+                (true, None) => out.deletes.push(e.key_values.as_slice()),
+                (true, Some(image)) => out.updates.push((e.key_values.as_slice(), image)),
+                (false, Some(image)) => out.inserts.push(image),
+                (false, None) => {}
+            }
+        }
+        out
+    }
+}
+
+/// Net changes split for applying updates in place (see [`NetTable::in_place`]).
+pub struct InPlace<'a> {
+    pub deletes: Vec<&'a [Value]>,
+    /// Key values and final image.
+    pub updates: Vec<(&'a [Value], &'a [Value])>,
+    pub inserts: Vec<&'a [Value]>,
 }
 
 /// A key a transaction touched: the row before it (None: the key did not exist on the primary) and after it.
@@ -184,6 +213,11 @@ mod tests {
             RowChange::Update { before: row(6, 6), after: row(100, 6) },
             RowChange::Delete { before: row(100, 6) },
         ]);
+        let split = net.in_place();
+        assert_eq!(ids(split.deletes), vec![Value::Int(3)], "3 moved to 4: gone");
+        let updates: Vec<_> = split.updates.iter().map(|(k, image)| (k.to_vec(), image.to_vec())).collect();
+        assert_eq!(updates, vec![(vec![Value::Int(1)], row(1, 3)), (vec![Value::Int(2)], row(2, 9))]);
+        assert_eq!(split.inserts, vec![row(4, 3).as_slice()], "5 came and went: neither inserted nor deleted");
         let mut moved = NetTable::new(&c, 1);
         moved.add(&changes);
         assert_eq!(

@@ -19,13 +19,25 @@ fn key_of(c: &TableChange) -> TableKey {
 
 /// Applies one keyed table's net changes: every key that existed is deleted, then (for a table whose
 /// AUTO_INCREMENT column is `counter`) the highest row inserted and deleted within the group is written and
-/// deleted again, then every final image is inserted.
+/// deleted again, then every final image is inserted. With `in_place` (the table's only unique key is its
+/// primary key) keys that existed and still exist are updated in place instead of deleted and inserted.
 pub async fn apply_net(
     tx: &mut Conn,
     net: &NetTable<'_>,
     lenient: bool,
     counter: Option<usize>,
+    in_place: bool,
 ) -> Result<(), ApplyError> {
+    if in_place && !lenient && net.shape.columns.len() > net.shape.primary_key.len() {
+        let changes = net.in_place();
+        delete_keys(tx, net, &changes.deletes, false).await?;
+        update_rows(tx, net, &changes.updates).await?;
+        if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
+            insert_images(tx, net, &[image]).await?;
+            delete_keys(tx, net, &[key], false).await?;
+        }
+        return insert_images(tx, net, &changes.inserts).await;
+    }
     delete_keys(tx, net, &net.deletes(), lenient).await?;
     if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
         insert_images(tx, net, &[image]).await?;
@@ -48,6 +60,30 @@ async fn delete_keys(tx: &mut Conn, net: &NetTable<'_>, keys: &[&[Value]], lenie
                 offset,
                 table: Some(table),
                 reason: format!("{} of {n} rows the primary changed were found", tx.affected_rows()),
+                statement: stmt,
+            });
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Updates rows in place to their final images, in multi-row statements; every row must exist.
+async fn update_rows(tx: &mut Conn, net: &NetTable<'_>, rows: &[(&[Value], &[Value])]) -> Result<(), ApplyError> {
+    let (shape, offset, table) = (&net.shape, net.first_offset, key_of(&net.shape));
+    let mut done = 0;
+    while done < rows.len() {
+        let n = sql::update_chunk(rows.len() - done, shape);
+        let chunk = &rows[done..done + n];
+        let relax = sql::needs_relaxed(&shape.columns, chunk.iter().map(|(_, image)| *image));
+        let stmt = sql::relaxed_if(relax, sql::update_keys(shape, n));
+        execute(tx, offset, &table, &stmt, sql::update_params(shape, chunk)).await?;
+        // Rows found, not rows changed (the session sets CLIENT_FOUND_ROWS): each must exist.
+        if tx.affected_rows() != n as u64 {
+            return Err(ApplyError::Drift {
+                offset,
+                table: Some(table),
+                reason: format!("{} of {n} rows the primary updated were found", tx.affected_rows()),
                 statement: stmt,
             });
         }

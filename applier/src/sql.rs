@@ -154,6 +154,61 @@ pub fn update(c: &TableChange) -> String {
     format!("UPDATE {} SET {} {}", table_name(c), set.join(", "), where_clause(c))
 }
 
+/// Most rows in one multi-row UPDATE: each column's CASE has a branch per row, so the server's work grows with
+/// the square of this.
+pub const MAX_UPDATE_ROWS: usize = 64;
+
+/// Rows per UPDATE chunk for `remaining` rows of `c` (see [`update_keys`]).
+pub fn update_chunk(remaining: usize, c: &TableChange) -> usize {
+    let k = c.primary_key.len();
+    let per_row = (c.columns.len() - k) * (k + 1) + k;
+    rows_per_statement(remaining, per_row, MAX_UPDATE_ROWS)
+}
+
+/// `UPDATE ... SET col = CASE WHEN key = ? THEN ? ... END, ... WHERE (key) IN ((?..), ...)` for `rows` rows
+/// whose primary key stays: every other column takes its row's value, in one statement that updates the rows
+/// in place. Parameters: for each non-key column, for each row its key values and the column's value; then
+/// each row's key values (see [`update_params`]).
+pub fn update_keys(c: &TableChange, rows: usize) -> String {
+    let key: Vec<&Column> = c.primary_key.iter().map(|&i| &c.columns[i as usize]).collect();
+    let names: Vec<String> = key.iter().map(|col| ident(&col.name)).collect();
+    let when: Vec<String> = key.iter().map(|col| format!("{} = {}", ident(&col.name), placeholder(col))).collect();
+    let when = when.join(" AND ");
+    let set: Vec<String> = c
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !c.primary_key.contains(&(*i as u32)))
+        .map(|(_, col)| {
+            let branch = format!("WHEN {when} THEN {}", placeholder(col));
+            format!("{} = CASE {} END", ident(&col.name), vec![branch; rows].join(" "))
+        })
+        .collect();
+    let one = format!("({})", key.iter().map(|col| placeholder(col)).collect::<Vec<_>>().join(","));
+    format!(
+        "UPDATE {} SET {} WHERE ({}) IN ({})",
+        table_name(c),
+        set.join(", "),
+        names.join(","),
+        vec![one; rows].join(",")
+    )
+}
+
+/// The parameters of [`update_keys`] for `rows` (key values, final image).
+pub fn update_params(c: &TableChange, rows: &[(&[Value], &[Value])]) -> Vec<My> {
+    let mut params = Vec::new();
+    for (i, _) in c.columns.iter().enumerate().filter(|(i, _)| !c.primary_key.contains(&(*i as u32))) {
+        for (key, image) in rows {
+            params.extend(key.iter().map(to_mysql));
+            params.push(to_mysql(&image[i]));
+        }
+    }
+    for (key, _) in rows {
+        params.extend(key.iter().map(to_mysql));
+    }
+    params
+}
+
 /// `DELETE ... WHERE (key) IN ((?..), ...)` for `rows` primary keys.
 pub fn delete_keys(c: &TableChange, rows: usize) -> String {
     let cols: Vec<&Column> = c.primary_key.iter().map(|&i| &c.columns[i as usize]).collect();
@@ -216,6 +271,21 @@ mod tests {
         assert!(!needs_relaxed(&c.columns, named.iter().map(Vec::as_slice)));
         assert_eq!(relaxed_if(false, "INSERT".into()), "INSERT");
         assert!(relaxed_if(true, "INSERT".into()).starts_with("SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO"));
+    }
+
+    #[test]
+    fn rows_keeping_their_key_are_updated_in_place_in_one_statement() {
+        let c = table(vec![0]);
+        assert_eq!(
+            update_keys(&c, 2),
+            "UPDATE `s`.`t``x` SET `v` = CASE WHEN `id` = ? THEN ? WHEN `id` = ? THEN ? END WHERE (`id`) IN ((?),(?))"
+        );
+        let (k1, r1) = ([Value::Int(1)], [Value::Int(1), Value::Int(10)]);
+        let (k2, r2) = ([Value::Int(2)], [Value::Int(2), Value::Int(20)]);
+        let params = update_params(&c, &[(&k1, &r1), (&k2, &r2)]);
+        assert_eq!(params, vec![My::Int(1), My::Int(10), My::Int(2), My::Int(20), My::Int(1), My::Int(2)]);
+        assert_eq!(update_chunk(1000, &c), MAX_UPDATE_ROWS);
+        assert_eq!(update_chunk(5, &c), 4);
     }
 
     #[test]

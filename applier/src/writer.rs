@@ -64,6 +64,9 @@ struct Shape {
     /// Its AUTO_INCREMENT column: the highest row inserted and deleted within a group is written and deleted
     /// again, so the counter ends where the primary's does (see [`crate::net`]).
     auto_increment: Option<String>,
+    /// It has a unique key besides the primary key: net updates are applied as deletes and inserts, never in
+    /// place (see [`crate::net`]).
+    unique_besides_primary: bool,
 }
 
 /// What the secondary holds when the applier starts.
@@ -529,14 +532,14 @@ impl Writer {
         }
         for net in &nets {
             let key = (net.shape.schema.clone(), net.shape.table.clone());
-            let counter = self
-                .shapes
-                .get(&key)
+            let shape = self.shapes.get(&key);
+            let counter = shape
                 .and_then(|s| s.auto_increment.as_deref())
                 .and_then(|name| net.shape.columns.iter().position(|col| col.name.eq_ignore_ascii_case(name)));
+            let in_place = shape.is_some_and(|s| !s.unique_besides_primary);
             let lenient = tables.mode(&key) == TableMode::Lenient;
             if lenient || mode == ConflictMode::Stop {
-                rows::apply_net(tx, net, lenient, counter).await?;
+                rows::apply_net(tx, net, lenient, counter, in_place).await?;
             } else {
                 rows::apply_net_resolving(tx, net, counter, mode, &mut self.conflicts).await?;
             }
@@ -607,7 +610,20 @@ impl Writer {
                 statement(offset, Some(&key), "(foreign keys from information_schema.REFERENTIAL_CONSTRAINTS)"),
             )?;
             let auto_increment = found.iter().find(|col| col.auto_increment).map(|col| col.name.clone());
-            self.shapes.insert(key, Shape { columns: c.columns.clone(), generated, in_foreign_keys, auto_increment });
+            let unique_besides_primary =
+                common::mariadb::has_unique_besides_primary(conn, &c.schema, &c.table).await.map_err(statement(
+                    offset,
+                    Some(&key),
+                    "(unique keys from information_schema.STATISTICS)",
+                ))?;
+            let shape = Shape {
+                columns: c.columns.clone(),
+                generated,
+                in_foreign_keys,
+                auto_increment,
+                unique_besides_primary,
+            };
+            self.shapes.insert(key, shape);
         }
         Ok(())
     }

@@ -77,6 +77,23 @@ pub async fn columns(
 }
 
 /// Whether `schema.table` has a foreign key or is referenced by one (so changes to it may check or cascade).
+/// Whether `schema`.`table` has a unique key other than its primary key (a row's intermediate state could collide
+/// on it, so its updates are applied as deletes and inserts).
+pub async fn has_unique_besides_primary(
+    conn: &mut impl Queryable,
+    schema: &str,
+    table: &str,
+) -> Result<bool, mysql_async::Error> {
+    let found: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' LIMIT 1",
+            (schema, table),
+        )
+        .await?;
+    Ok(found.is_some())
+}
+
 pub async fn in_foreign_keys(conn: &mut impl Queryable, schema: &str, table: &str) -> Result<bool, mysql_async::Error> {
     let found: Option<u8> = conn
         .exec_first(

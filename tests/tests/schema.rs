@@ -226,6 +226,43 @@ async fn auto_increment_counters_match_after_rows_inserted_and_deleted_in_one_tr
     assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_apply_in_place_and_rows_swapping_unique_values_in_one_transaction_do_not_collide() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    primary
+        .exec(
+            "CREATE DATABASE up; CREATE TABLE up.u (id INT PRIMARY KEY, code INT NOT NULL UNIQUE, v VARCHAR(10));
+             CREATE TABLE up.p (a INT, b VARCHAR(5), v INT, w DATETIME(6), PRIMARY KEY (a, b));
+             INSERT INTO up.u VALUES (1, 1, 'one'), (2, 2, 'two'), (3, 3, 'three');
+             INSERT INTO up.p SELECT seq % 7, CONCAT('b', seq), seq, '2024-01-02 03:04:05.000001' FROM up.seq_1_to_300;",
+        )
+        .await;
+    // Applied first, so that the changes below find the rows there (not folded into one insert with them).
+    caught_up(&primary, &reader, &secondary, &a).await;
+    primary
+        .exec(
+            "START TRANSACTION; UPDATE up.u SET code = 0 WHERE id = 1; UPDATE up.u SET code = 1 WHERE id = 2;
+               UPDATE up.u SET code = 2, v = 'uno' WHERE id = 1; UPDATE up.u SET v = 'tres' WHERE id = 3; COMMIT;
+             START TRANSACTION; UPDATE up.p SET v = v * 2, w = w + INTERVAL 1 MICROSECOND WHERE v % 3 = 0;
+               DELETE FROM up.p WHERE v % 5 = 0; INSERT INTO up.p VALUES (9, 'new', 1, NULL);
+               UPDATE up.p SET v = NULL WHERE a = 1 AND b = 'b1'; COMMIT;",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "up").await;
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+    // An update in place of a row the secondary lacks is drift, as a delete of it is.
+    secondary.exec("DELETE FROM up.p WHERE a = 2 AND b = 'b2'").await;
+    primary.exec("UPDATE up.p SET v = 0 WHERE a = 2 AND b = 'b2'").await;
+    let mut a = a;
+    let status = a.wait_exit(std::time::Duration::from_secs(60)).unwrap_or_else(|| panic!("{}", a.log_text()));
+    assert!(!status.success());
+    assert!(a.log_text().contains("0 of 1 rows the primary updated were found"), "{}", a.log_text());
+}
+
 const OBJECTS: &str = "
 CREATE DATABASE obj;
 CREATE TABLE obj.parts (id INT PRIMARY KEY, v INT) PARTITION BY HASH (id) PARTITIONS 4;

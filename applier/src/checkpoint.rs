@@ -133,6 +133,32 @@ pub async fn save(
     .map_err(meta("saving the checkpoint"))
 }
 
+/// [`save`] and `COMMIT` in one round trip (one text query of two statements, values as escaped literals): the
+/// server stops at the first statement that fails, so the transaction commits only with its checkpoint.
+pub async fn save_and_commit(
+    conn: &mut impl Queryable,
+    consumer: &str,
+    offset: u64,
+    gtid: &str,
+    file: &str,
+    position: u64,
+) -> Result<(), ApplyError> {
+    use mysql_async::Value as My;
+    // The applier's sessions never set NO_BACKSLASH_ESCAPES (see crate::sql::STRICT_MODE).
+    let text = |s: &str| My::from(s).as_sql(false);
+    let sql = format!(
+        "INSERT INTO replica_meta.checkpoint (consumer, applied_offset, gtid, source_file, source_position, ddl_pending)
+         VALUES ({}, {offset}, {}, {}, {position}, NULL)
+         ON DUPLICATE KEY UPDATE applied_offset = VALUES(applied_offset), gtid = VALUES(gtid),
+           source_file = VALUES(source_file), source_position = VALUES(source_position), ddl_pending = NULL;
+         COMMIT",
+        text(consumer),
+        text(gtid),
+        text(file)
+    );
+    conn.query_drop(sql).await.map_err(meta("saving the checkpoint and committing"))
+}
+
 /// Names the journal the checkpoint's offset is in (the first journal an applier subscribes to).
 pub async fn set_journal(conn: &mut impl Queryable, consumer: &str, journal_id: &str) -> Result<(), ApplyError> {
     conn.exec_drop("UPDATE replica_meta.checkpoint SET journal_id = ? WHERE consumer = ?", (journal_id, consumer))

@@ -557,8 +557,7 @@ impl Writer {
         let mut gtid = self.gtid.clone();
         group.iter().filter_map(|r| r.gtid).for_each(|g| gtid.advance(g));
         let text = gtid.to_string();
-        checkpoint::save(tx, &name, last.offset.0, &text, &last.source.file, last.source.pos).await?;
-        tx.query_drop("COMMIT").await.map_err(meta("committing"))?;
+        checkpoint::save_and_commit(tx, &name, last.offset.0, &text, &last.source.file, last.source.pos).await?;
         self.gtid = gtid;
         if !self.conflicts.is_empty() {
             conflict::report(&name, &self.conflicts);

@@ -101,7 +101,8 @@ async fn under_the_default_stop_policy_an_existing_key_and_a_missing_row_stop_th
         primary.exec(stmt).await;
     }
     let sec = MariaDb::start(Role::Secondary).await;
-    let mut a = Applier::start(&reader, &sec, "strict", &[("REPLICA_START_OFFSET", "1")]);
+    // A consumer name with a quote and a backslash: the checkpoint is written with escaped literals.
+    let mut a = Applier::start(&reader, &sec, r"strict's\\x", &[("REPLICA_START_OFFSET", "1")]);
     caught_up(&primary, &reader, &sec, &a).await;
 
     // exists: the primary inserts a key the secondary has.

@@ -122,15 +122,19 @@ pub async fn save(
     file: &str,
     position: u64,
 ) -> Result<(), ApplyError> {
-    conn.exec_drop(
+    conn.exec_drop(upsert("?, ?, ?, ?, ?"), (consumer, offset, gtid, file, position))
+        .await
+        .map_err(meta("saving the checkpoint"))
+}
+
+/// The statement that writes a checkpoint row with `values` (consumer, offset, GTID state, file, position).
+fn upsert(values: &str) -> String {
+    format!(
         "INSERT INTO replica_meta.checkpoint (consumer, applied_offset, gtid, source_file, source_position, ddl_pending)
-         VALUES (?, ?, ?, ?, ?, NULL)
+         VALUES ({values}, NULL)
          ON DUPLICATE KEY UPDATE applied_offset = VALUES(applied_offset), gtid = VALUES(gtid),
-           source_file = VALUES(source_file), source_position = VALUES(source_position), ddl_pending = NULL",
-        (consumer, offset, gtid, file, position),
+           source_file = VALUES(source_file), source_position = VALUES(source_position), ddl_pending = NULL"
     )
-    .await
-    .map_err(meta("saving the checkpoint"))
 }
 
 /// [`save`] and `COMMIT` in one round trip (one text query of two statements, values as escaped literals): the
@@ -146,16 +150,8 @@ pub async fn save_and_commit(
     use mysql_async::Value as My;
     // The applier's sessions never set NO_BACKSLASH_ESCAPES (see crate::sql::STRICT_MODE).
     let text = |s: &str| My::from(s).as_sql(false);
-    let sql = format!(
-        "INSERT INTO replica_meta.checkpoint (consumer, applied_offset, gtid, source_file, source_position, ddl_pending)
-         VALUES ({}, {offset}, {}, {}, {position}, NULL)
-         ON DUPLICATE KEY UPDATE applied_offset = VALUES(applied_offset), gtid = VALUES(gtid),
-           source_file = VALUES(source_file), source_position = VALUES(source_position), ddl_pending = NULL;
-         COMMIT",
-        text(consumer),
-        text(gtid),
-        text(file)
-    );
+    let values = format!("{}, {offset}, {}, {}, {position}", text(consumer), text(gtid), text(file));
+    let sql = format!("{};\nCOMMIT", upsert(&values));
     conn.query_drop(sql).await.map_err(meta("saving the checkpoint and committing"))
 }
 

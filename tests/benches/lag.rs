@@ -11,27 +11,12 @@
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mysql_async::prelude::Queryable;
-use tests::bench::{env_u64, heartbeat, lag_summary, sysbench_prepare};
-use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
+use tests::bench::{env_u64, heartbeat, lag_summary, native_replica, sysbench_prepare, wait_gtid};
+use tests::{Applier, MariaDb, Reader, Role};
 
 const DURABLE: [&str; 3] = ["--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--innodb-buffer-pool-size=256M"];
-
-async fn wait_gtid(replica: &MariaDb, gtid: &str, sql: &str) {
-    let t = Instant::now();
-    let mut c = replica.conn().await;
-    loop {
-        // The applier's tables may not exist yet.
-        let pos: Option<Option<String>> = c.query_first(sql).await.ok().flatten();
-        if pos.flatten().as_deref() == Some(gtid) {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(1800), "replica did not catch up to {gtid}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn log_level(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| "warn".into())
@@ -52,15 +37,7 @@ async fn main() {
     let end: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
     let end = end[0].clone();
 
-    let native = MariaDb::start_with(Role::Secondary, 30, &DURABLE).await;
-    native
-        .exec(&format!(
-            "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}',
-             MASTER_PASSWORD = '{REPL_PASS}', MASTER_LOG_FILE = '{}', MASTER_LOG_POS = {}, MASTER_USE_GTID = no;
-             START SLAVE",
-            primary.port, start.0, start.1
-        ))
-        .await;
+    let native = native_replica(&primary, &start, 30, &DURABLE).await;
     let secondary = MariaDb::start_with(Role::Secondary, 20, &DURABLE).await;
     let reader = Reader::start(
         &primary,

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tests::bench::{env_u64, sysbench_prepare};
-use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
+use tests::bench::{env_u64, native_replica, sysbench_prepare, wait_gtid};
+use tests::{Applier, MariaDb, Reader, Role};
 
 /// A sysbench write load on the primary until the child is killed.
 fn write_load(primary: &MariaDb, tables: u64, rows: u64, tps: u64) -> Child {
@@ -43,18 +43,6 @@ fn summary(ms: Vec<f64>) -> String {
     tests::bench::lag_summary(ms)
 }
 
-async fn wait_gtid(replica: &MariaDb, gtid: &str, sql: &str) {
-    let t = Instant::now();
-    loop {
-        let pos: Vec<Option<String>> = replica.query(sql).await;
-        if pos.first().cloned().flatten().as_deref() == Some(gtid) {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(1800), "replica did not catch up to {gtid}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let tables = env_u64("BENCH_TABLES", 4);
@@ -73,15 +61,7 @@ async fn main() {
     let end = end[0].clone();
 
     // A native replica and a pipeline secondary, both from the first binlog event.
-    let native = MariaDb::start_with(Role::Secondary, 30, &big).await;
-    native
-        .exec(&format!(
-            "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}',
-             MASTER_PASSWORD = '{REPL_PASS}', MASTER_LOG_FILE = '{}', MASTER_LOG_POS = {}, MASTER_USE_GTID = no;
-             START SLAVE",
-            primary.port, start.0, start.1
-        ))
-        .await;
+    let native = native_replica(&primary, &start, 30, &big).await;
     let secondary = MariaDb::start_with(Role::Secondary, 20, &big).await;
     let reader = Reader::start(
         &primary,

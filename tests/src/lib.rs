@@ -792,6 +792,40 @@ pub mod bench {
         })
     }
 
+    /// A native replica of `primary` (server id `server_id`, `extra` mariadbd arguments) replicating from `start`
+    /// (binlog file and position), without GTID.
+    pub async fn native_replica(primary: &MariaDb, start: &(String, u64), server_id: u32, extra: &[&str]) -> MariaDb {
+        let native = MariaDb::start_with(super::Role::Secondary, server_id, extra).await;
+        native
+            .exec(&format!(
+                "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = '{}',
+                 MASTER_PASSWORD = '{}', MASTER_LOG_FILE = '{}', MASTER_LOG_POS = {}, MASTER_USE_GTID = no;
+                 START SLAVE",
+                primary.port,
+                super::REPL_USER,
+                super::REPL_PASS,
+                start.0,
+                start.1
+            ))
+            .await;
+        native
+    }
+
+    /// Waits (up to 30 minutes) until `sql` on `replica` returns `gtid`; errors count as not yet (the applier's
+    /// tables may not exist yet).
+    pub async fn wait_gtid(replica: &MariaDb, gtid: &str, sql: &str) {
+        let t = std::time::Instant::now();
+        let mut c = replica.conn().await;
+        loop {
+            let pos: Option<Option<String>> = c.query_first(sql).await.ok().flatten();
+            if pos.flatten().as_deref() == Some(gtid) {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(1800), "replica did not catch up to {gtid}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Lag samples as `p50 …, p99 …, max … (n samples)`.
     pub fn lag_summary(mut ms: Vec<f64>) -> String {
         if ms.is_empty() {

@@ -82,14 +82,17 @@ fn make_certs(dir: &Path) {
     }
 }
 
+/// [`make_certs`] in `dir`; the paths of the CA, the server's certificate and key, and the client's.
+fn cert_files(dir: &Path) -> (String, String, String, String, String) {
+    make_certs(dir);
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    (path("ca.pem"), path("server.pem"), path("server.key"), path("client.pem"), path("client.key"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_client_certificates_and_the_bearer_token_guard_the_journal() {
     let primary = MariaDb::start(Role::Primary).await;
-    let certs = primary.dir.path().join("certs");
-    make_certs(&certs);
-    let path = |f: &str| certs.join(f).to_string_lossy().into_owned();
-    let (ca, server_cert, server_key, client_cert, client_key) =
-        (path("ca.pem"), path("server.pem"), path("server.key"), path("client.pem"), path("client.key"));
+    let (ca, server_cert, server_key, client_cert, client_key) = cert_files(&primary.dir.path().join("certs"));
     let reader = Reader::start_unchecked(
         &primary,
         &primary.dir.path().join("journal"),
@@ -256,11 +259,7 @@ async fn reader_and_applier_reach_mariadb_over_verified_tls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_one_shot_verify_reaches_an_admin_service_over_mutual_tls_and_explains_refusals() {
     let primary = MariaDb::start(Role::Primary).await;
-    let certs = primary.dir.path().join("certs");
-    make_certs(&certs);
-    let path = |f: &str| certs.join(f).to_string_lossy().into_owned();
-    let (ca, server_cert, server_key, client_cert, client_key) =
-        (path("ca.pem"), path("server.pem"), path("server.key"), path("client.pem"), path("client.key"));
+    let (ca, server_cert, server_key, client_cert, client_key) = cert_files(&primary.dir.path().join("certs"));
     let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
     primary.exec("CREATE DATABASE v; CREATE TABLE v.t (id INT PRIMARY KEY); INSERT INTO v.t VALUES (1), (2)").await;
     let secondary = MariaDb::start(Role::Secondary).await;

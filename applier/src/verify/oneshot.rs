@@ -94,7 +94,7 @@ async fn run(cli: VerifyCli) -> Result<proto::GetVerifyResponse, String> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| format!("bad admin address {url}: {e}"))?
         .connect_timeout(Duration::from_secs(10));
-    let tls = cli.admin_ca.is_some();
+    let tls = Sent { tls: cli.admin_ca.is_some(), certificate: cli.admin_client_cert.is_some() };
     if let Some(ca) = &cli.admin_ca {
         let identity = cli.admin_client_cert.as_deref().zip(cli.admin_client_key.as_deref());
         let tls = common::grpc_security::client_tls(ca, identity, cli.admin_tls_domain.as_deref())?;
@@ -131,9 +131,18 @@ async fn run(cli: VerifyCli) -> Result<proto::GetVerifyResponse, String> {
     }
 }
 
+/// What the client sent: TLS, and a client certificate with it.
+#[derive(Clone, Copy)]
+struct Sent {
+    tls: bool,
+    certificate: bool,
+}
+
 /// An error in plain words: a TLS failure as the setting to change, a gRPC status by its message (with what
-/// lies under a transport failure), and a hint when plain gRPC meets a TLS port.
-fn explain(e: &(dyn std::error::Error + 'static), tls: bool) -> String {
+/// lies under a transport failure), and a hint when plain gRPC meets a TLS port or TLS without a client
+/// certificate fails. (Under TLS 1.3 a server's refusal of a missing certificate comes after the handshake: the
+/// first call may see only a connection that closed, not the alert.)
+fn explain(e: &(dyn std::error::Error + 'static), sent: Sent) -> String {
     if let Some(failure) = common::grpc_security::tls_failure(e) {
         return failure.hint(&ADMIN_CLIENT);
     }
@@ -145,8 +154,13 @@ fn explain(e: &(dyn std::error::Error + 'static), tls: bool) -> String {
         (Some(s), None) => s.message().to_owned(),
         (None, _) => common::lifecycle::error_chain_plain(e),
     };
-    if !tls && transport {
+    if !sent.tls && transport {
         text.push_str(" — if the applier serves TLS (its REPLICA_TLS_CERT), give --admin-ca");
+    } else if !sent.certificate && transport {
+        text.push_str(&format!(
+            " — if the applier requires client certificates (its REPLICA_TLS_CLIENT_CA), set {} and {}",
+            ADMIN_CLIENT.cert, ADMIN_CLIENT.key
+        ));
     }
     text
 }

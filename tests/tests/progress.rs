@@ -42,6 +42,14 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // The program in the pane first: it takes the terminal's SIGHUP as a reload and would outlive the server.
+        if let Ok(out) =
+            std::process::Command::new("tmux").args(["-L", &self.0, "list-panes", "-a", "-F", "#{pane_pid}"]).output()
+        {
+            for shell in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("pkill").args(["-TERM", "-P", shell]).status();
+            }
+        }
         let _ = std::process::Command::new("tmux").args(["-L", &self.0, "kill-server"]).status();
     }
 }

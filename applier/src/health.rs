@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::metrics::ApplierMetrics;
 use crate::stream::StreamState;
 
-fn now_ms() -> i64 {
+/// Wall-clock Unix milliseconds (as the reader stamps `journaled_unix_ms`).
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -9,7 +9,7 @@ use mysql_async::Conn;
 
 use crate::conflict::{self, Conflict, ConflictMode, Kind};
 use crate::error::{statement, ApplyError};
-use crate::net::NetTable;
+use crate::net::{InPlace, NetTable};
 use crate::sql;
 use crate::table::TableKey;
 
@@ -28,22 +28,18 @@ pub async fn apply_net(
     counter: Option<usize>,
     in_place: bool,
 ) -> Result<(), ApplyError> {
-    if in_place && !lenient && net.shape.columns.len() > net.shape.primary_key.len() {
-        let changes = net.in_place();
-        delete_keys(tx, net, &changes.deletes, false).await?;
-        update_rows(tx, net, &changes.updates).await?;
-        if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
-            insert_images(tx, net, &[image]).await?;
-            delete_keys(tx, net, &[key], false).await?;
-        }
-        return insert_images(tx, net, &changes.inserts).await;
-    }
-    delete_keys(tx, net, &net.deletes(), lenient).await?;
+    let changes = if in_place && !lenient && net.shape.columns.len() > net.shape.primary_key.len() {
+        net.in_place()
+    } else {
+        InPlace { deletes: net.deletes(), updates: Vec::new(), inserts: net.inserts() }
+    };
+    delete_keys(tx, net, &changes.deletes, lenient).await?;
+    update_rows(tx, net, &changes.updates).await?;
     if let Some((image, key)) = counter.and_then(|c| net.highest_transient(c)) {
         insert_images(tx, net, &[image]).await?;
         delete_keys(tx, net, &[key], lenient).await?;
     }
-    insert_images(tx, net, &net.inserts()).await
+    insert_images(tx, net, &changes.inserts).await
 }
 
 /// Deletes the rows with `keys`, which must all exist unless `lenient`.

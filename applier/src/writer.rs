@@ -313,13 +313,10 @@ impl Writer {
                     self.metrics.applied(group);
                     self.secondary.succeeded();
                     self.moved_to(last.offset.0);
-                    let now_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64);
                     debug!(consumer = %self.config.name, from = first.offset.0, through = last.offset.0,
                            records = group.len(), rows = group.iter().map(Record::row_count).sum::<usize>(),
                            ms = started.elapsed().as_millis() as u64,
-                           since_journaled_ms = now_ms - first.journaled_unix_ms, gtid = %self.gtid,
+                           since_journaled_ms = crate::health::now_ms() - first.journaled_unix_ms, gtid = %self.gtid,
                            "secondary transaction committed");
                     return Ok(true);
                 }

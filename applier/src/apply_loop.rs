@@ -88,7 +88,7 @@ impl ApplyLoop {
                   "table is quarantined: its changes are skipped until it is re-copied");
             self.tables.quarantine(key, since, &error);
         }
-        self.placer.restore(resumed.copies, &mut self.tables);
+        self.placer.restore(resumed.copies, &mut self.tables).await?;
         if resumed.needs_copy {
             return self.placer.begin_copy(&mut self.writer, &mut self.tables, shutdown).await;
         }

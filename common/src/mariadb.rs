@@ -105,3 +105,16 @@ pub async fn in_foreign_keys(conn: &mut impl Queryable, schema: &str, table: &st
         .await?;
     Ok(found.is_some())
 }
+
+/// Every foreign key on the server as `((child schema, child table), (parent schema, parent table))`.
+pub async fn foreign_key_edges(
+    conn: &mut impl Queryable,
+) -> Result<Vec<((String, String), (String, String))>, mysql_async::Error> {
+    let rows: Vec<(String, String, String, String)> = conn
+        .query(
+            "SELECT DISTINCT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS",
+        )
+        .await?;
+    Ok(rows.into_iter().map(|(cs, ct, ps, pt)| ((cs, ct), (ps, pt))).collect())
+}

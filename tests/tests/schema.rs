@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use mysql_async::prelude::Queryable;
 use tests::{assert_same_data, caught_up, copy_done, eventually, Applier, MariaDb, Reader, Role};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -196,6 +197,62 @@ async fn foreign_key_cascades_happen_on_the_secondary_as_they_did_on_the_primary
     assert_eq!(kept, vec![3], "an update of a parent's other columns keeps its children");
     let orphans: Vec<u64> = secondary.query("SELECT COUNT(*) FROM fk.child WHERE parent_id IN (5, 12345)").await;
     assert_eq!(orphans, vec![4], "changes made with checks off stay unchecked");
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}
+
+/// Rows copied of `fk.table` on the secondary (0 before its copy state exists).
+async fn fk_rows_copied(secondary: &MariaDb, table: &str) -> u64 {
+    let sql = format!(
+        "SELECT COALESCE(MAX(rows_copied), 0) FROM replica_meta.copy_state WHERE schema_name = 'fk' AND table_name = '{table}'"
+    );
+    let copied: Option<u64> = secondary.conn().await.query_first(sql).await.ok().flatten();
+    copied.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cascades_on_the_primary_during_the_initial_copy_reach_rows_already_copied() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    primary.exec(FOREIGN_KEYS).await;
+    // The first children copied belong to the last parents copied (child i -> parent 401 - i), and so on down.
+    let values = |n: i32, f: &dyn Fn(i32) -> String| (1..=n).map(f).collect::<Vec<_>>().join(",");
+    primary
+        .exec(&format!(
+            "INSERT INTO fk.parent VALUES {}; INSERT INTO fk.child VALUES {}; INSERT INTO fk.grandchild VALUES {};
+             INSERT INTO fk.orphanable VALUES {}; INSERT INTO fk.plain VALUES {}",
+            values(400, &|i| format!("({i}, 'p{i}')")),
+            values(400, &|i| format!("({i}, {}, {i})", 401 - i)),
+            values(400, &|i| format!("({i}, {i})")),
+            values(400, &|i| format!("({i}, {})", 401 - i)),
+            values(400, &|i| format!("({i}, {i})")),
+        ))
+        .await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    // Small chunks, every table at once, slowly: the copy takes several seconds.
+    let env = [("TRANSFER_BATCH_SIZE", "20"), ("REPLICA_COPY_WORKERS", "6"), ("REPLICA_COPY_ROWS_PER_SECOND", "500")];
+    let mut a = Applier::start(&reader, &secondary, "fkcopy", &env);
+    eventually(WAIT, "the parent table's copy to be under way", || async {
+        (fk_rows_copied(&secondary, "parent").await >= 40).then_some(())
+    })
+    .await;
+    assert!(fk_rows_copied(&secondary, "parent").await < 200, "the copy ended too soon for this test");
+    // While the parents are being copied: deletes that cascade (and set NULL) into rows whose parents are not
+    // copied yet, a key update that cascades, new children of parents not copied yet.
+    primary.exec("DELETE FROM fk.parent WHERE id > 200").await;
+    primary.exec("UPDATE fk.parent SET id = 1200 WHERE id = 200; UPDATE fk.parent SET id = 1199 WHERE id = 199").await;
+    // The order survives a crash in the middle of the copy.
+    a.kill9();
+    a.spawn();
+    primary
+        .exec("INSERT INTO fk.child VALUES (501, 150, 0), (502, 1199, 0); INSERT INTO fk.grandchild VALUES (501, 501)")
+        .await;
+    primary.exec("DELETE FROM fk.parent WHERE id = 150").await;
+    copy_done(&secondary, &a, &reader, WAIT).await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "fk").await;
+    let left: Vec<u64> = secondary.query("SELECT COUNT(*) FROM fk.child").await;
+    assert_eq!(left, vec![200], "children of deleted parents are gone, the two new ones with them");
+    assert!(a.log_text().contains("table copied after the tables it references"), "{}", a.log_text());
     assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
 }
 

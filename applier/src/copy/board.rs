@@ -1,7 +1,7 @@
 //! What the copy workers, the apply loop and the admin service share: each table's progress, the queue of
 //! tables to copy, pause, error counts, the copy rate, and the floors that hold the apply loop back.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -68,6 +68,8 @@ pub struct CopyBoard {
     pub paused: watch::Sender<bool>,
     pub floors: Floors,
     queue: Mutex<VecDeque<TableKey>>,
+    /// Tables a queued table waits for (see [`crate::copy::order`]).
+    waits: Mutex<BTreeMap<TableKey, BTreeSet<TableKey>>>,
     queue_changed: watch::Sender<u64>,
     /// Failed copy steps since the copy began (retried).
     pub errors: AtomicU64,
@@ -86,6 +88,7 @@ impl Default for CopyBoard {
             paused: watch::Sender::new(false),
             floors: Floors::default(),
             queue: Mutex::default(),
+            waits: Mutex::default(),
             queue_changed: watch::Sender::new(0),
             errors: AtomicU64::new(0),
             samples: Mutex::default(),
@@ -105,11 +108,18 @@ impl CopyBoard {
         self.queue_changed.send_modify(|g| *g += 1);
     }
 
-    /// The next table to copy, waiting for one; None once `stop` is cancelled.
+    /// Which tables wait for which before their copy may start (replaces what was set before).
+    pub fn set_waits(&self, waits: BTreeMap<TableKey, BTreeSet<TableKey>>) {
+        *lock(&self.waits) = waits;
+        self.queue_changed.send_modify(|g| *g += 1);
+    }
+
+    /// The next table to copy whose waits are over (every table it waits for is done or gone), waiting for
+    /// one; None once `stop` is cancelled.
     pub async fn next_table(&self, stop: &CancellationToken) -> Option<TableKey> {
         let mut changed = self.queue_changed.subscribe();
         loop {
-            if let Some(t) = lock(&self.queue).pop_front() {
+            if let Some(t) = self.take_ready() {
                 return Some(t);
             }
             tokio::select! {
@@ -117,6 +127,17 @@ impl CopyBoard {
                 r = changed.changed() => if r.is_err() { return None },
             }
         }
+    }
+
+    fn take_ready(&self) -> Option<TableKey> {
+        let mut queue = lock(&self.queue);
+        let waits = lock(&self.waits);
+        let progress = lock(&self.progress);
+        let ready = |t: &TableKey| {
+            waits.get(t).is_none_or(|ps| ps.iter().all(|p| progress.get(p).is_none_or(|p| !p.state.active())))
+        };
+        let at = queue.iter().position(ready)?;
+        queue.remove(at)
     }
 
     /// A worker starts on `table`.
@@ -148,6 +169,10 @@ impl CopyBoard {
             }
         }
         lock(&self.progress).insert(table.clone(), p);
+        if !active {
+            // A table another one waits for may have ended.
+            self.queue_changed.send_modify(|g| *g += 1);
+        }
         let mut began = lock(&self.began);
         if active && began.is_none() {
             *began = Some(Instant::now());
@@ -239,5 +264,26 @@ mod tests {
         assert_eq!(board.totals(), (120, 120));
         assert!(board.finished().is_some(), "a copy that began and ended between two looks is reported");
         assert_eq!(board.finished(), None, "once");
+    }
+
+    #[tokio::test]
+    async fn a_table_waiting_for_another_is_handed_out_once_that_one_has_ended() {
+        let board = std::sync::Arc::new(CopyBoard::default());
+        let (parent, child) = (("s".to_owned(), "parent".to_owned()), ("s".to_owned(), "child".to_owned()));
+        board.set(&parent, Progress::start(CopyState::Copying, KeyKind::Primary, 10));
+        board.set(&child, Progress::start(CopyState::Pending, KeyKind::Primary, 10));
+        board.set_waits(BTreeMap::from([(child.clone(), BTreeSet::from([parent.clone()]))]));
+        board.enqueue(child.clone());
+        board.enqueue(parent.clone());
+        let stop = CancellationToken::new();
+        assert_eq!(board.next_table(&stop).await, Some(parent.clone()), "the child waits; the parent goes first");
+        let waiting = tokio::spawn({
+            let (board, stop) = (board.clone(), stop.clone());
+            async move { board.next_table(&stop).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "not while the parent is being copied");
+        board.set(&parent, Progress::start(CopyState::Done, KeyKind::Primary, 10));
+        assert_eq!(waiting.await.expect("task"), Some(child));
     }
 }

@@ -38,10 +38,12 @@
 //! - [`worker`]: workers that fetch definitions and chunks from the reader and hand them to the apply loop
 //! - [`place`]: what the apply loop does with them at their boundary (begin, re-create, place, re-copy)
 //! - [`chunk`]: writing one chunk on a connection of its own
+//! - [`order`]: which tables wait for which: parents before children across foreign keys
 //! - [`report`]: progress bars, progress lines and the transfer statistics
 
 pub mod board;
 pub mod chunk;
+pub mod order;
 pub mod place;
 pub mod report;
 pub mod state;

@@ -17,6 +17,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::copy::board::CopyBoard;
 use crate::copy::chunk::{self, Chunk, ChunkDone};
+use crate::copy::order;
 use crate::copy::state::{ChunkOutcome, CopyState, KeyKind, Progress};
 use crate::copy::CopyItem;
 use crate::error::{meta, ApplyError};
@@ -38,6 +39,19 @@ pub struct Placer {
     /// Where written chunks are reported, back to the apply loop.
     results: mpsc::Sender<ChunkDone>,
     metrics: ApplierMetrics,
+}
+
+/// The secondary's foreign keys as (child, parent) tables.
+async fn foreign_keys(conn: &mut mysql_async::Conn) -> Result<Vec<(TableKey, TableKey)>, ApplyError> {
+    common::mariadb::foreign_key_edges(conn).await.map_err(meta("reading the secondary's foreign keys"))
+}
+
+fn log_waits(name: &str, waits: &std::collections::BTreeMap<TableKey, std::collections::BTreeSet<TableKey>>) {
+    for (table, parents) in waits {
+        let parents: Vec<String> = parents.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        info!(consumer = %name, schema = %table.0, table = %table.1, waits_for = %parents.join(", "),
+              "table copied after the tables it references (foreign keys)");
+    }
 }
 
 fn create_database(statement: &str, name: &str) -> String {
@@ -71,7 +85,14 @@ impl Placer {
 
     /// Takes the copy state the secondary kept across a restart: unfinished copies resume from their last
     /// chunk.
-    pub fn restore(&self, copies: Vec<(TableKey, Progress)>, tables: &mut Tables) {
+    pub async fn restore(&self, copies: Vec<(TableKey, Progress)>, tables: &mut Tables) -> Result<(), ApplyError> {
+        if copies.iter().any(|(_, p)| p.mode().is_some()) {
+            let keys: Vec<TableKey> = copies.iter().map(|(k, _)| k.clone()).collect();
+            let mut conn = self.pool.get_conn().await.map_err(meta("reading the secondary's foreign keys"))?;
+            let waits = order::waits(&keys, &foreign_keys(&mut conn).await?);
+            log_waits(&self.config.name, &waits);
+            self.board.set_waits(waits);
+        }
         for (key, progress) in copies {
             if progress.mode().is_some() {
                 info!(consumer = %self.config.name, schema = %key.0, table = %key.1, rows_copied = progress.rows_copied,
@@ -80,6 +101,7 @@ impl Placer {
             }
             self.set_progress(&key, progress, tables);
         }
+        Ok(())
     }
 
     /// Sets up an initial copy: the primary's definitions at their boundary B0, tables created empty, every
@@ -112,13 +134,17 @@ impl Placer {
             conn.query_drop(format!("USE {}", sql::ident(&t.schema))).await.map_err(ddl)?;
             conn.query_drop(&t.create_statement).await.map_err(ddl)?;
         }
+        let keys: Vec<TableKey> = defined.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+        let waits = order::waits(&keys, &foreign_keys(conn).await?);
         let boundary = defs.boundary_offset;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(meta("starting the copy"))?;
         checkpoint::reset(&mut tx, &name).await?;
         let mut progress = Vec::new();
         for t in &defined {
             let key = (t.schema.clone(), t.name.clone());
-            let p = Progress::start(CopyState::Copying, KeyKind::parse(&t.key_kind), t.estimated_rows);
+            // A table that waits for its parents is skipped until its copy begins (see [`crate::copy::order`]).
+            let state = if waits.contains_key(&key) { CopyState::Pending } else { CopyState::Copying };
+            let p = Progress::start(state, KeyKind::parse(&t.key_kind), t.estimated_rows);
             checkpoint::save_copy_state(&mut tx, &name, &key, &p, boundary).await?;
             progress.push((key, p));
         }
@@ -130,6 +156,8 @@ impl Placer {
         tables.lift_all();
         self.metrics.quarantined(0);
         let estimated: u64 = progress.iter().map(|(_, p)| p.rows_estimated).sum();
+        log_waits(&name, &waits);
+        self.board.set_waits(waits);
         for (key, p) in progress {
             self.set_progress(&key, p, tables);
             self.board.enqueue(key);

@@ -20,7 +20,7 @@
 //! | stream from the reader | [`stream`], [`reader_client`] | the subscription, the receive buffer, acks |
 //! | a new journal | [`relocate`] | finding the checkpoint's place in it by GTID |
 //! | planner | [`plan`], [`net`] | grouping limits, the carried record, net changes per key |
-//! | writer | [`writer`], [`rows`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
+//! | writer | [`writer`], [`rows`], [`versioned`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
 //! | local writes on the secondary | [`conflict`] | detection and resolution (`REPLICA_CONFLICTS`) |
 //! | per-table policy | [`table`] | copy modes and quarantines |
 //! | initial copy | [`copy`] | copy state machine, workers, floors, chunk placement |
@@ -53,6 +53,7 @@ pub mod sql;
 pub mod stream;
 pub mod table;
 pub mod verify;
+pub mod versioned;
 pub mod writer;
 
 use std::sync::Arc;

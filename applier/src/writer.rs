@@ -29,7 +29,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::event::{Body, Column, Record, TableChange};
+use common::event::{Body, Column, ColumnType, Record, TableChange};
 use common::position::GtidState;
 use common::retry::{Retry, RetryPolicy};
 use futures_util::FutureExt;
@@ -50,6 +50,7 @@ use crate::rows;
 use crate::secondary::Secondary;
 use crate::sql;
 use crate::table::{TableKey, TableMode, Tables};
+use crate::versioned::{self, Period};
 
 /// A table's columns as checked against the secondary, which of them the secondary generates, and whether it
 /// takes part in foreign keys there.
@@ -67,6 +68,26 @@ struct Shape {
     /// It has a unique key besides the primary key: net updates are applied as deletes and inserts, never in
     /// place (see [`crate::net`]).
     unique_besides_primary: bool,
+    /// A system-versioned table: its period columns (also in `generated`); applied in source order by
+    /// [`crate::versioned`].
+    period: Option<Period>,
+}
+
+/// Where a versioned table's period columns `start` and `end` are among a change's columns; an error for
+/// transaction-precise versioning (BIGINT UNSIGNED periods, transaction ids local to each server).
+fn period_of(c: &TableChange, start: &str, end: &str) -> Result<Period, String> {
+    let find = |name: &str| c.columns.iter().position(|col| col.name.eq_ignore_ascii_case(name));
+    match (find(start), find(end)) {
+        (Some(s), Some(e)) if c.columns[s].ty == ColumnType::Timestamp && c.columns[e].ty == ColumnType::Timestamp => {
+            Ok(Period { start: s, end: e })
+        }
+        (Some(_), Some(_)) => Err(format!(
+            "{}.{} is versioned by transaction ids, which are local to each server and cannot be replicated; \
+             exclude it with REPLICA_EXCLUDE",
+            c.schema, c.table
+        )),
+        _ => Err(format!("the primary did not log the period columns {start}, {end} of {}.{}", c.schema, c.table)),
+    }
 }
 
 /// What the secondary holds when the applier starts.
@@ -485,7 +506,10 @@ impl Writer {
                     continue;
                 }
                 let c = match self.shapes.get(&key) {
-                    Some(shape) if !shape.generated.is_empty() => Cow::Owned(sql::without_columns(c, &shape.generated)),
+                    // A versioned table's change keeps its period columns: they tell when it happened.
+                    Some(shape) if !shape.generated.is_empty() && shape.period.is_none() => {
+                        Cow::Owned(sql::without_columns(c, &shape.generated))
+                    }
                     _ => Cow::Borrowed(c),
                 };
                 changes.push((record.offset.0, c));
@@ -495,11 +519,25 @@ impl Writer {
         // The session's foreign_key_checks as this attempt set it (None: not set yet, so unknown: a failed
         // attempt may have left it on).
         let mut checks: Option<bool> = None;
+        // History rows the secondary wrote by itself for versioned tables (see [`crate::versioned`]).
+        let mut history_written = HashMap::new();
         for (offset, c) in &changes {
             let offset = *offset;
             let c: &TableChange = c;
             let key = (c.schema.clone(), c.table.clone());
             let lenient = tables.mode(&key) == TableMode::Lenient;
+            if let Some(shape @ Shape { period: Some(period), .. }) = self.shapes.get(&key) {
+                if lenient {
+                    return Err(ApplyError::Drift {
+                        offset,
+                        table: Some(key),
+                        statement: "(system-versioned table)".into(),
+                        reason: "a system-versioned table cannot be copied yet; exclude it with REPLICA_EXCLUDE".into(),
+                    });
+                }
+                versioned::apply(tx, offset, c, *period, &shape.generated, &mut history_written).await?;
+                continue;
+            }
             let in_foreign_keys = self.shapes.get(&key).is_some_and(|s| s.in_foreign_keys);
             if in_foreign_keys {
                 // A table being copied is loaded with checks off, like the copy itself.
@@ -588,11 +626,32 @@ impl Writer {
         for (offset, c) in unchecked {
             let key = (c.schema.clone(), c.table.clone());
             let conn = self.secondary.conn().await?;
-            let found = common::mariadb::columns(conn, &c.schema, &c.table).await.map_err(statement(
+            let mut found = common::mariadb::columns(conn, &c.schema, &c.table).await.map_err(statement(
                 offset,
                 Some(&key),
                 "(schema check against information_schema.COLUMNS)",
             ))?;
+            let period_names = common::mariadb::system_period(conn, &c.schema, &c.table).await.map_err(statement(
+                offset,
+                Some(&key),
+                "(system versioning from information_schema.TABLES)",
+            ))?;
+            if let Some((start, end)) = &period_names {
+                // Implicit period columns are hidden from information_schema but logged last.
+                for name in [start, end] {
+                    if !found.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
+                        found.push(common::mariadb::ColumnInfo {
+                            name: name.clone(),
+                            data_type: "timestamp".into(),
+                            column_type: "timestamp(6)".into(),
+                            nullable: false,
+                            collation: 0,
+                            generated: true,
+                            auto_increment: false,
+                        });
+                    }
+                }
+            }
             if let Some(reason) = drift::check(&c.schema, &c.table, &found, &c.columns) {
                 return Err(ApplyError::Drift {
                     offset,
@@ -602,6 +661,15 @@ impl Writer {
                 });
             }
             let generated = drift::generated(&found, &c.columns);
+            let period = match &period_names {
+                None => None,
+                Some((start, end)) => Some(period_of(c, start, end).map_err(|reason| ApplyError::Drift {
+                    offset,
+                    table: Some(key.clone()),
+                    statement: "(system versioning)".into(),
+                    reason,
+                })?),
+            };
             let in_foreign_keys = common::mariadb::in_foreign_keys(conn, &c.schema, &c.table).await.map_err(
                 statement(offset, Some(&key), "(foreign keys from information_schema.REFERENTIAL_CONSTRAINTS)"),
             )?;
@@ -618,6 +686,7 @@ impl Writer {
                 in_foreign_keys,
                 auto_increment,
                 unique_besides_primary,
+                period,
             };
             self.shapes.insert(key, shape);
         }

@@ -118,3 +118,46 @@ pub async fn foreign_key_edges(
         .await?;
     Ok(rows.into_iter().map(|(cs, ct, ps, pt)| ((cs, ct), (ps, pt))).collect())
 }
+
+/// The row start and row end columns of a system-versioned table (`row_start`, `row_end` when they are
+/// implicit), or None for any other table.
+pub async fn system_period(
+    conn: &mut impl Queryable,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(String, String)>, mysql_async::Error> {
+    let kind: Option<String> = conn
+        .exec_first(
+            "SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (schema, table),
+        )
+        .await?;
+    if kind.as_deref() != Some("SYSTEM VERSIONED") {
+        return Ok(None);
+    }
+    let create: Option<(String, String)> = conn
+        .query_first(format!("SHOW CREATE TABLE `{}`.`{}`", schema.replace('`', "``"), table.replace('`', "``")))
+        .await?;
+    Ok(Some(create.and_then(|(_, c)| period_columns(&c)).unwrap_or_else(|| ("row_start".into(), "row_end".into()))))
+}
+
+/// The columns of an explicit `PERIOD FOR SYSTEM_TIME (`start`, `end`)` in a `SHOW CREATE TABLE` statement.
+pub fn period_columns(create: &str) -> Option<(String, String)> {
+    let rest = &create[create.find("PERIOD FOR SYSTEM_TIME (")? + "PERIOD FOR SYSTEM_TIME (".len()..];
+    let mut names = rest.split(')').next()?.split(',').map(|n| n.trim().trim_matches('`').replace("``", "`"));
+    Some((names.next()?, names.next()?))
+}
+
+#[cfg(test)]
+mod period_tests {
+    use super::period_columns;
+
+    #[test]
+    fn explicit_period_columns_are_read_from_the_definition_and_implicit_ones_are_not_there() {
+        let explicit = "CREATE TABLE `e` (\n  `id` int(11) NOT NULL,\n  `rs` timestamp(6) GENERATED ALWAYS AS ROW START \
+                        INVISIBLE,\n  `r``e` timestamp(6) GENERATED ALWAYS AS ROW END INVISIBLE,\n  PRIMARY KEY (`id`,`r``e`),\n  \
+                        PERIOD FOR SYSTEM_TIME (`rs`, `r``e`)\n) ENGINE=InnoDB WITH SYSTEM VERSIONING";
+        assert_eq!(period_columns(explicit), Some(("rs".into(), "r`e".into())));
+        assert_eq!(period_columns("CREATE TABLE `t` (`id` int) WITH SYSTEM VERSIONING"), None);
+    }
+}

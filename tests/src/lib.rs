@@ -971,7 +971,9 @@ pub async fn dump(db: &MariaDb, schema: &str) -> Vec<(String, Vec<Vec<mysql_asyn
     for t in tables {
         let cols: Vec<String> = c
             .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                // Invisible columns are not in SELECT *.
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 AND EXTRA NOT LIKE '%INVISIBLE%' ORDER BY ORDINAL_POSITION",
                 (schema, &t),
             )
             .await

@@ -364,7 +364,7 @@ async fn object_state(db: &MariaDb) -> (Vec<(String, u64)>, Vec<(i64, i64)>) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn partitioned_tables_and_sequences_end_as_on_the_primary_and_versioned_tables_are_refused_loudly() {
+async fn partitioned_tables_and_sequences_end_as_on_the_primary_and_versioned_tables_are_not_copied_loudly() {
     let primary = MariaDb::start(Role::Primary).await;
     let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
     primary.exec(OBJECTS).await;
@@ -388,13 +388,83 @@ async fn partitioned_tables_and_sequences_end_as_on_the_primary_and_versioned_ta
     // never hands out a value the primary already did.
     assert!(next[0] >= want[0], "the secondary's next value {next:?} is not below the primary's {want:?}");
     assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}
 
-    // A change to a system-versioned table stops the applier, naming the table, rather than diverging.
-    let other = MariaDb::start_with(Role::Secondary, 11, &[]).await;
-    let stopped = Applier::start(&reader, &other, "hist", &[("REPLICA_START_OFFSET", "1")]);
-    eventually(WAIT, "the applier to stop on the versioned table", || async {
-        stopped.log_text().contains("drifted at journal offset").then_some(())
+/// Every row of `schema.table`, history included, with its period columns `start` and `end`, as text.
+async fn all_versions(db: &MariaDb, table: &str, start: &str, end: &str) -> Vec<Vec<Option<String>>> {
+    let rows: Vec<mysql_async::Row> =
+        db.query(&format!("SELECT *, {start}, {end} FROM {table} FOR SYSTEM_TIME ALL ORDER BY {end}, 1, 2")).await;
+    rows.into_iter().map(|row| (0..row.len()).map(|i| row.get::<Option<String>, _>(i).flatten()).collect()).collect()
+}
+
+const VERSIONED: &str = "
+CREATE DATABASE hv;
+CREATE TABLE hv.imp (id INT PRIMARY KEY, v VARCHAR(20), n INT) WITH SYSTEM VERSIONING;
+CREATE TABLE hv.exp (id INT PRIMARY KEY, v INT,
+  rs TIMESTAMP(6) GENERATED ALWAYS AS ROW START INVISIBLE, re TIMESTAMP(6) GENERATED ALWAYS AS ROW END INVISIBLE,
+  PERIOD FOR SYSTEM_TIME (rs, re)) WITH SYSTEM VERSIONING;
+CREATE TABLE hv.keyless (v INT, w INT) WITH SYSTEM VERSIONING;
+CREATE TABLE hv.plain (id INT PRIMARY KEY, v INT);
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn system_versioned_tables_keep_the_primarys_history_row_for_row_with_its_timestamps() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let a = Applier::start(&reader, &secondary, "hv", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec(VERSIONED).await;
+    primary
+        .exec(
+            "INSERT INTO hv.imp SELECT seq, CONCAT('v', seq), seq FROM hv.seq_1_to_50;
+             INSERT INTO hv.exp SELECT seq, seq FROM hv.seq_1_to_20;
+             INSERT INTO hv.keyless VALUES (1, 1), (2, 2), (2, 2), (3, 3);
+             UPDATE hv.imp SET n = n + 1 WHERE id <= 10;
+             DELETE FROM hv.imp WHERE id > 45;
+             START TRANSACTION; UPDATE hv.imp SET v = 'a' WHERE id = 1; UPDATE hv.imp SET v = 'b' WHERE id = 1;
+               INSERT INTO hv.imp VALUES (100, 'new', 0); DELETE FROM hv.imp WHERE id = 2;
+               UPDATE hv.exp SET v = -v WHERE id < 5; INSERT INTO hv.plain VALUES (1, 1); COMMIT;
+             UPDATE hv.keyless SET w = 5 WHERE v = 2;
+             DELETE FROM hv.keyless WHERE v = 1;
+             UPDATE hv.exp SET id = id + 100 WHERE id = 20;",
+        )
+        .await;
+    // History written directly (the primary's system_versioning_insert_history) and history purged.
+    primary
+        .exec(
+            "SET system_versioning_insert_history = 1;
+             INSERT INTO hv.imp (id, v, n, row_start, row_end) VALUES (7, 'old', 0, '2020-01-01 00:00:00', '2020-06-01 00:00:00.5');
+             SET system_versioning_insert_history = 0;
+             DELETE HISTORY FROM hv.exp;",
+        )
+        .await;
+    primary.exec("DELETE HISTORY FROM hv.imp BEFORE SYSTEM_TIME '2021-01-01'").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    for (table, start, end) in
+        [("hv.imp", "row_start", "row_end"), ("hv.exp", "rs", "re"), ("hv.keyless", "row_start", "row_end")]
+    {
+        let want = all_versions(&primary, table, start, end).await;
+        assert!(!want.is_empty());
+        assert_eq!(all_versions(&secondary, table, start, end).await, want, "{table}, every version");
+    }
+    assert_same_data(&primary, &secondary, "hv").await;
+    let history: Vec<u64> =
+        secondary.query("SELECT COUNT(*) FROM hv.imp FOR SYSTEM_TIME ALL WHERE row_end < NOW(6)").await;
+    assert!(history[0] > 10, "history rows were replicated: {history:?}");
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+
+    // Transaction-precise versioning (ids local to each server): MariaDB logs its changes as statements, which
+    // stop the reader, naming the statement and the way out.
+    primary
+        .exec(
+            "CREATE TABLE hv.trx (id INT PRIMARY KEY, v INT, s BIGINT UNSIGNED GENERATED ALWAYS AS ROW START,
+               e BIGINT UNSIGNED GENERATED ALWAYS AS ROW END, PERIOD FOR SYSTEM_TIME (s, e)) WITH SYSTEM VERSIONING;
+             INSERT INTO hv.trx (id, v) VALUES (1, 1)",
+        )
+        .await;
+    eventually(WAIT, "the reader to stop on the transaction-versioned table", || async {
+        reader.log_text().contains("versioned by transaction ids").then_some(())
     })
     .await;
-    assert!(stopped.log_text().contains("hist.versioned"), "{}", stopped.log_text());
+    assert!(reader.log_text().contains("INSERT INTO hv.trx"), "{}", reader.log_text());
 }

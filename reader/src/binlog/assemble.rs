@@ -308,7 +308,9 @@ impl<'a> Assembler<'a> {
             Statement::StatementDml => {
                 return Err(here.unsupported(format!(
                     "statement-based DML in the binlog ({statement:.80}): a session used binlog_format other than \
-                     ROW. Nothing was skipped; the reader cannot turn statements into rows"
+                     ROW, or the statement changed a table versioned by transaction ids (MariaDB logs those as \
+                     statements). Nothing was skipped; the reader cannot turn statements into rows: exclude such a \
+                     table with REPLICA_EXCLUDE, or set binlog_format=ROW for every session"
                 )))
             }
             Statement::NotData(what) => {

@@ -166,8 +166,35 @@ pub async fn apply(
         reason,
     };
     let steps = steps(c, period, written).map_err(|reason| drift("(system-versioned table)", reason))?;
-    let with_rows = |rows: Vec<RowChange>| TableChange { rows, ..c.clone() };
     let mut timestamp_set = false;
+    let result = apply_steps(tx, offset, c, period, generated, steps, &mut timestamp_set).await;
+    if timestamp_set {
+        // Also after a failure: the session's clock must not stay in the past for whatever runs next.
+        let reset = "SET timestamp = DEFAULT";
+        let reset_result = tx.query_drop(reset).await.map_err(statement(offset, Some(&table), reset));
+        result?;
+        return reset_result;
+    }
+    result
+}
+
+async fn apply_steps(
+    tx: &mut Conn,
+    offset: u64,
+    c: &TableChange,
+    period: Period,
+    generated: &[usize],
+    steps: Vec<Step>,
+    timestamp_set: &mut bool,
+) -> Result<(), ApplyError> {
+    let table: TableKey = (c.schema.clone(), c.table.clone());
+    let drift = |statement: &str, reason: String| ApplyError::Drift {
+        offset,
+        table: Some(table.clone()),
+        statement: statement.to_owned(),
+        reason,
+    };
+    let with_rows = |rows: Vec<RowChange>| TableChange { rows, ..c.clone() };
     for step in steps {
         match step {
             Step::AtTime { at, rows } => {
@@ -175,8 +202,8 @@ pub async fn apply(
                     drift("(system-versioned table)", "its row start or end is not a TIMESTAMP".into())
                 })?;
                 let set = format!("SET timestamp = {at}");
+                *timestamp_set = true;
                 tx.query_drop(&set).await.map_err(statement(offset, Some(&table), &set))?;
-                timestamp_set = true;
                 rows::apply_in_order(tx, offset, &sql::without_columns(&with_rows(rows), generated), false).await?;
             }
             Step::InsertHistory { rows } => {
@@ -203,10 +230,6 @@ pub async fn apply(
                 }
             }
         }
-    }
-    if timestamp_set {
-        let reset = "SET timestamp = DEFAULT";
-        tx.query_drop(reset).await.map_err(statement(offset, Some(&table), reset))?;
     }
     Ok(())
 }

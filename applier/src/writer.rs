@@ -626,32 +626,9 @@ impl Writer {
         for (offset, c) in unchecked {
             let key = (c.schema.clone(), c.table.clone());
             let conn = self.secondary.conn().await?;
-            let mut found = common::mariadb::columns(conn, &c.schema, &c.table).await.map_err(statement(
-                offset,
-                Some(&key),
-                "(schema check against information_schema.COLUMNS)",
-            ))?;
-            let period_names = common::mariadb::system_period(conn, &c.schema, &c.table).await.map_err(statement(
-                offset,
-                Some(&key),
-                "(system versioning from information_schema.TABLES)",
-            ))?;
-            if let Some((start, end)) = &period_names {
-                // Implicit period columns are hidden from information_schema but logged last.
-                for name in [start, end] {
-                    if !found.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
-                        found.push(common::mariadb::ColumnInfo {
-                            name: name.clone(),
-                            data_type: "timestamp".into(),
-                            column_type: "timestamp(6)".into(),
-                            nullable: false,
-                            collation: 0,
-                            generated: true,
-                            auto_increment: false,
-                        });
-                    }
-                }
-            }
+            let (found, period_names) = common::mariadb::columns_with_period(conn, &c.schema, &c.table).await.map_err(
+                statement(offset, Some(&key), "(schema check against information_schema.COLUMNS and TABLES)"),
+            )?;
             if let Some(reason) = drift::check(&c.schema, &c.table, &found, &c.columns) {
                 return Err(ApplyError::Drift {
                     offset,

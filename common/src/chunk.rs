@@ -18,6 +18,8 @@ pub struct SelectColumn {
     pub column: Column,
     /// UUID and INET types are selected as their stored bytes, as the binlog logs them.
     pub as_binary: bool,
+    /// A period column of a system-versioned table: the SELECT reads every version (`FOR SYSTEM_TIME ALL`).
+    pub period: bool,
 }
 
 impl SelectColumn {
@@ -51,6 +53,9 @@ pub fn select(
         .map(|c| if c.as_binary { format!("CAST({} AS BINARY)", ident(&c.column.name)) } else { ident(&c.column.name) })
         .collect();
     let mut sql = format!("SELECT {} FROM {}.{}", select.join(", "), ident(schema), ident(table));
+    if columns.iter().any(|c| c.period) {
+        sql.push_str(" FOR SYSTEM_TIME ALL");
+    }
     let mut params: Vec<My> = Vec::new();
     if key_index.is_empty() {
         return (sql, params);
@@ -210,7 +215,7 @@ mod tests {
             binlog_meta: 0,
             collation,
         };
-        SelectColumn { column, as_binary }
+        SelectColumn { column, as_binary, period: false }
     }
 
     #[test]

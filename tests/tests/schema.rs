@@ -1,6 +1,6 @@
 //! Real schemas: triggers and scheduled events that must not apply their effects twice on a secondary, values
-//! that only a non-strict primary can store, foreign keys, counters, partitions and sequences, on the copy and
-//! on the stream.
+//! that only a non-strict primary can store, foreign keys, counters, partitions, sequences and system-versioned
+//! history, on the copy and on the stream.
 
 use std::time::Duration;
 
@@ -326,9 +326,6 @@ CREATE TABLE obj.parts (id INT PRIMARY KEY, v INT) PARTITION BY HASH (id) PARTIT
 CREATE TABLE obj.ranges (id INT, at DATE, v INT, PRIMARY KEY (id, at)) PARTITION BY RANGE (YEAR(at)) (
   PARTITION p2020 VALUES LESS THAN (2021), PARTITION p2021 VALUES LESS THAN (2022), PARTITION pmax VALUES LESS THAN MAXVALUE);
 CREATE SEQUENCE obj.seq START WITH 100 INCREMENT BY 5;
-CREATE DATABASE hist;
-CREATE TABLE hist.versioned (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING;
-INSERT INTO hist.versioned VALUES (1, 1);
 ";
 
 /// Writes that touch every object of `obj`; `base` keeps the keys of two rounds apart.
@@ -364,7 +361,7 @@ async fn object_state(db: &MariaDb) -> (Vec<(String, u64)>, Vec<(i64, i64)>) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn partitioned_tables_and_sequences_end_as_on_the_primary_and_versioned_tables_are_not_copied_loudly() {
+async fn partitioned_tables_and_sequences_end_as_on_the_primary_on_copy_and_stream() {
     let primary = MariaDb::start(Role::Primary).await;
     let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
     primary.exec(OBJECTS).await;
@@ -376,7 +373,6 @@ async fn partitioned_tables_and_sequences_end_as_on_the_primary_and_versioned_ta
     caught_up(&primary, &reader, &secondary, &a).await;
     assert_same_data(&primary, &secondary, "obj").await;
     assert_eq!(object_state(&secondary).await, object_state(&primary).await, "after the copy");
-    assert!(reader.log_text().contains("system-versioned table not copied"), "{}", reader.log_text());
     // The stream path.
     primary.exec(&object_writes(101)).await;
     caught_up(&primary, &reader, &secondary, &a).await;
@@ -452,6 +448,44 @@ async fn system_versioned_tables_keep_the_primarys_history_row_for_row_with_its_
         secondary.query("SELECT COUNT(*) FROM hv.imp FOR SYSTEM_TIME ALL WHERE row_end < NOW(6)").await;
     assert!(history[0] > 10, "history rows were replicated: {history:?}");
     assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+
+    // The copy path: a new secondary gets every version, then keeps streaming.
+    let fresh = MariaDb::start_with(Role::Secondary, 11, &[]).await;
+    let admin = format!("127.0.0.1:{}", tests::free_port());
+    let b = Applier::start(&reader, &fresh, "hvcopy", &[("REPLICA_ADMIN_ADDR", admin.as_str())]);
+    copy_done(&fresh, &b, &reader, WAIT).await;
+    primary.exec("UPDATE hv.imp SET n = n * 2 WHERE id < 20; DELETE FROM hv.keyless WHERE v = 3").await;
+    caught_up(&primary, &reader, &fresh, &b).await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    for (table, start, end) in
+        [("hv.imp", "row_start", "row_end"), ("hv.exp", "rs", "re"), ("hv.keyless", "row_start", "row_end")]
+    {
+        let want = all_versions(&primary, table, start, end).await;
+        assert_eq!(all_versions(&fresh, table, start, end).await, want, "{table}, copied and streamed");
+        assert_eq!(all_versions(&secondary, table, start, end).await, want, "{table}, streamed");
+    }
+    assert!(!b.log_text().contains("ERROR"), "{}", b.log_text());
+
+    // Online verification compares every version: equal, then a history row planted on the secondary is found
+    // and repaired (by a re-copy of the table, which is read whole).
+    let (code, report) = tests::verify_once(&admin, &["--schema", "hv"]);
+    assert_eq!(code, 0, "{report}");
+    fresh
+        .exec(
+            "SET system_versioning_insert_history = 1;
+             INSERT INTO hv.imp (id, v, n, row_start, row_end) VALUES (3, 'planted', 0, '2022-01-01', '2022-01-02')",
+        )
+        .await;
+    let (code, report) = tests::verify_once(&admin, &["--schema", "hv", "--repair"]);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("hv.imp: repaired"), "{report}");
+    let want = all_versions(&primary, "hv.imp", "row_start", "row_end").await;
+    eventually(WAIT, "the re-copy to end equal to the primary", || async {
+        let copying: Vec<u64> = fresh.query("SELECT COUNT(*) FROM replica_meta.copy_state WHERE state <> 'done'").await;
+        let equal = copying == vec![0] && all_versions(&fresh, "hv.imp", "row_start", "row_end").await == want;
+        equal.then_some(())
+    })
+    .await;
 
     // Transaction-precise versioning (ids local to each server): MariaDB logs its changes as statements, which
     // stop the reader, naming the statement and the way out.

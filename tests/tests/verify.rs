@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use tests::{assert_same_data, caught_up, eventually, Applier, MariaDb, Reader, Role};
+use tests::{assert_same_data, caught_up, eventually, verify_once, Applier, MariaDb, Reader, Role};
 
 const SCHEMA: &[&str] = &[
     "CREATE DATABASE v",
@@ -83,20 +83,6 @@ fn write_load(primary: &MariaDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
         }
         n
     })
-}
-
-/// Runs `replica-applier verify` against `admin`; its exit code and what it printed.
-fn verify_once(admin: &str, extra: &[&str]) -> (i32, String) {
-    let began = std::time::Instant::now();
-    let out = std::process::Command::new(tests::binary("replica-applier"))
-        .env_clear()
-        .args(["verify", "--admin-addr", admin, "--timeout", "120s"])
-        .args(extra)
-        .output()
-        .expect("replica-applier verify runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    eprintln!("replica-applier verify {extra:?} exited {:?} after {:?}:\n{text}", out.status.code(), began.elapsed());
-    (out.status.code().unwrap_or(-1), text)
 }
 
 async fn setup(verify_env: &[(&str, &str)]) -> (MariaDb, Reader, MariaDb, Applier, String) {

@@ -62,6 +62,17 @@ pub async fn write(
         let why = format!("the checkpoint is at {at:?}, not at the chunk's boundary {boundary}");
         return Err(ApplyError::StaleChunk { table: key, why });
     }
+    // A system-versioned table's chunk holds every version with its period columns, written as they are.
+    let history = one_read
+        && common::mariadb::system_period(&mut tx, &key.0, &key.1)
+            .await
+            .map_err(meta("reading whether the table is system-versioned"))?
+            .is_some();
+    if history {
+        tx.query_drop("SET system_versioning_insert_history = 1")
+            .await
+            .map_err(meta("allowing history rows to be written"))?;
+    }
     let mut rows = 0u64;
     let mut last: Option<Vec<Value>> = None;
     loop {
@@ -104,6 +115,12 @@ pub async fn write(
         chunks: before.chunks + 1,
     };
     checkpoint::save_copy_state(&mut tx, consumer, &key, &p, boundary).await?;
+    if history {
+        // The connection goes back to the pool.
+        tx.query_drop("SET system_versioning_insert_history = 0")
+            .await
+            .map_err(meta("allowing history rows to be written"))?;
+    }
     tx.commit().await.map_err(meta("committing a chunk"))?;
     Ok((p, ChunkOutcome { last_key: last, rows, end }))
 }

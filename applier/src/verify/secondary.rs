@@ -13,24 +13,30 @@ use crate::error::{statement, ApplyError};
 use crate::sql;
 use crate::verify::board::Difference;
 
-/// The primary's columns as the secondary selects them: by name, UUID and INET types by their stored bytes.
+/// The primary's columns as the secondary selects them: by name, UUID and INET types by their stored bytes,
+/// every version of a system-versioned table.
 /// Err with what is wrong when the secondary lacks one of them (columns only the secondary has are not compared).
 pub async fn columns(
     conn: &mut impl Queryable,
     shape: &TableChange,
 ) -> Result<Result<Vec<SelectColumn>, String>, ApplyError> {
-    let found = common::mariadb::columns(conn, &shape.schema, &shape.table)
+    let (found, period) = common::mariadb::columns_with_period(conn, &shape.schema, &shape.table)
         .await
         .map_err(crate::error::meta("reading the secondary's columns to verify"))?;
+    let is_period = |name: &str| period.as_ref().is_some_and(|(s, e)| name == s || name == e);
     if found.is_empty() {
         return Ok(Err(format!("table {}.{} does not exist on the secondary", shape.schema, shape.table)));
     }
     let mut out = Vec::with_capacity(shape.columns.len());
     for c in &shape.columns {
-        let Some(mine) = found.iter().find(|f| f.name == c.name && !f.generated) else {
+        let Some(mine) = found.iter().find(|f| f.name == c.name && (!f.generated || is_period(&f.name))) else {
             return Ok(Err(format!("column {} is missing on the secondary", c.name)));
         };
-        out.push(SelectColumn { column: c.clone(), as_binary: SelectColumn::is_stored_as_bytes(&mine.data_type) });
+        out.push(SelectColumn {
+            column: c.clone(),
+            as_binary: SelectColumn::is_stored_as_bytes(&mine.data_type),
+            period: is_period(&mine.name),
+        });
     }
     Ok(Ok(out))
 }

@@ -218,8 +218,8 @@ impl Snapshots {
         only_schema: &str,
         only_table: &str,
     ) -> Result<proto::ListTablesResponse, SnapshotError> {
-        // Sequences are copied like a one-row table (their state is that row). System-versioned tables are not
-        // supported yet: said loudly here, and their row changes stop an applier as schema drift.
+        // Sequences are copied like a one-row table (their state is that row); system-versioned tables with every
+        // version, whole (see `columns` and `key`).
         let tables: Vec<(String, String, Option<u64>, String)> = conn
             .query(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS, TABLE_TYPE FROM information_schema.TABLES \
@@ -235,12 +235,15 @@ impl Snapshots {
             {
                 continue;
             }
-            if kind == "SYSTEM VERSIONED" {
+            let columns = Self::columns(conn, &schema, &table).await?;
+            if kind == "SYSTEM VERSIONED"
+                && columns.iter().any(|c| c.period && c.column.ty != common::event::ColumnType::Timestamp)
+            {
                 warn!(
                     schema = %schema,
                     table = %table,
-                    "system-versioned table not copied (not supported yet): exclude it with REPLICA_EXCLUDE, \
-                     else its first change stops every applier as schema drift"
+                    "table versioned by transaction ids not copied (its history is local to the primary, and \
+                     MariaDB logs its changes as statements): exclude it with REPLICA_EXCLUDE"
                 );
                 continue;
             }
@@ -254,7 +257,6 @@ impl Snapshots {
             }
             let create: Option<(String, String)> =
                 conn.query_first(format!("SHOW CREATE TABLE {}.{}", ident(&schema), ident(&table))).await?;
-            let columns = Self::columns(conn, &schema, &table).await?;
             let key = Self::key(conn, &schema, &table, &columns).await?;
             response.tables.push(proto::TableDefinition {
                 create_statement: create.map(|(_, c)| c).unwrap_or_default(),
@@ -273,13 +275,16 @@ impl Snapshots {
         Ok(response)
     }
 
-    /// The columns a copy writes (generated columns are computed by the secondary).
+    /// The columns a copy writes (generated columns are computed by the secondary, except the period columns
+    /// of a system-versioned table, whose every version is copied with them).
     async fn columns(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<SelectColumn>, SnapshotError> {
-        let found = common::mariadb::columns(conn, schema, table).await?;
+        let (found, period) = common::mariadb::columns_with_period(conn, schema, table).await?;
+        let is_period = |name: &str| period.as_ref().is_some_and(|(s, e)| name == s || name == e);
         Ok(found
             .into_iter()
-            .filter(|c| !c.generated)
+            .filter(|c| !c.generated || is_period(&c.name))
             .map(|c| {
+                let period = is_period(&c.name);
                 let ty = ColumnType::from_data_type(&c.data_type);
                 let as_binary = SelectColumn::is_stored_as_bytes(&c.data_type);
                 let binary = as_binary
@@ -298,6 +303,7 @@ impl Snapshots {
                         collation: if binary { 63 } else { c.collation },
                     },
                     as_binary,
+                    period,
                 }
             })
             .collect())
@@ -310,6 +316,10 @@ impl Snapshots {
         table: &str,
         columns: &[SelectColumn],
     ) -> Result<TableKey, SnapshotError> {
+        if columns.iter().any(|c| c.period) {
+            // Every version of a key is a row: a system-versioned table is read whole, in one snapshot.
+            return Ok(TableKey { kind: "none", columns: Vec::new() });
+        }
         let rows: Vec<(String, String, u8, Option<u64>)> = conn
             .exec(
                 "SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE, SUB_PART FROM information_schema.STATISTICS \

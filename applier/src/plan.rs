@@ -147,6 +147,7 @@ mod tests {
             gtid: None,
             source: BinlogPosition { file: "b.000001".into(), pos: 4 },
             commit_unix_seconds: 0,
+            commit_micros: 0,
             journaled_unix_ms: 0,
             body,
             continues: false,

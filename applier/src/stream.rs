@@ -330,6 +330,7 @@ mod tests {
             gtid: None,
             source: BinlogPosition { file: "binlog.000001".into(), pos: 99 },
             commit_unix_seconds: 1,
+            commit_micros: 0,
             journaled_unix_ms: 2,
             body: Body::Ddl { schema: "s".into(), statement: "CREATE TABLE t (id INT)".into() },
             continues: false,

@@ -688,7 +688,19 @@ impl Writer {
             conn.query_drop(&use_schema).await.map_err(statement(offset, None, &use_schema))?;
         }
         let ddl = crate::ddl::for_secondary(ddl);
-        match conn.query_drop(&ddl).await {
+        // At the primary's time, as a native replica runs it: rows a DDL fills with the time (a column added
+        // with DEFAULT CURRENT_TIMESTAMP, the row start of versioning added to a table) get the primary's.
+        let at = (record.commit_unix_seconds > 0)
+            .then(|| format!("SET timestamp = {}.{:06}", record.commit_unix_seconds, record.commit_micros));
+        if let Some(at) = &at {
+            conn.query_drop(at).await.map_err(statement(offset, None, at))?;
+        }
+        let ran = conn.query_drop(&ddl).await;
+        if at.is_some() {
+            let reset = "SET timestamp = DEFAULT";
+            conn.query_drop(reset).await.map_err(statement(offset, None, reset))?;
+        }
+        match ran {
             Ok(()) => {}
             Err(mysql_async::Error::Server(e)) if replay && codes::DDL_ALREADY_DONE.contains(&e.code) => {
                 info!(consumer = %name, offset, error = %e.message, "DDL had been applied before a restart");

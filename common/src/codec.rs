@@ -2,9 +2,11 @@
 //!
 //! Versions: 1, the first layout; 2 adds each table change's `foreign_key_checks`; 3 adds the record's
 //! `continues` (fragments of a large transaction); 4 puts a CRC32C (little-endian) of the encoded record between
-//! the version byte and the record, verified on every decode. Older records (a journal written by an older
-//! build) still decode, without a checksum to verify: version 1 with foreign key checks on, as sessions have them
-//! by default, and 1 and 2 with `continues` off (older builds journaled every transaction whole).
+//! the version byte and the record, verified on every decode; 5 adds the record's `commit_micros`. Older records
+//! (a journal written by an older build) still decode: version 4 with its checksum verified here (but none handed
+//! on, since the record no longer encodes as it was written), 1 to 3 without a checksum; version 1 with foreign
+//! key checks on, as sessions have them by default, 1 and 2 with `continues` off (older builds journaled every
+//! transaction whole), and 1 to 4 with `commit_micros` 0.
 //!
 //! The checksum covers the record's canonical encoding, so a consumer that decoded the record from another form
 //! (the gRPC message) can recompute it with [`checksum`] and know it holds exactly what was journaled.
@@ -15,7 +17,7 @@ use crate::event::{Body, Record};
 use crate::position::{BinlogPosition, Gtid, JournalOffset};
 
 /// The layout this build writes. A reader refuses records of a version it does not know.
-pub const RECORD_VERSION: u8 = 4;
+pub const RECORD_VERSION: u8 = 5;
 
 /// Version byte and checksum before the encoded record.
 const HEADER: usize = 5;
@@ -67,6 +69,7 @@ pub struct RecordParts<'a> {
     pub journaled_unix_ms: i64,
     pub body: &'a Body,
     pub continues: bool,
+    pub commit_micros: u32,
 }
 
 impl<'a> From<&'a Record> for RecordParts<'a> {
@@ -79,6 +82,7 @@ impl<'a> From<&'a Record> for RecordParts<'a> {
             journaled_unix_ms: r.journaled_unix_ms,
             body: &r.body,
             continues: r.continues,
+            commit_micros: r.commit_micros,
         }
     }
 }
@@ -115,7 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CodecError> {
 pub fn decode_checked(bytes: &[u8]) -> Result<(Record, Option<u32>), CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
-        RECORD_VERSION => {
+        RECORD_VERSION | 4 => {
             let stored = body.get(..HEADER - 1).ok_or(CodecError::Empty)?;
             let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
             let body = &body[HEADER - 1..];
@@ -123,24 +127,37 @@ pub fn decode_checked(bytes: &[u8]) -> Result<(Record, Option<u32>), CodecError>
             if stored != computed {
                 return Err(CodecError::Checksum { stored, computed });
             }
+            if version == 4 {
+                let (record, _): (v4::Record, _) =
+                    bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
+                return Ok((record.into(), None));
+            }
             let record = bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?.0;
             Ok((record, Some(stored)))
         }
-        3 => Ok((bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?.0, None)),
+        3 => {
+            let (record, _): (v4::Record, _) =
+                bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
+            Ok((record.into(), None))
+        }
         _ => decode_old(version, body).map(|r| (r, None)),
     }
 }
 
 /// The record at the start of `bytes` (records lie back to back in a segment file, without framing) and how many
-/// bytes it takes. Only layout 4 (the checksum tells a record from garbage).
+/// bytes it takes. Only layouts 4 and 5 (the checksum tells a record from garbage).
 pub fn decode_prefix(bytes: &[u8]) -> Result<(Record, usize), CodecError> {
     let (&version, _) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != RECORD_VERSION {
-        return Err(CodecError::UnknownVersion(version));
-    }
     let body = bytes.get(HEADER..).ok_or(CodecError::Empty)?;
-    let (record, len): (Record, usize) =
-        bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
+    let (record, len): (Record, usize) = match version {
+        RECORD_VERSION => bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?,
+        4 => {
+            let (record, len): (v4::Record, usize) =
+                bincode::serde::decode_from_slice(body, config()).map_err(CodecError::Decode)?;
+            (record.into(), len)
+        }
+        _ => return Err(CodecError::UnknownVersion(version)),
+    };
     let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     let computed = crc32c::crc32c(&body[..len]);
     if stored != computed {
@@ -162,6 +179,40 @@ fn decode_old(version: u8, body: &[u8]) -> Result<Record, CodecError> {
             Ok(record.into())
         }
         other => Err(CodecError::UnknownVersion(other)),
+    }
+}
+
+/// The version 4 layout (and 3, the same without a checksum), read only: the record without `commit_micros`.
+mod v4 {
+    use serde::Deserialize;
+
+    use crate::event::{self, Body};
+    use crate::position::{BinlogPosition, Gtid, JournalOffset};
+
+    #[derive(Deserialize)]
+    pub struct Record {
+        offset: JournalOffset,
+        gtid: Option<Gtid>,
+        source: BinlogPosition,
+        commit_unix_seconds: i64,
+        journaled_unix_ms: i64,
+        body: Body,
+        continues: bool,
+    }
+
+    impl From<Record> for event::Record {
+        fn from(r: Record) -> Self {
+            event::Record {
+                offset: r.offset,
+                gtid: r.gtid,
+                source: r.source,
+                commit_unix_seconds: r.commit_unix_seconds,
+                journaled_unix_ms: r.journaled_unix_ms,
+                body: r.body,
+                continues: r.continues,
+                commit_micros: 0,
+            }
+        }
     }
 }
 
@@ -193,6 +244,7 @@ mod v2 {
                 journaled_unix_ms: r.journaled_unix_ms,
                 body: r.body.into(),
                 continues: false,
+                commit_micros: 0,
             }
         }
     }
@@ -277,6 +329,7 @@ mod tests {
                 foreign_key_checks: false,
             }]),
             continues: true,
+            commit_micros: 654_321,
         }
     }
 
@@ -339,6 +392,7 @@ mod tests {
             changes[0].foreign_key_checks = true;
         }
         expected.continues = false;
+        expected.commit_micros = 0;
         assert_eq!(decoded, expected);
     }
 
@@ -349,7 +403,24 @@ mod tests {
         let mut bytes = vec![2u8];
         bincode::serde::encode_into_std_write(v2, &mut bytes, config()).expect("encodes");
         let decoded = decode(&bytes).expect("a version 2 record decodes");
-        assert_eq!(decoded, Record { continues: false, ..r });
+        assert_eq!(decoded, Record { continues: false, commit_micros: 0, ..r });
+    }
+
+    #[test]
+    fn records_of_the_fourth_layout_still_decode_and_are_checked_but_hand_on_no_checksum() {
+        let r = sample();
+        let v4 = (r.offset, r.gtid, &r.source, r.commit_unix_seconds, r.journaled_unix_ms, &r.body, r.continues);
+        let encoded = bincode::serde::encode_to_vec(v4, config()).expect("encodes");
+        let mut bytes = vec![4u8];
+        bytes.extend_from_slice(&crc32c::crc32c(&encoded).to_le_bytes());
+        bytes.extend_from_slice(&encoded);
+        let expected = Record { commit_micros: 0, ..r };
+        assert_eq!(decode_checked(&bytes).expect("a version 4 record decodes"), (expected.clone(), None));
+        bytes.push(0xAA);
+        assert_eq!(decode_prefix(&bytes).expect("from a segment too").0, expected);
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        assert!(matches!(decode_checked(&bytes[..bytes.len() - 1]), Err(CodecError::Checksum { .. })));
     }
 
     #[test]
@@ -399,7 +470,9 @@ mod tests {
     fn records_of_the_third_layout_still_decode_without_a_checksum() {
         let r = sample();
         let mut bytes = vec![3u8];
-        bincode::serde::encode_into_std_write(RecordParts::from(&r), &mut bytes, config()).expect("encodes");
-        assert_eq!(decode_checked(&bytes).expect("a version 3 record decodes"), (r, None));
+        let v3 = (r.offset, r.gtid, &r.source, r.commit_unix_seconds, r.journaled_unix_ms, &r.body, r.continues);
+        bincode::serde::encode_into_std_write(v3, &mut bytes, config()).expect("encodes");
+        let expected = Record { commit_micros: 0, ..r };
+        assert_eq!(decode_checked(&bytes).expect("a version 3 record decodes"), (expected, None));
     }
 }

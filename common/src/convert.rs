@@ -21,6 +21,7 @@ impl From<Record> for proto::Record {
             commit_unix_seconds: r.commit_unix_seconds,
             journaled_unix_ms: r.journaled_unix_ms,
             continues: r.continues,
+            commit_micros: r.commit_micros,
             crc32c: None,
             body: Some(match r.body {
                 Body::Transaction(changes) => proto::record::Body::Transaction(proto::Transaction {
@@ -179,6 +180,7 @@ impl TryFrom<proto::Record> for Record {
             journaled_unix_ms: r.journaled_unix_ms,
             body,
             continues: r.continues,
+            commit_micros: r.commit_micros,
         })
     }
 }

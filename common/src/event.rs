@@ -26,6 +26,10 @@ pub struct Record {
     /// to the next one without this flag in one transaction. Only row changes continue, and a record that
     /// continues is always followed by row changes.
     pub continues: bool,
+    /// The microseconds of the source time (`commit_unix_seconds`) where the binlog logs them: a statement
+    /// that used the time with microseconds (MariaDB's `Q_HRNOW`, e.g. a DDL filling `CURRENT_TIMESTAMP(6)`);
+    /// else 0. A DDL runs on a secondary at this time, as on a native replica.
+    pub commit_micros: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

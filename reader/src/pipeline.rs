@@ -19,6 +19,8 @@ pub struct Committed {
     pub gtid: Option<Gtid>,
     pub source: BinlogPosition,
     pub commit_unix_seconds: i64,
+    /// Microseconds of that time where the binlog logs them (see [`common::event::Record::commit_micros`]).
+    pub commit_micros: u32,
     /// Usually one body; none when every change was filtered out; several when a transaction mixed DDL and rows.
     pub bodies: Vec<Body>,
     pub gtid_state: GtidState,

@@ -502,3 +502,24 @@ async fn system_versioned_tables_keep_the_primarys_history_row_for_row_with_its_
     .await;
     assert!(reader.log_text().contains("INSERT INTO hv.trx"), "{}", reader.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_runs_at_the_primarys_time_so_columns_it_fills_with_the_time_match() {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let a = Applier::start(&reader, &secondary, "tm", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec("CREATE DATABASE tm; CREATE TABLE tm.t (id INT PRIMARY KEY); INSERT INTO tm.t SELECT seq FROM tm.seq_1_to_5").await;
+    // Existing rows take the DDL's time: an added audit column, and the row start of versioning added later.
+    primary
+        .exec(
+            "ALTER TABLE tm.t ADD COLUMN at6 TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), ADD COLUMN at0 DATETIME DEFAULT NOW();
+             ALTER TABLE tm.t ADD SYSTEM VERSIONING;",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "tm").await;
+    let want = all_versions(&primary, "tm.t", "row_start", "row_end").await;
+    assert_eq!(all_versions(&secondary, "tm.t", "row_start", "row_end").await, want);
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}

@@ -76,6 +76,8 @@ struct Here<'a> {
     file: &'a str,
     log_pos: u64,
     timestamp: u32,
+    /// Microseconds of `timestamp`, where the event logs them (a query event's `Q_HRNOW`); else 0.
+    micros: u32,
 }
 
 impl Here<'_> {
@@ -122,7 +124,7 @@ impl<'a> Assembler<'a> {
         let header = event.header();
         let kind = header.event_type_raw();
         let log_pos = u64::from(header.log_pos());
-        let here = Here { file: file.as_str(), log_pos, timestamp: header.timestamp() };
+        let here = Here { file: file.as_str(), log_pos, timestamp: header.timestamp(), micros: 0 };
         match kind {
             maria::GTID => return self.on_gtid(event, &here),
             maria::GTID_LIST => return self.on_gtid_list(event, &here),
@@ -154,7 +156,10 @@ impl<'a> Assembler<'a> {
                     Committed { xa: Some(Xa::Prepare { xid, bodies }), ..c }
                 }));
             }
-            EventData::QueryEvent(q) => return self.on_query(&q, &here),
+            EventData::QueryEvent(q) => {
+                let here = Here { micros: hrnow_micros(q.status_vars_raw()).unwrap_or(0), ..here };
+                return self.on_query(&q, &here);
+            }
             EventData::IncidentEvent(i) => {
                 let message =
                     format!("incident event on the primary ({:?}): its binlog may be missing changes", i.message());
@@ -265,6 +270,7 @@ impl<'a> Assembler<'a> {
             gtid,
             source: BinlogPosition { file: here.file.to_owned(), pos: here.log_pos },
             commit_unix_seconds: i64::from(here.timestamp),
+            commit_micros: here.micros,
             bodies,
             gtid_state: self.gtid_state.clone(),
             server_id: self.primary.server_id,
@@ -359,5 +365,67 @@ impl<'a> Assembler<'a> {
             self.gtid_state.advance(g);
         }
         Some(self.committed(p.gtid, p.bodies, here, false))
+    }
+}
+
+/// MariaDB's `Q_HRNOW` status variable of a query event: the microseconds of the event's time, logged when the
+/// statement used the time with microseconds. The status variables before it are walked by their lengths
+/// (MariaDB's `log_event.h`); None if it is absent or an unknown variable comes first.
+fn hrnow_micros(vars: &[u8]) -> Option<u32> {
+    const Q_HRNOW: u8 = 128;
+    let mut at = 0usize;
+    while let Some(&key) = vars.get(at) {
+        at += 1;
+        let len = match key {
+            Q_HRNOW => {
+                let b = vars.get(at..at + 3)?;
+                return Some(u32::from_le_bytes([b[0], b[1], b[2], 0]));
+            }
+            0 | 3 | 10 => 4,                          // flags2, auto_increment, master_data_written
+            1 | 9 | 17 | 129 => 8,                    // sql_mode, table_map_for_update, ddl_logged_with_xid, xid
+            2 => 1 + usize::from(*vars.get(at)?) + 1, // catalog (length, name, NUL)
+            4 => 6,                                   // charset
+            5 | 6 => 1 + usize::from(*vars.get(at)?), // time_zone, catalog_nz
+            7 | 8 | 18 => 2,                          // lc_time_names, charset_database, default_collation_for_utf8mb4
+            11 => {
+                // invoker: user and host, each length-prefixed
+                let user = usize::from(*vars.get(at)?);
+                let host = usize::from(*vars.get(at + 1 + user)?);
+                2 + user + host
+            }
+            12 => {
+                // updated_db_names: a count, then as many NUL-terminated names (none past the maximum)
+                let count = *vars.get(at)?;
+                let mut end = at + 1;
+                if count != 254 {
+                    for _ in 0..count {
+                        end += vars.get(end..)?.iter().position(|&b| b == 0)? + 1;
+                    }
+                }
+                end - at
+            }
+            13 => 3,                 // microseconds (MySQL)
+            16 | 19 | 20 | 130 => 1, // explicit_defaults_for_timestamp, sql_require_primary_key, table_encryption, gtid_flags3
+            _ => return None,
+        };
+        at += len;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hrnow_micros;
+
+    #[test]
+    fn the_microseconds_of_a_query_are_found_after_the_usual_status_variables() {
+        // flags2, sql_mode, catalog_nz "std", charset, updated_db_names ["tm"], then Q_HRNOW 654321.
+        let mut vars = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6, 3, b's', b't', b'd', 4, 33, 0, 33, 0, 8, 0];
+        vars.extend_from_slice(&[12, 1, b't', b'm', 0, 128]);
+        vars.extend_from_slice(&654_321u32.to_le_bytes()[..3]);
+        vars.extend_from_slice(&[129, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(hrnow_micros(&vars), Some(654_321));
+        assert_eq!(hrnow_micros(&vars[..vars.len() - 12]), None, "not logged");
+        assert_eq!(hrnow_micros(&[99, 1, 2, 3]), None, "an unknown variable stops the walk");
     }
 }

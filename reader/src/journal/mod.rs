@@ -176,6 +176,7 @@ pub(crate) fn encode_record(
         journaled_unix_ms,
         body,
         continues: txn.continues,
+        commit_micros: txn.commit_micros,
     };
     codec::encode_parts(&record).map_err(|source| JournalError::Corrupt { offset, source })
 }
@@ -805,6 +806,7 @@ mod tests {
             gtid: None,
             source: BinlogPosition { file: "binlog.000001".into(), pos },
             commit_unix_seconds: 0,
+            commit_micros: 0,
             bodies: (0..n).map(|i| Body::Ddl { schema: "s".into(), statement: format!("stmt {i}") }).collect(),
             gtid_state: GtidState::default(),
             server_id: 1,

@@ -19,7 +19,8 @@ const QUEUE: usize = 1024;
 /// Messages to the journal writer.
 enum WriterMsg {
     /// A transaction and the share of the in-flight byte budget it holds until it is durable.
-    Commit(Committed, OwnedSemaphorePermit),
+    /// (Boxed: a message is a pointer wide, so the queue stays small.)
+    Commit(Box<Committed>, OwnedSemaphorePermit),
     /// Answered once everything sent before it is durable, with the journal's resume state; with `restart`,
     /// the fragments of an unfinished transaction are discarded first (the source reads it again).
     Barrier { done: oneshot::Sender<Option<ResumeState>>, restart: bool },
@@ -36,7 +37,7 @@ pub struct WeakWriterHandle(mpsc::WeakSender<WriterMsg>);
 impl WriterHandle {
     /// Queues a committed transaction; waits while the queue is full (backpressure on the source).
     pub async fn commit(&self, c: Committed, permit: OwnedSemaphorePermit) -> Result<(), ReaderError> {
-        self.0.send(WriterMsg::Commit(c, permit)).await.map_err(|_| ReaderError::WriterStopped)
+        self.0.send(WriterMsg::Commit(Box::new(c), permit)).await.map_err(|_| ReaderError::WriterStopped)
     }
 
     /// Waits until everything queued before is durable; returns the journal's resume state then.
@@ -110,7 +111,7 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     WriterMsg::Commit(c, permit) => {
-                        group.push(c);
+                        group.push(*c);
                         permits.push(permit);
                     }
                     WriterMsg::Barrier { done, restart: r } => {

@@ -1,20 +1,35 @@
 //! Benchmark: bring an empty secondary from the first binlog position to the end of a sysbench backlog with
 //! replica-reader + replica-applier, next to MariaDB's own replication from the same position
-//! (`slave_parallel_threads=0`, then 4), in the same run on the same machine.
+//! (`slave_parallel_threads=0`, then 4 optimistic), in the same run on the same machine.
 //!
 //! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench applier_throughput`
-//! Size: `BENCH_ROWS` prepared rows (default 100,000) plus `BENCH_EVENTS` oltp_write_only events (default 40,000).
+//! Workload (the standard one by default: uniform keys, several tables, several client threads, production
+//! durability): `BENCH_TABLES` sysbench tables (default 4) of `BENCH_ROWS` rows each (default 50,000), then
+//! `BENCH_EVENTS` `oltp_write_only` transactions (default 20,000) from `BENCH_THREADS` client threads (default
+//! 2). `BENCH_DURABLE=0` relaxes durability on every server (`innodb_flush_log_at_trx_commit=2`,
+//! `sync_binlog=0`; default 1: both at their safe settings). `BENCH_RAND_TYPE=special` is sysbench's hot-key
+//! distribution (a second case, never the headline).
 //! `BENCH_CONFLICTS=overwrite` (or `keep`) runs the applier with conflict detection on (`REPLICA_CONFLICTS`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use tests::bench::{env_u64, sysbench_backlog};
+use tests::bench::{env_u64, sysbench};
 use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
 
-async fn checksum(db: &MariaDb) -> Vec<(String, Option<i64>)> {
-    db.query("CHECKSUM TABLE sbtest.sbtest1").await
+async fn checksum(db: &MariaDb, tables: u64) -> Vec<(String, Option<i64>)> {
+    let names: Vec<String> = (1..=tables).map(|t| format!("sbtest.sbtest{t}")).collect();
+    db.query(&format!("CHECKSUM TABLE {}", names.join(", "))).await
+}
+
+/// Server options: production durability unless `BENCH_DURABLE=0`.
+fn durability() -> Vec<&'static str> {
+    if env_u64("BENCH_DURABLE", 1) == 1 {
+        vec!["--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--innodb-buffer-pool-size=512M"]
+    } else {
+        vec!["--innodb-buffer-pool-size=512M"]
+    }
 }
 
 /// Native replication from the first binlog, timed until the replica has executed everything.
@@ -25,7 +40,7 @@ async fn native(
     threads: u32,
     end_gtid: &str,
 ) -> (Duration, MariaDb) {
-    let replica = MariaDb::start_with(Role::Secondary, server_id, &[]).await;
+    let replica = MariaDb::start_with(Role::Secondary, server_id, &durability()).await;
     replica
         .exec(&format!(
             "SET GLOBAL slave_parallel_threads = {threads}; SET GLOBAL slave_parallel_mode = 'optimistic';
@@ -56,13 +71,24 @@ async fn native(
 
 #[tokio::main]
 async fn main() {
-    let rows = env_u64("BENCH_ROWS", 100_000);
-    let events = env_u64("BENCH_EVENTS", 40_000);
-    let primary = MariaDb::start_with(Role::Primary, 1, &["--innodb-buffer-pool-size=512M"]).await;
+    let tables = env_u64("BENCH_TABLES", 4);
+    let rows = env_u64("BENCH_ROWS", 50_000);
+    let events = env_u64("BENCH_EVENTS", 20_000);
+    let threads = env_u64("BENCH_THREADS", 2);
+    let primary = MariaDb::start_with(Role::Primary, 1, &durability()).await;
     // Both pipelines start here, after the harness's own setup (users), at the same binlog position.
     let start = tests::bench::binlog_position(&primary).await;
     primary.exec("CREATE DATABASE sbtest").await;
-    sysbench_backlog(&primary, rows, events);
+    let (tables_arg, size) = (format!("--tables={tables}"), format!("--table-size={rows}"));
+    sysbench(&primary, &[&tables_arg, &size, "--threads=2", "prepare"]);
+    let (events_arg, threads_arg) = (format!("--events={events}"), format!("--threads={threads}"));
+    sysbench(&primary, &[&tables_arg, &size, &events_arg, "--time=0", &threads_arg, "run"]);
+    println!(
+        "workload: {tables} tables x {rows} rows, {events} oltp_write_only transactions from {threads} threads, \
+         keys {}, durability {}",
+        std::env::var("BENCH_RAND_TYPE").unwrap_or_else(|_| "uniform".into()),
+        if env_u64("BENCH_DURABLE", 1) == 1 { "production (flush at commit, sync_binlog=1)" } else { "relaxed" }
+    );
     let end_gtid: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
     let end_gtid = end_gtid[0].clone();
     let out = Command::new("mariadb-binlog")
@@ -78,10 +104,10 @@ async fn main() {
         .filter(|l| l.starts_with("### INSERT INTO") || l.starts_with("### UPDATE") || l.starts_with("### DELETE FROM"))
         .count();
     println!("backlog: {row_changes} row changes, GTID {end_gtid}");
-    let want = checksum(&primary).await;
+    let want = checksum(&primary, tables).await;
 
     // replica-reader + replica-applier, both started at the first binlog event.
-    let secondary = MariaDb::start_with(Role::Secondary, 20, &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 20, &durability()).await;
     let t = Instant::now();
     let reader = Reader::start(
         &primary,
@@ -109,37 +135,39 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ours = t.elapsed();
-    assert_eq!(checksum(&secondary).await, want, "the secondary matches the primary");
+    assert_eq!(checksum(&secondary, tables).await, want, "the secondary matches the primary");
     println!("peak RSS: reader {} MiB, applier {} MiB", reader.peak_rss_mib(), applier.peak_rss_mib());
     drop(applier);
     drop(reader);
 
     let (native0, r0) = native(&primary, &start, 30, 0, &end_gtid).await;
-    assert_eq!(checksum(&r0).await, want);
+    assert_eq!(checksum(&r0, tables).await, want);
     drop(r0);
     let (native4, r4) = native(&primary, &start, 31, 4, &end_gtid).await;
-    assert_eq!(checksum(&r4).await, want);
+    assert_eq!(checksum(&r4, tables).await, want);
     drop(r4);
 
     let rate = |d: Duration| row_changes as f64 / d.as_secs_f64();
     println!();
     println!(
-        "| pipeline (empty secondary, first binlog position → end) | seconds | row changes/s | vs native 0 threads |"
+        "| pipeline (empty secondary, first binlog position → end) | seconds | row changes/s | vs native 0 threads | vs native 4 threads |"
     );
-    println!("| --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- |");
     println!(
-        "| replica-reader + replica-applier | {:.2} | {:.0} | {:.2}x |",
+        "| replica-reader + replica-applier | {:.2} | {:.0} | {:.2}x | {:.2}x |",
         ours.as_secs_f64(),
         rate(ours),
-        native0.as_secs_f64() / ours.as_secs_f64()
+        native0.as_secs_f64() / ours.as_secs_f64(),
+        native4.as_secs_f64() / ours.as_secs_f64()
     );
     println!(
-        "| MariaDB replication, slave_parallel_threads=0 | {:.2} | {:.0} | 1.00x |",
+        "| MariaDB replication, slave_parallel_threads=0 | {:.2} | {:.0} | 1.00x | {:.2}x |",
         native0.as_secs_f64(),
-        rate(native0)
+        rate(native0),
+        native4.as_secs_f64() / native0.as_secs_f64()
     );
     println!(
-        "| MariaDB replication, slave_parallel_threads=4 | {:.2} | {:.0} | {:.2}x |",
+        "| MariaDB replication, slave_parallel_threads=4 optimistic | {:.2} | {:.0} | {:.2}x | 1.00x |",
         native4.as_secs_f64(),
         rate(native4),
         native0.as_secs_f64() / native4.as_secs_f64()

@@ -94,18 +94,25 @@ impl ApplierMetrics {
         for record in group {
             if let Body::Transaction(changes) = &record.body {
                 for c in changes {
+                    // Counted per change and kind, not per row: a label set is built (and looked up) at most
+                    // three times per change.
+                    let mut counts = [0u64; 3];
                     for row in &c.rows {
-                        let kind = match row {
-                            RowChange::Insert { .. } => "insert",
-                            RowChange::Update { .. } => "update",
-                            RowChange::Delete { .. } => "delete",
-                        };
-                        let labels = vec![
-                            ("kind".to_owned(), kind.to_owned()),
-                            ("schema".to_owned(), c.schema.clone()),
-                            ("table".to_owned(), c.table.clone()),
-                        ];
-                        self.rows.get_or_create(&labels).inc();
+                        counts[match row {
+                            RowChange::Insert { .. } => 0,
+                            RowChange::Update { .. } => 1,
+                            RowChange::Delete { .. } => 2,
+                        }] += 1;
+                    }
+                    for (kind, n) in ["insert", "update", "delete"].into_iter().zip(counts) {
+                        if n > 0 {
+                            let labels = vec![
+                                ("kind".to_owned(), kind.to_owned()),
+                                ("schema".to_owned(), c.schema.clone()),
+                                ("table".to_owned(), c.table.clone()),
+                            ];
+                            self.rows.get_or_create(&labels).inc_by(n);
+                        }
                     }
                 }
             }

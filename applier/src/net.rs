@@ -20,6 +20,7 @@
 //! beside that image on the primary.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use common::event::{RowChange, TableChange, Value};
 
@@ -29,9 +30,61 @@ pub struct NetTable<'a> {
     pub shape: TableChange,
     /// First journal offset that touched the table in this transaction (for error messages).
     pub first_offset: u64,
-    /// Keys in first-touch order.
-    order: Vec<String>,
-    entries: HashMap<String, Entry<'a>>,
+    /// Touched keys in first-touch order.
+    entries: Vec<Entry<'a>>,
+    /// Where each key is in `entries`.
+    index: HashMap<Key<'a>, usize, foldhash::fast::RandomState>,
+}
+
+/// A row's key values, borrowed from its image, compared and hashed exactly (floats by their bits).
+#[derive(Clone)]
+struct Key<'a>(Vec<&'a Value>);
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| same(a, b))
+    }
+}
+
+impl Eq for Key<'_> {}
+
+impl Hash for Key<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for v in &self.0 {
+            hash_value(v, state);
+        }
+    }
+}
+
+/// Equality of key values: floats by their bits (as their text would compare), everything else as is.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+        (Value::Double(x), Value::Double(y)) => x.to_bits() == y.to_bits(),
+        _ => a == b,
+    }
+}
+
+fn hash_value<H: Hasher>(v: &Value, state: &mut H) {
+    std::mem::discriminant(v).hash(state);
+    match v {
+        Value::Null => {}
+        Value::Int(i) => i.hash(state),
+        Value::UInt(u) => u.hash(state),
+        Value::Float(f) => f.to_bits().hash(state),
+        Value::Double(d) => d.to_bits().hash(state),
+        Value::Decimal(s) | Value::Text(s) => s.hash(state),
+        Value::Bytes(b) => b.hash(state),
+        Value::Date { year, month, day } => (year, month, day).hash(state),
+        Value::DateTime { year, month, day, hour, minute, second, micros } => {
+            (year, month, day, hour, minute, second, micros).hash(state)
+        }
+        Value::Time { negative, hours, minutes, seconds, micros } => {
+            (negative, hours, minutes, seconds, micros).hash(state)
+        }
+        Value::Timestamp { seconds, micros } => (seconds, micros).hash(state),
+        Value::Year(y) => y.hash(state),
+    }
 }
 
 struct Entry<'a> {
@@ -46,28 +99,29 @@ struct Entry<'a> {
 
 impl<'a> NetTable<'a> {
     pub fn new(c: &TableChange, offset: u64) -> Self {
-        Self { shape: c.shape(), first_offset: offset, order: Vec::new(), entries: HashMap::new() }
+        Self { shape: c.shape(), first_offset: offset, entries: Vec::new(), index: HashMap::default() }
     }
 
-    fn key(&self, image: &[Value]) -> (String, Vec<Value>) {
-        let values: Vec<Value> = self.shape.primary_key.iter().map(|&i| image[i as usize].clone()).collect();
-        (format!("{values:?}"), values)
+    fn key(&self, image: &'a [Value]) -> Key<'a> {
+        Key(self.shape.primary_key.iter().map(|&i| &image[i as usize]).collect())
     }
 
     fn touch(&mut self, image: &'a [Value], existed: bool) -> &mut Entry<'a> {
-        let (k, key_values) = self.key(image);
-        if !self.entries.contains_key(&k) {
-            self.order.push(k.clone());
+        let key = self.key(image);
+        let next = self.entries.len();
+        let at = *self.index.entry(key).or_insert(next);
+        if at == next {
+            let key_values = self.shape.primary_key.iter().map(|&i| image[i as usize].clone()).collect();
+            let before = existed.then_some(image);
+            self.entries.push(Entry { key_values, existed, before, final_image: None, last_image: None });
         }
-        let before = existed.then_some(image);
-        self.entries.entry(k).or_insert(Entry { key_values, existed, before, final_image: None, last_image: None })
+        &mut self.entries[at]
     }
 
     /// Every key the transaction touched, in first-touch order (for conflict detection).
     pub fn touched(&self) -> Vec<Touched<'_>> {
-        self.order
+        self.entries
             .iter()
-            .filter_map(|k| self.entries.get(k))
             .map(|e| Touched { key: &e.key_values, before: e.before, final_image: e.final_image })
             .collect()
     }
@@ -78,7 +132,7 @@ impl<'a> NetTable<'a> {
                 RowChange::Insert { after } => self.touch(after, false).set(Some(after)),
                 RowChange::Delete { before } => self.touch(before, true).set(None),
                 RowChange::Update { before, after } => {
-                    if self.key(before).0 != self.key(after).0 {
+                    if self.key(before) != self.key(after) {
                         self.touch(before, true).set(None);
                         self.touch(after, false).set(Some(after));
                     } else {
@@ -97,9 +151,8 @@ impl<'a> NetTable<'a> {
             Value::UInt(u) => i128::from(*u),
             _ => i128::MIN,
         };
-        self.order
+        self.entries
             .iter()
-            .filter_map(|k| self.entries.get(k))
             .filter(|e| !e.existed && e.final_image.is_none())
             .filter_map(|e| e.last_image.map(|image| (image, e.key_values.as_slice())))
             .max_by_key(|(image, _)| image.get(counter).map_or(i128::MIN, number))
@@ -107,17 +160,12 @@ impl<'a> NetTable<'a> {
 
     /// Key values of the rows that must exist now and are deleted first.
     pub fn deletes(&self) -> Vec<&[Value]> {
-        self.order
-            .iter()
-            .filter_map(|k| self.entries.get(k))
-            .filter(|e| e.existed)
-            .map(|e| e.key_values.as_slice())
-            .collect()
+        self.entries.iter().filter(|e| e.existed).map(|e| e.key_values.as_slice()).collect()
     }
 
     /// Final images to insert.
     pub fn inserts(&self) -> Vec<&[Value]> {
-        self.order.iter().filter_map(|k| self.entries.get(k)).filter_map(|e| e.final_image).collect()
+        self.entries.iter().filter_map(|e| e.final_image).collect()
     }
 
     /// The same changes for applying updates in place (a table whose only unique key is the primary key):
@@ -125,7 +173,7 @@ impl<'a> NetTable<'a> {
     /// update), and final images of keys that did not exist (to insert).
     pub fn in_place(&self) -> InPlace<'_> {
         let mut out = InPlace { deletes: Vec::new(), updates: Vec::new(), inserts: Vec::new() };
-        for e in self.order.iter().filter_map(|k| self.entries.get(k)) {
+        for e in self.entries.iter() {
             match (e.existed, e.final_image) {
                 (true, None) => out.deletes.push(e.key_values.as_slice()),
                 (true, Some(image)) => out.updates.push((e.key_values.as_slice(), image)),

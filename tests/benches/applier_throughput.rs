@@ -39,7 +39,7 @@ async fn native(
     server_id: u32,
     threads: u32,
     end_gtid: &str,
-) -> (Duration, MariaDb) {
+) -> (Duration, Cpu, MariaDb) {
     let replica = MariaDb::start_with(Role::Secondary, server_id, &durability()).await;
     replica
         .exec(&format!(
@@ -49,6 +49,7 @@ async fn native(
             primary.port, start.0, start.1
         ))
         .await;
+    let cpu = (primary.cpu_seconds(), replica.cpu_seconds());
     let t = Instant::now();
     replica.exec("START SLAVE").await;
     loop {
@@ -66,7 +67,23 @@ async fn native(
         assert!(t.elapsed() < Duration::from_secs(1800), "native replica did not finish");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    (t.elapsed(), replica)
+    let elapsed = t.elapsed();
+    let cpu = Cpu { primary: primary.cpu_seconds() - cpu.0, secondary: replica.cpu_seconds() - cpu.1, ours: 0.0 };
+    (elapsed, cpu, replica)
+}
+
+/// CPU seconds spent while a secondary caught up: the primary's server (the binlog dump), the secondary's
+/// server, and (for ours) the reader and the applier.
+struct Cpu {
+    primary: f64,
+    secondary: f64,
+    ours: f64,
+}
+
+impl Cpu {
+    fn total(&self) -> f64 {
+        self.primary + self.secondary + self.ours
+    }
 }
 
 #[tokio::main]
@@ -108,6 +125,7 @@ async fn main() {
 
     // replica-reader + replica-applier, both started at the first binlog event.
     let secondary = MariaDb::start_with(Role::Secondary, 20, &durability()).await;
+    let cpu_before = (primary.cpu_seconds(), secondary.cpu_seconds());
     let t = Instant::now();
     let reader = Reader::start(
         &primary,
@@ -135,41 +153,61 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ours = t.elapsed();
+    let (reader_cpu, applier_cpu) = (reader.cpu_seconds(), applier.cpu_seconds());
+    let ours_cpu = Cpu {
+        primary: primary.cpu_seconds() - cpu_before.0,
+        secondary: secondary.cpu_seconds() - cpu_before.1,
+        ours: reader_cpu + applier_cpu,
+    };
     assert_eq!(checksum(&secondary, tables).await, want, "the secondary matches the primary");
     println!("peak RSS: reader {} MiB, applier {} MiB", reader.peak_rss_mib(), applier.peak_rss_mib());
+    println!("CPU seconds: reader {reader_cpu:.2}, applier {applier_cpu:.2}");
     drop(applier);
     drop(reader);
 
-    let (native0, r0) = native(&primary, &start, 30, 0, &end_gtid).await;
+    let (native0, native0_cpu, r0) = native(&primary, &start, 30, 0, &end_gtid).await;
     assert_eq!(checksum(&r0, tables).await, want);
     drop(r0);
-    let (native4, r4) = native(&primary, &start, 31, 4, &end_gtid).await;
+    let (native4, native4_cpu, r4) = native(&primary, &start, 31, 4, &end_gtid).await;
     assert_eq!(checksum(&r4, tables).await, want);
     drop(r4);
 
     let rate = |d: Duration| row_changes as f64 / d.as_secs_f64();
+    let cpu = |c: &Cpu| {
+        format!(
+            "{:.2} ({:.2} primary, {:.2} secondary{})",
+            c.total(),
+            c.primary,
+            c.secondary,
+            if c.ours > 0.0 { format!(", {:.2} reader + applier", c.ours) } else { String::new() }
+        )
+    };
     println!();
     println!(
-        "| pipeline (empty secondary, first binlog position → end) | seconds | row changes/s | vs native 0 threads | vs native 4 threads |"
+        "| pipeline (empty secondary, first binlog position → end) | seconds | row changes/s | vs native 0 threads | \
+         vs native 4 threads | CPU seconds |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     println!(
-        "| replica-reader + replica-applier | {:.2} | {:.0} | {:.2}x | {:.2}x |",
+        "| replica-reader + replica-applier | {:.2} | {:.0} | {:.2}x | {:.2}x | {} |",
         ours.as_secs_f64(),
         rate(ours),
         native0.as_secs_f64() / ours.as_secs_f64(),
-        native4.as_secs_f64() / ours.as_secs_f64()
+        native4.as_secs_f64() / ours.as_secs_f64(),
+        cpu(&ours_cpu)
     );
     println!(
-        "| MariaDB replication, slave_parallel_threads=0 | {:.2} | {:.0} | 1.00x | {:.2}x |",
+        "| MariaDB replication, slave_parallel_threads=0 | {:.2} | {:.0} | 1.00x | {:.2}x | {} |",
         native0.as_secs_f64(),
         rate(native0),
-        native4.as_secs_f64() / native0.as_secs_f64()
+        native4.as_secs_f64() / native0.as_secs_f64(),
+        cpu(&native0_cpu)
     );
     println!(
-        "| MariaDB replication, slave_parallel_threads=4 optimistic | {:.2} | {:.0} | {:.2}x | 1.00x |",
+        "| MariaDB replication, slave_parallel_threads=4 optimistic | {:.2} | {:.0} | {:.2}x | 1.00x | {} |",
         native4.as_secs_f64(),
         rate(native4),
-        native0.as_secs_f64() / native4.as_secs_f64()
+        native0.as_secs_f64() / native4.as_secs_f64(),
+        cpu(&native4_cpu)
     );
 }

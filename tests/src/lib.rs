@@ -99,7 +99,24 @@ pub struct MariaDb {
     child: Option<Child>,
 }
 
+/// CPU time (user + system, `/proc/PID/stat`) process `pid` has used so far, in seconds; 0 if it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) begin after its closing parenthesis.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; the kernel counts in 1/100 s
+    // (USER_HZ) on every Linux this runs on.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 impl MariaDb {
+    /// CPU time the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.child.as_ref().map_or(0, |c| c.id()))
+    }
+
     pub async fn start(role: Role) -> Self {
         Self::start_with(role, 1, &[]).await
     }
@@ -330,6 +347,11 @@ impl Service {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb / 1024)
+    }
+
+    /// CPU time (user + system) the process has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
     }
 
     /// Starts measuring [`Self::peak_rss_mib`] afresh (`/proc/PID/clear_refs` 5: the peak becomes the current RSS).

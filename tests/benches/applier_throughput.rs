@@ -15,22 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use tests::bench::{env_u64, sysbench};
-use tests::{Applier, MariaDb, Reader, Role, REPL_PASS, REPL_USER};
-
-async fn checksum(db: &MariaDb, tables: u64) -> Vec<(String, Option<i64>)> {
-    let names: Vec<String> = (1..=tables).map(|t| format!("sbtest.sbtest{t}")).collect();
-    db.query(&format!("CHECKSUM TABLE {}", names.join(", "))).await
-}
-
-/// Server options: production durability unless `BENCH_DURABLE=0`.
-fn durability() -> Vec<&'static str> {
-    if env_u64("BENCH_DURABLE", 1) == 1 {
-        vec!["--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--innodb-buffer-pool-size=512M"]
-    } else {
-        vec!["--innodb-buffer-pool-size=512M"]
-    }
-}
+use tests::bench::{checksum, durability, standard_backlog};
+use tests::{Applier, MariaDb, Reader, Role};
 
 /// Native replication from the first binlog, timed until the replica has executed everything.
 async fn native(
@@ -42,16 +28,11 @@ async fn native(
 ) -> (Duration, Cpu, MariaDb) {
     let replica = MariaDb::start_with(Role::Secondary, server_id, &durability()).await;
     replica
-        .exec(&format!(
-            "SET GLOBAL slave_parallel_threads = {threads}; SET GLOBAL slave_parallel_mode = 'optimistic';
-             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}',
-             MASTER_PASSWORD = '{REPL_PASS}', MASTER_LOG_FILE = '{}', MASTER_LOG_POS = {}, MASTER_USE_GTID = no",
-            primary.port, start.0, start.1
-        ))
+        .exec(&format!("SET GLOBAL slave_parallel_threads = {threads}; SET GLOBAL slave_parallel_mode = 'optimistic'"))
         .await;
     let cpu = (primary.cpu_seconds(), replica.cpu_seconds());
     let t = Instant::now();
-    replica.exec("START SLAVE").await;
+    tests::bench::start_replicating(&replica, primary.port, start).await;
     loop {
         let pos: Vec<String> = replica.query("SELECT @@gtid_slave_pos").await;
         if pos[0] == end_gtid {
@@ -88,24 +69,11 @@ impl Cpu {
 
 #[tokio::main]
 async fn main() {
-    let tables = env_u64("BENCH_TABLES", 4);
-    let rows = env_u64("BENCH_ROWS", 50_000);
-    let events = env_u64("BENCH_EVENTS", 20_000);
-    let threads = env_u64("BENCH_THREADS", 2);
     let primary = MariaDb::start_with(Role::Primary, 1, &durability()).await;
     // Both pipelines start here, after the harness's own setup (users), at the same binlog position.
     let start = tests::bench::binlog_position(&primary).await;
-    primary.exec("CREATE DATABASE sbtest").await;
-    let (tables_arg, size) = (format!("--tables={tables}"), format!("--table-size={rows}"));
-    sysbench(&primary, &[&tables_arg, &size, "--threads=2", "prepare"]);
-    let (events_arg, threads_arg) = (format!("--events={events}"), format!("--threads={threads}"));
-    sysbench(&primary, &[&tables_arg, &size, &events_arg, "--time=0", &threads_arg, "run"]);
-    println!(
-        "workload: {tables} tables x {rows} rows, {events} oltp_write_only transactions from {threads} threads, \
-         keys {}, durability {}",
-        std::env::var("BENCH_RAND_TYPE").unwrap_or_else(|_| "uniform".into()),
-        if env_u64("BENCH_DURABLE", 1) == 1 { "production (flush at commit, sync_binlog=1)" } else { "relaxed" }
-    );
+    let (tables, workload) = standard_backlog(&primary).await;
+    println!("workload: {workload}");
     let end_gtid: Vec<String> = primary.query("SELECT @@gtid_binlog_pos").await;
     let end_gtid = end_gtid[0].clone();
     let out = Command::new("mariadb-binlog")

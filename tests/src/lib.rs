@@ -686,6 +686,68 @@ impl Proxy {
     }
 }
 
+/// A TCP proxy that delays every byte by `one_way` in each direction, keeping order and not limiting
+/// throughput: a long link (the kernel here has no `netem`). Round trip = 2 × `one_way`.
+pub struct DelayProxy {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    pub async fn start(target_port: u16, one_way: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy listens");
+        let port = listener.local_addr().expect("proxy address").port();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else { continue };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(delayed_pipe(cr, sw, one_way));
+                tokio::spawn(delayed_pipe(sr, cw, one_way));
+            }
+        });
+        Self { port, task }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards what `from` reads to `to`, each read `delay` later than it arrived.
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(4096);
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
 /// Cuts the link through `proxy` `cuts` times (1 to 3 s of silence each); after each cut, runs `check(i)` (a
 /// write and a wait until it went through) and returns, sorted, how long after the link came back each took.
 pub async fn recoveries_after_cuts<F, Fut>(proxy: &Proxy, cuts: u64, mut check: F) -> Vec<Duration>
@@ -817,20 +879,29 @@ pub mod bench {
     /// A native replica of `primary` (server id `server_id`, `extra` mariadbd arguments) replicating from `start`
     /// (binlog file and position), without GTID.
     pub async fn native_replica(primary: &MariaDb, start: &(String, u64), server_id: u32, extra: &[&str]) -> MariaDb {
+        native_replica_via(primary.port, start, server_id, extra).await
+    }
+
+    /// [`native_replica`] of the primary at `port` (the primary's own, or a proxy's in front of it).
+    pub async fn native_replica_via(port: u16, start: &(String, u64), server_id: u32, extra: &[&str]) -> MariaDb {
         let native = MariaDb::start_with(super::Role::Secondary, server_id, extra).await;
+        start_replicating(&native, port, start).await;
         native
+    }
+
+    /// Makes `replica` replicate from the primary at `port` from `start` (binlog file and position), without GTID.
+    pub async fn start_replicating(replica: &MariaDb, port: u16, start: &(String, u64)) {
+        replica
             .exec(&format!(
-                "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = '{}',
+                "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {port}, MASTER_USER = '{}',
                  MASTER_PASSWORD = '{}', MASTER_LOG_FILE = '{}', MASTER_LOG_POS = {}, MASTER_USE_GTID = no;
                  START SLAVE",
-                primary.port,
                 super::REPL_USER,
                 super::REPL_PASS,
                 start.0,
                 start.1
             ))
             .await;
-        native
     }
 
     /// Waits (up to 30 minutes) until `sql` on `replica` returns `gtid`; errors count as not yet (the applier's
@@ -867,6 +938,44 @@ pub mod bench {
             .map(|r| (r.get::<String, _>(0).expect("file"), r.get::<u64, _>(1).expect("pos")))
             .collect();
         rows[0].clone()
+    }
+
+    /// Server options of the catch-up benchmarks: production durability (`innodb_flush_log_at_trx_commit=1`,
+    /// `sync_binlog=1`) unless `BENCH_DURABLE=0`.
+    pub fn durability() -> Vec<&'static str> {
+        if env_u64("BENCH_DURABLE", 1) == 1 {
+            vec!["--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--innodb-buffer-pool-size=512M"]
+        } else {
+            vec!["--innodb-buffer-pool-size=512M"]
+        }
+    }
+
+    /// The standard catch-up backlog in database `sbtest` (created here): `BENCH_TABLES` sysbench tables (default
+    /// 4) of `BENCH_ROWS` rows (default 50,000), then `BENCH_EVENTS` `oltp_write_only` transactions (default
+    /// 20,000) from `BENCH_THREADS` client threads (default 2). Returns the number of tables and a description.
+    pub async fn standard_backlog(primary: &MariaDb) -> (u64, String) {
+        let tables = env_u64("BENCH_TABLES", 4);
+        let rows = env_u64("BENCH_ROWS", 50_000);
+        let events = env_u64("BENCH_EVENTS", 20_000);
+        let threads = env_u64("BENCH_THREADS", 2);
+        primary.exec("CREATE DATABASE sbtest").await;
+        let (tables_arg, size) = (format!("--tables={tables}"), format!("--table-size={rows}"));
+        sysbench(primary, &[&tables_arg, &size, "--threads=2", "prepare"]);
+        let (events_arg, threads_arg) = (format!("--events={events}"), format!("--threads={threads}"));
+        sysbench(primary, &[&tables_arg, &size, &events_arg, "--time=0", &threads_arg, "run"]);
+        let what = format!(
+            "{tables} tables x {rows} rows, {events} oltp_write_only transactions from {threads} threads, keys {}, \
+             durability {}",
+            std::env::var("BENCH_RAND_TYPE").unwrap_or_else(|_| "uniform".into()),
+            if env_u64("BENCH_DURABLE", 1) == 1 { "production (flush at commit, sync_binlog=1)" } else { "relaxed" }
+        );
+        (tables, what)
+    }
+
+    /// `CHECKSUM TABLE` of the first `tables` sysbench tables.
+    pub async fn checksum(db: &MariaDb, tables: u64) -> Vec<(String, Option<i64>)> {
+        let names: Vec<String> = (1..=tables).map(|t| format!("sbtest.sbtest{t}")).collect();
+        db.query(&format!("CHECKSUM TABLE {}", names.join(", "))).await
     }
 
     /// A numeric setting from the environment, or `default`.

@@ -148,6 +148,16 @@ fn unix_time(v: &Value, plus_micros: u32) -> Option<String> {
     }
 }
 
+/// The secondary cannot follow the primary here: drift at `offset` on `c`'s table.
+fn drift(offset: u64, c: &TableChange, statement: &str, reason: String) -> ApplyError {
+    ApplyError::Drift {
+        offset,
+        table: Some((c.schema.clone(), c.table.clone())),
+        statement: statement.to_owned(),
+        reason,
+    }
+}
+
 /// Applies one logged change of a versioned table in source order (see the module docs). `generated` are the
 /// indexes of every column the secondary generates, the period columns included.
 pub async fn apply(
@@ -159,13 +169,7 @@ pub async fn apply(
     written: &mut HashMap<String, usize>,
 ) -> Result<(), ApplyError> {
     let table: TableKey = (c.schema.clone(), c.table.clone());
-    let drift = |statement: &str, reason: String| ApplyError::Drift {
-        offset,
-        table: Some(table.clone()),
-        statement: statement.to_owned(),
-        reason,
-    };
-    let steps = steps(c, period, written).map_err(|reason| drift("(system-versioned table)", reason))?;
+    let steps = steps(c, period, written).map_err(|reason| drift(offset, c, "(system-versioned table)", reason))?;
     let mut timestamp_set = false;
     let result = apply_steps(tx, offset, c, period, generated, steps, &mut timestamp_set).await;
     if timestamp_set {
@@ -188,12 +192,7 @@ async fn apply_steps(
     timestamp_set: &mut bool,
 ) -> Result<(), ApplyError> {
     let table: TableKey = (c.schema.clone(), c.table.clone());
-    let drift = |statement: &str, reason: String| ApplyError::Drift {
-        offset,
-        table: Some(table.clone()),
-        statement: statement.to_owned(),
-        reason,
-    };
+    let drift = |statement: &str, reason: String| drift(offset, c, statement, reason);
     let with_rows = |rows: Vec<RowChange>| TableChange { rows, ..c.clone() };
     for step in steps {
         match step {

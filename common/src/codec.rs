@@ -191,13 +191,13 @@ mod v4 {
 
     #[derive(Deserialize)]
     pub struct Record {
-        offset: JournalOffset,
-        gtid: Option<Gtid>,
-        source: BinlogPosition,
-        commit_unix_seconds: i64,
-        journaled_unix_ms: i64,
-        body: Body,
-        continues: bool,
+        pub(super) offset: JournalOffset,
+        pub(super) gtid: Option<Gtid>,
+        pub(super) source: BinlogPosition,
+        pub(super) commit_unix_seconds: i64,
+        pub(super) journaled_unix_ms: i64,
+        pub(super) body: Body,
+        pub(super) continues: bool,
     }
 
     impl From<Record> for event::Record {
@@ -236,7 +236,7 @@ mod v2 {
 
     impl<B: Into<Body>> From<Record<B>> for event::Record {
         fn from(r: Record<B>) -> Self {
-            event::Record {
+            super::v4::Record {
                 offset: r.offset,
                 gtid: r.gtid,
                 source: r.source,
@@ -244,8 +244,8 @@ mod v2 {
                 journaled_unix_ms: r.journaled_unix_ms,
                 body: r.body.into(),
                 continues: false,
-                commit_micros: 0,
             }
+            .into()
         }
     }
 }

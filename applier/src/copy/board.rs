@@ -114,6 +114,16 @@ impl CopyBoard {
         self.queue_changed.send_modify(|g| *g += 1);
     }
 
+    /// Adds to which tables wait for which (a re-copy of some tables while others may be waiting already).
+    pub fn add_waits(&self, waits: BTreeMap<TableKey, BTreeSet<TableKey>>) {
+        let mut all = lock(&self.waits);
+        for (table, parents) in waits {
+            all.entry(table).or_default().extend(parents);
+        }
+        drop(all);
+        self.queue_changed.send_modify(|g| *g += 1);
+    }
+
     /// The next table to copy whose waits are over (every table it waits for is done or gone), waiting for
     /// one; None once `stop` is cancelled.
     pub async fn next_table(&self, stop: &CancellationToken) -> Option<TableKey> {

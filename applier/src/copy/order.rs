@@ -9,6 +9,9 @@
 //! on each cascade from its (strict) parents reaches the child rows already copied, like on a native replica.
 //! Tables in a cycle of foreign keys cannot all wait for each other: within a cycle they are copied together,
 //! as without foreign keys (a documented limit), and a self-reference is no reason to wait.
+//!
+//! A table re-copied alone (`ResyncTable`) is re-created empty, so its rows not copied again yet could not
+//! cascade either: its children (and theirs) are re-copied with it, after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +40,23 @@ pub fn waits(tables: &[TableKey], edges: &[(TableKey, TableKey)]) -> BTreeMap<Ta
     }
     parents.retain(|_, ps| !ps.is_empty());
     parents
+}
+
+/// `table` and every table that references it, directly or through others (its children, grandchildren...),
+/// through `edges` (child, parent), `table` first.
+pub fn with_descendants(table: &TableKey, edges: &[(TableKey, TableKey)]) -> Vec<TableKey> {
+    let mut out = vec![table.clone()];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i].clone();
+        for (child, p) in edges {
+            if *p == parent && !out.contains(child) {
+                out.push(child.clone());
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Whether `from` waits, directly or through others, for `to`.
@@ -75,6 +95,14 @@ mod tests {
         assert_eq!(w.get(&t("child")), Some(&BTreeSet::from([t("parent")])));
         assert_eq!(w.get(&t("grandchild")), Some(&BTreeSet::from([t("child")])));
         assert_eq!(w.len(), 2, "parent, emp (self-reference) and plain start at once: {w:?}");
+    }
+
+    #[test]
+    fn a_table_is_re_copied_with_its_children_and_grandchildren() {
+        let edges = [edge("child", "parent"), edge("grandchild", "child"), edge("parent", "parent"), edge("x", "y")];
+        assert_eq!(with_descendants(&t("parent"), &edges), vec![t("parent"), t("child"), t("grandchild")]);
+        assert_eq!(with_descendants(&t("child"), &edges), vec![t("child"), t("grandchild")]);
+        assert_eq!(with_descendants(&t("plain"), &edges), vec![t("plain")]);
     }
 
     #[test]

@@ -335,24 +335,50 @@ impl Placer {
         }
         let name = self.config.name.clone();
         let p = Progress::start(CopyState::Pending, KeyKind::None, 0);
-        let result: Result<(), ApplyError> = async {
+        // With the tables that reference it, after it (see [`crate::copy::order`]).
+        let result: Result<Vec<TableKey>, ApplyError> = async {
             let conn = writer.secondary().conn().await?;
+            let edges = foreign_keys(conn).await?;
+            let all: Vec<TableKey> = order::with_descendants(&key, &edges)
+                .into_iter()
+                .filter(|t| *t == key || !self.board.get(t).is_some_and(|p| p.state.active()))
+                .collect();
             let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(meta("marking a re-copy"))?;
-            checkpoint::save_copy_state(&mut tx, &name, &key, &p, 0).await?;
-            checkpoint::unquarantine(&mut tx, &name, schema, table).await?;
-            tx.commit().await.map_err(meta("marking a re-copy"))
+            for t in &all {
+                checkpoint::save_copy_state(&mut tx, &name, t, &p, 0).await?;
+                checkpoint::unquarantine(&mut tx, &name, &t.0, &t.1).await?;
+            }
+            tx.commit().await.map_err(meta("marking a re-copy"))?;
+            let waits = order::waits(&all, &edges);
+            log_waits(&name, &waits);
+            self.board.add_waits(waits);
+            Ok(all)
         }
         .await;
-        if let Err(e) = result {
-            writer.secondary().failed(&e);
-            return Err(e);
+        let all = match result {
+            Ok(all) => all,
+            Err(e) => {
+                writer.secondary().failed(&e);
+                return Err(e);
+            }
+        };
+        for t in &all {
+            tables.lift(t);
+            self.set_progress(t, p.clone(), tables);
+            self.board.enqueue(t.clone());
         }
-        tables.lift(&key);
         self.metrics.quarantined(tables.quarantined_count());
-        self.set_progress(&key, p, tables);
-        self.board.enqueue(key);
-        info!(consumer = %name, schema, table, "table marked for a re-copy");
-        Ok(format!("{schema}.{table} will be re-created from the primary's definition and copied again"))
+        let children: Vec<String> = all[1..].iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        info!(consumer = %name, schema, table, with = %children.join(", "), "table marked for a re-copy");
+        if children.is_empty() {
+            Ok(format!("{schema}.{table} will be re-created from the primary's definition and copied again"))
+        } else {
+            Ok(format!(
+                "{schema}.{table} will be re-created from the primary's definition and copied again, then the tables \
+                 that reference it: {}",
+                children.join(", ")
+            ))
+        }
     }
 }
 

@@ -23,6 +23,16 @@ CREATE TRIGGER tr.t_ad AFTER DELETE ON tr.t FOR EACH ROW INSERT INTO tr.audit (w
 CREATE EVENT tr.tick ON SCHEDULE EVERY 1 SECOND DO INSERT INTO tr.ticks (at) VALUES (NOW(6));
 ";
 
+/// A primary, its reader and a secondary whose applier `name` streams from the first journal offset (both
+/// start empty: no copy).
+async fn streaming(name: &str) -> (MariaDb, Reader, MariaDb, Applier) {
+    let primary = MariaDb::start(Role::Primary).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
+    let applier = Applier::start(&reader, &secondary, name, &[("REPLICA_START_OFFSET", "1")]);
+    (primary, reader, secondary, applier)
+}
+
 async fn auto_increment(db: &MariaDb, table: &str) -> Vec<Option<u64>> {
     db.query(&format!(
         "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'tr' AND TABLE_NAME = '{table}'"
@@ -154,10 +164,7 @@ CREATE TABLE fk.plain (id INT PRIMARY KEY, v INT);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_key_cascades_happen_on_the_secondary_as_they_did_on_the_primary() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
-    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
-    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    let (primary, reader, secondary, a) = streaming("s").await;
     primary.exec(FOREIGN_KEYS).await;
     let values = |n: i32, f: &dyn Fn(i32) -> String| (1..=n).map(f).collect::<Vec<_>>().join(",");
     primary
@@ -278,10 +285,7 @@ async fn cascades_on_the_primary_during_the_initial_copy_reach_rows_already_copi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_increment_counters_match_after_rows_inserted_and_deleted_in_one_transaction() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
-    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
-    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    let (primary, reader, secondary, a) = streaming("s").await;
     primary
         .exec(
             "CREATE DATABASE ai; CREATE TABLE ai.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT UNIQUE);
@@ -305,10 +309,7 @@ async fn auto_increment_counters_match_after_rows_inserted_and_deleted_in_one_tr
 
 #[tokio::test(flavor = "multi_thread")]
 async fn updates_apply_in_place_and_rows_swapping_unique_values_in_one_transaction_do_not_collide() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
-    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
-    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    let (primary, reader, secondary, a) = streaming("s").await;
     primary
         .exec(
             "CREATE DATABASE up; CREATE TABLE up.u (id INT PRIMARY KEY, code INT NOT NULL UNIQUE, v VARCHAR(10));
@@ -425,10 +426,7 @@ CREATE TABLE hv.plain (id INT PRIMARY KEY, v INT);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn system_versioned_tables_keep_the_primarys_history_row_for_row_with_its_timestamps() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
-    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
-    let a = Applier::start(&reader, &secondary, "hv", &[("REPLICA_START_OFFSET", "1")]);
+    let (primary, reader, secondary, a) = streaming("hv").await;
     primary.exec(VERSIONED).await;
     primary
         .exec(
@@ -525,10 +523,7 @@ async fn system_versioned_tables_keep_the_primarys_history_row_for_row_with_its_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ddl_runs_at_the_primarys_time_so_columns_it_fills_with_the_time_match() {
-    let primary = MariaDb::start(Role::Primary).await;
-    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
-    let secondary = MariaDb::start_with(Role::Secondary, 10, &[]).await;
-    let a = Applier::start(&reader, &secondary, "tm", &[("REPLICA_START_OFFSET", "1")]);
+    let (primary, reader, secondary, a) = streaming("tm").await;
     primary.exec("CREATE DATABASE tm; CREATE TABLE tm.t (id INT PRIMARY KEY); INSERT INTO tm.t SELECT seq FROM tm.seq_1_to_5").await;
     // Existing rows take the DDL's time: an added audit column, and the row start of versioning added later.
     primary

@@ -51,13 +51,8 @@ async fn delete_keys(tx: &mut Conn, net: &NetTable<'_>, keys: &[&[Value]], lenie
         let stmt = sql::delete_keys(shape, n);
         let params: Vec<_> = keys[done..done + n].iter().flat_map(|k| k.iter().map(sql::to_mysql)).collect();
         execute(tx, offset, &table, &stmt, params).await?;
-        if tx.affected_rows() != n as u64 && !lenient {
-            return Err(ApplyError::Drift {
-                offset,
-                table: Some(table),
-                reason: format!("{} of {n} rows the primary changed were found", tx.affected_rows()),
-                statement: stmt,
-            });
+        if !lenient {
+            expect_found(tx, offset, &table, stmt, n, "changed")?;
         }
         done += n;
     }
@@ -75,14 +70,7 @@ async fn update_rows(tx: &mut Conn, net: &NetTable<'_>, rows: &[(&[Value], &[Val
         let stmt = sql::relaxed_if(relax, sql::update_keys(shape, n));
         execute(tx, offset, &table, &stmt, sql::update_params(shape, chunk)).await?;
         // Rows found, not rows changed (the session sets CLIENT_FOUND_ROWS): each must exist.
-        if tx.affected_rows() != n as u64 {
-            return Err(ApplyError::Drift {
-                offset,
-                table: Some(table),
-                reason: format!("{} of {n} rows the primary updated were found", tx.affected_rows()),
-                statement: stmt,
-            });
-        }
+        expect_found(tx, offset, &table, stmt, n, "updated")?;
         done += n;
     }
     Ok(())
@@ -172,6 +160,20 @@ async fn execute(
     params: Vec<mysql_async::Value>,
 ) -> Result<(), ApplyError> {
     tx.exec_drop(stmt, params).await.map_err(statement(offset, Some(table), stmt))
+}
+
+/// A multi-row statement that found other than the `n` rows the primary `did` (changed, updated) means the
+/// secondary has drifted from the primary.
+fn expect_found(tx: &Conn, offset: u64, table: &TableKey, stmt: String, n: usize, did: &str) -> Result<(), ApplyError> {
+    if tx.affected_rows() == n as u64 {
+        return Ok(());
+    }
+    Err(ApplyError::Drift {
+        offset,
+        table: Some(table.clone()),
+        statement: stmt,
+        reason: format!("{} of {n} rows the primary {did} were found", tx.affected_rows()),
+    })
 }
 
 /// An UPDATE or DELETE that finds no row means the secondary has drifted from the primary.

@@ -20,6 +20,7 @@ use crate::copy::place::Placer;
 use crate::copy::CopyItem;
 use crate::error::ApplyError;
 use crate::metrics::ApplierMetrics;
+use crate::parallel::Parallel;
 use crate::plan::{Limits, Planner};
 use crate::stream::Records;
 use crate::table::{QuarantineBoard, TableKey, Tables};
@@ -42,6 +43,8 @@ pub struct ApplyLoop {
     board: Arc<CopyBoard>,
     /// Copy items by (boundary, id), waiting for the checkpoint to reach their boundary.
     waiting: BTreeMap<(u64, u64), CopyItem>,
+    /// Workers beside the writer (see [`crate::parallel`]).
+    parallel: Parallel,
 }
 
 /// The waiting item to place next: its boundary is reached, and it is not a chunk of a table whose previous
@@ -67,9 +70,11 @@ impl ApplyLoop {
         chunks: mpsc::Sender<ChunkDone>,
         metrics: ApplierMetrics,
         quarantined: QuarantineBoard,
+        shutdown: CancellationToken,
     ) -> Self {
         let limits = Limits { rows: config.batch_rows, bytes: config.batch_bytes, time: config.batch_time };
         Self {
+            parallel: Parallel::new(&config, &writer, limits, shutdown),
             placer: Placer::new(config.clone(), board.clone(), chunks, metrics),
             planner: Planner::new(limits),
             tables: Tables::with_board(quarantined),
@@ -90,13 +95,27 @@ impl ApplyLoop {
         }
         self.placer.restore(resumed.copies, &mut self.tables).await?;
         if resumed.needs_copy {
+            // The copy forgets whatever workers recorded (see checkpoint::reset).
             return self.placer.begin_copy(&mut self.writer, &mut self.tables, shutdown).await;
         }
+        self.parallel.recover(&mut self.writer).await?;
         Ok(true)
     }
 
-    /// Runs until `shutdown` (Ok) or a permanent error.
+    /// Waits for the workers and applies what they handed back (see [`Parallel::drain`]); false if the applier
+    /// stopped meanwhile.
+    async fn drain(&mut self) -> Result<bool, ApplyError> {
+        self.parallel.drain(&mut self.writer, &mut self.tables).await
+    }
+
+    /// Runs until `shutdown` (Ok) or a permanent error; then lets the workers finish and saves the checkpoint.
     pub async fn run(&mut self, inputs: &mut Inputs, shutdown: &CancellationToken) -> Result<(), ApplyError> {
+        let result = self.run_until_stopped(inputs, shutdown).await;
+        self.parallel.close(&mut self.writer).await;
+        result
+    }
+
+    async fn run_until_stopped(&mut self, inputs: &mut Inputs, shutdown: &CancellationToken) -> Result<(), ApplyError> {
         let mut floors = self.board.floors.subscribe();
         let mut health = tokio::time::interval(self.config.health_interval);
         health.tick().await;
@@ -105,11 +124,18 @@ impl ApplyLoop {
             // Copy work and admin commands use the writer's connection: not inside an open transaction.
             let between = !self.writer.in_transaction();
             if between {
+                let planned = self.parallel.planned(&self.writer);
+                // Copy items are placed with nothing in flight past their boundary.
+                if self.waiting.keys().next().is_some_and(|(boundary, _)| *boundary <= planned) && !self.drain().await?
+                {
+                    return Ok(());
+                }
                 self.place_due().await?;
             }
             let limit = self.board.floors.limit();
             if !self.planner.ready(limit) {
                 let waiting_for_record = !self.planner.holds_record();
+                let save_due = self.parallel.save_due(&self.writer);
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Ok(()),
@@ -118,16 +144,37 @@ impl ApplyLoop {
                             Some((id, boundary)) => {
                                 self.waiting.insert((boundary, id), item);
                             }
-                            None => self.placer.place(item, &mut self.writer, &mut self.tables).await?,
+                            None => {
+                                if !self.drain().await? {
+                                    return Ok(());
+                                }
+                                self.placer.place(item, &mut self.writer, &mut self.tables).await?
+                            }
                         },
                         None => items_open = false,
                     },
                     written = inputs.chunks.recv(), if between => if let Some(written) = written {
+                        if !self.drain().await? {
+                            return Ok(());
+                        }
                         self.placer.chunk_done(written, &mut self.writer, &mut self.tables).await?;
                     },
                     cmd = inputs.admin.recv(), if admin_open && between => match cmd {
-                        Some(cmd) => self.handle(cmd).await,
+                        Some(cmd) => {
+                            if !self.drain().await? {
+                                return Ok(());
+                            }
+                            self.handle(cmd).await
+                        }
                         None => admin_open = false,
+                    },
+                    done = self.parallel.next_done() => if let Some(done) = done {
+                        if !self.parallel.finished(done, &mut self.writer, &mut self.tables).await? {
+                            return Ok(());
+                        }
+                    },
+                    _ = tokio::time::sleep_until(save_due.unwrap_or_else(tokio::time::Instant::now)), if save_due.is_some() => {
+                        self.parallel.save_now(&mut self.writer).await?;
                     },
                     changed = floors.changed() => if changed.is_err() { return Ok(()) },
                     _ = health.tick() => self.writer.health_check().await,
@@ -141,7 +188,7 @@ impl ApplyLoop {
                 }
                 continue;
             }
-            let applied = self.writer.applied_through();
+            let applied = self.parallel.planned(&self.writer);
             let records = &mut inputs.records.rx;
             let group = match self.planner.next_group(applied, limit, || records.try_recv().ok()) {
                 Err(ApplyError::JournalChanged { was, now }) => {
@@ -151,11 +198,10 @@ impl ApplyLoop {
                 group => group?,
             };
             let Some(group) = group else { continue };
-            match self.writer.apply(&group.records, &mut self.tables).await? {
+            match self.parallel.apply(group, &mut self.writer, &mut self.tables).await? {
                 Applied::Done => {}
                 Applied::Stopped => return Ok(()),
                 Applied::ReadAgain => {
-                    drop(group);
                     self.planner.clear();
                     inputs.records.restart(self.writer.applied() + 1).await;
                 }
@@ -176,6 +222,19 @@ impl ApplyLoop {
     ) -> Result<(), ApplyError> {
         // Another journal's rest of an open fragmented transaction never comes: it is applied again whole.
         self.writer.roll_back_open().await;
+        if !self.drain().await? {
+            return Ok(());
+        }
+        if self.parallel.skipping() {
+            return Err(ApplyError::State {
+                what: "parallel apply".into(),
+                reason: format!(
+                    "the reader serves journal {now}, but transactions applied in parallel from journal {was} above \
+                     the checkpoint are not reached yet; restart with a reader of journal {was} until the applier \
+                     has passed them"
+                ),
+            });
+        }
         self.planner.clear();
         let mut retry = RetryPolicy::new(Duration::from_millis(100), self.config.retry_max).start();
         loop {

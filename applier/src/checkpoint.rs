@@ -21,6 +21,13 @@ CREATE TABLE IF NOT EXISTS replica_meta.checkpoint (
 ) ENGINE=InnoDB;
 ALTER TABLE replica_meta.checkpoint ADD COLUMN IF NOT EXISTS
   journal_id VARCHAR(64) NOT NULL DEFAULT '' COMMENT 'the reader journal applied_offset is in';
+CREATE TABLE IF NOT EXISTS replica_meta.applied (
+  consumer VARCHAR(128) NOT NULL,
+  first_offset BIGINT UNSIGNED NOT NULL,
+  last_offset BIGINT UNSIGNED NOT NULL,
+  offsets MEDIUMTEXT NOT NULL COMMENT 'journal offsets a parallel worker committed in one transaction: 11-14,17',
+  PRIMARY KEY (consumer, first_offset)
+) ENGINE=InnoDB;
 CREATE TABLE IF NOT EXISTS replica_meta.quarantine (
   consumer VARCHAR(128) NOT NULL,
   schema_name VARCHAR(64) NOT NULL,
@@ -155,6 +162,128 @@ pub async fn save_and_commit(
     conn.query_drop(sql).await.map_err(meta("saving the checkpoint and committing"))
 }
 
+/// Records, in a parallel worker's transaction, the journal offsets it applies, and commits (one round trip,
+/// as [`save_and_commit`]): the offsets are committed exactly when their changes are (see [`crate::parallel`]).
+pub async fn record_applied_and_commit(
+    conn: &mut impl Queryable,
+    consumer: &str,
+    offsets: &[u64],
+) -> Result<(), ApplyError> {
+    use mysql_async::Value as My;
+    let (Some(first), Some(last)) = (offsets.first(), offsets.last()) else { return Ok(()) };
+    let sql = format!(
+        "INSERT INTO replica_meta.applied (consumer, first_offset, last_offset, offsets) VALUES ({}, {first}, {last}, '{}');\nCOMMIT",
+        My::from(consumer).as_sql(false),
+        ranges(offsets)
+    );
+    conn.query_drop(sql).await.map_err(meta("recording the offsets applied and committing"))
+}
+
+/// Offsets committed by parallel workers above the checkpoint, as `(first offset, offsets)` per worker
+/// transaction.
+pub async fn applied_rows(conn: &mut Conn, consumer: &str) -> Result<Vec<(u64, Vec<u64>)>, ApplyError> {
+    let rows: Vec<(u64, String)> = conn
+        .exec(
+            "SELECT first_offset, offsets FROM replica_meta.applied WHERE consumer = ? ORDER BY first_offset",
+            (consumer,),
+        )
+        .await
+        .map_err(meta("reading the offsets applied in parallel"))?;
+    rows.into_iter()
+        .map(|(first, text)| {
+            parse_ranges(&text).map(|offsets| (first, offsets)).ok_or_else(|| ApplyError::State {
+                what: format!("replica_meta.applied offsets of {consumer} from {first}"),
+                reason: format!("unreadable offset list {text:?}"),
+            })
+        })
+        .collect()
+}
+
+/// Moves the checkpoint to `offset` (with the source position there, when known) and forgets the worker
+/// transactions (by first offset) it now covers, in one transaction.
+pub async fn advance(
+    conn: &mut Conn,
+    consumer: &str,
+    offset: u64,
+    gtid: &str,
+    source: Option<(&str, u64)>,
+    covered: &[u64],
+) -> Result<(), ApplyError> {
+    use mysql_async::Value as My;
+    let text = |s: &str| My::from(s).as_sql(false);
+    let mut sql = String::from("START TRANSACTION;\n");
+    match source {
+        Some((file, position)) => {
+            sql.push_str(&upsert(&format!("{}, {offset}, {}, {}, {position}", text(consumer), text(gtid), text(file))))
+        }
+        None => sql.push_str(&format!(
+            "UPDATE replica_meta.checkpoint SET applied_offset = {offset}, gtid = {} WHERE consumer = {}",
+            text(gtid),
+            text(consumer)
+        )),
+    }
+    for firsts in covered.chunks(1000) {
+        let list: Vec<String> = firsts.iter().map(u64::to_string).collect();
+        sql.push_str(&format!(
+            ";\nDELETE FROM replica_meta.applied WHERE consumer = {} AND first_offset IN ({})",
+            text(consumer),
+            list.join(",")
+        ));
+    }
+    sql.push_str(";\nCOMMIT");
+    conn.query_drop(sql).await.map_err(meta("moving the checkpoint over offsets applied in parallel"))
+}
+
+/// Forgets every offset recorded by parallel workers (a copy starts over, so they mean nothing now).
+pub async fn forget_applied(conn: &mut impl Queryable, consumer: &str) -> Result<(), ApplyError> {
+    conn.exec_drop("DELETE FROM replica_meta.applied WHERE consumer = ?", (consumer,))
+        .await
+        .map_err(meta("forgetting the offsets applied in parallel"))
+}
+
+/// Ascending offsets as ranges: `11-14,17`.
+pub fn ranges(offsets: &[u64]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < offsets.len() {
+        let start = offsets[i];
+        let mut end = start;
+        while i + 1 < offsets.len() && offsets[i + 1] == end + 1 {
+            end += 1;
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&start.to_string());
+        if end > start {
+            out.push('-');
+            out.push_str(&end.to_string());
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The offsets of [`ranges`]' text; None if it is not such text.
+pub fn parse_ranges(text: &str) -> Option<Vec<u64>> {
+    let mut out: Vec<u64> = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (a, b): (u64, u64) = match part.split_once('-') {
+            Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+            None => {
+                let a = part.parse().ok()?;
+                (a, a)
+            }
+        };
+        if b < a || b - a > 100_000_000 {
+            return None;
+        }
+        out.extend(a..=b);
+    }
+    Some(out)
+}
+
 /// Names the journal the checkpoint's offset is in (the first journal an applier subscribes to).
 pub async fn set_journal(conn: &mut impl Queryable, consumer: &str, journal_id: &str) -> Result<(), ApplyError> {
     conn.exec_drop("UPDATE replica_meta.checkpoint SET journal_id = ? WHERE consumer = ?", (journal_id, consumer))
@@ -271,7 +400,7 @@ pub async fn save_copy_state(
 
 /// Forgets every copy state, quarantine and the checkpoint of `consumer` (a full re-copy starts).
 pub async fn reset(conn: &mut impl Queryable, consumer: &str) -> Result<(), ApplyError> {
-    for table in ["copy_state", "quarantine", "checkpoint"] {
+    for table in ["copy_state", "quarantine", "checkpoint", "applied"] {
         conn.exec_drop(format!("DELETE FROM replica_meta.{table} WHERE consumer = ?"), (consumer,))
             .await
             .map_err(meta("resetting the applier's state"))?;
@@ -291,4 +420,20 @@ pub async fn unquarantine(
     )
     .await
     .map_err(meta("lifting a quarantine"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_lists_are_written_as_ranges_and_read_back() {
+        for offsets in [vec![], vec![7], vec![11, 12, 13, 14, 17], vec![1, 3, 5, 6]] {
+            let text = ranges(&offsets);
+            assert_eq!(parse_ranges(&text), Some(offsets.clone()), "{text}");
+        }
+        assert_eq!(ranges(&[11, 12, 13, 14, 17]), "11-14,17");
+        assert_eq!(parse_ranges("5-3"), None);
+        assert_eq!(parse_ranges("x"), None);
+    }
 }

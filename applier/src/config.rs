@@ -96,6 +96,10 @@ pub struct Cli {
     /// What to do when the secondary's row is not what the primary changed (local writes on the secondary)
     #[arg(long, env = "REPLICA_CONFLICTS", value_enum, default_value = "stop")]
     pub conflicts: crate::conflict::ConflictMode,
+    /// Secondary connections applying at once: transactions whose rows do not overlap are applied in parallel,
+    /// in source order wherever they do (1: one connection, everything in source order)
+    #[arg(long, env = "REPLICA_APPLY_WORKERS", default_value_t = 1)]
+    pub apply_workers: usize,
     /// Most row changes in one secondary transaction
     #[arg(long, env = "REPLICA_BATCH_ROWS", default_value_t = 5000)]
     pub batch_rows: usize,
@@ -152,6 +156,7 @@ pub struct Config {
     pub skip_failing_tables: bool,
     pub max_table_failures: u32,
     pub conflicts: crate::conflict::ConflictMode,
+    pub apply_workers: usize,
     pub batch_rows: usize,
     pub batch_bytes: u64,
     pub batch_time: Duration,
@@ -214,6 +219,13 @@ impl TryFrom<Cli> for Config {
         if c.resync && c.start_offset.is_some() {
             return Err("--resync and --start-offset exclude each other: a re-copy starts where its snapshot is".into());
         }
+        if c.apply_workers == 0 || c.apply_workers > crate::secondary::MAX_WORKERS {
+            return Err(format!(
+                "REPLICA_APPLY_WORKERS must be 1 to {} (it is {})",
+                crate::secondary::MAX_WORKERS,
+                c.apply_workers
+            ));
+        }
         if c.batch_rows == 0 || c.batch_bytes == 0 {
             return Err("REPLICA_BATCH_ROWS and REPLICA_BATCH_BYTES must be above 0".into());
         }
@@ -237,6 +249,7 @@ impl TryFrom<Cli> for Config {
             skip_failing_tables: c.skip_failing_tables,
             max_table_failures: c.max_table_failures.max(1),
             conflicts: c.conflicts,
+            apply_workers: c.apply_workers,
             batch_rows: c.batch_rows,
             batch_bytes: c.batch_bytes,
             batch_time: c.batch_time,

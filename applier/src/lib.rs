@@ -20,6 +20,7 @@
 //! | stream from the reader | [`stream`], [`reader_client`] | the subscription, the receive buffer, acks |
 //! | a new journal | [`relocate`] | finding the checkpoint's place in it by GTID |
 //! | planner | [`plan`], [`net`] | grouping limits, the carried record, net changes per key |
+//! | parallel apply | [`parallel`] | workers, write sets, the low-water mark over their commits |
 //! | writer | [`writer`], [`rows`], [`versioned`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
 //! | local writes on the secondary | [`conflict`] | detection and resolution (`REPLICA_CONFLICTS`) |
 //! | per-table policy | [`table`] | copy modes and quarantines |
@@ -44,6 +45,7 @@ pub mod health;
 pub mod http_api;
 pub mod metrics;
 pub mod net;
+pub mod parallel;
 pub mod plan;
 pub mod reader_client;
 pub mod relocate;
@@ -156,8 +158,15 @@ async fn apply(
     };
     let secondary_ok = writer.secondary().ok_flag();
     let (chunks_tx, chunks_rx) = mpsc::channel(16);
-    let mut apply =
-        ApplyLoop::new(config.clone(), writer, board.clone(), chunks_tx, metrics.clone(), quarantined.clone());
+    let mut apply = ApplyLoop::new(
+        config.clone(),
+        writer,
+        board.clone(),
+        chunks_tx,
+        metrics.clone(),
+        quarantined.clone(),
+        shutdown.clone(),
+    );
     if !apply.prepare(resumed, shutdown).await? {
         return Ok(());
     }

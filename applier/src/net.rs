@@ -65,7 +65,7 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn hash_value<H: Hasher>(v: &Value, state: &mut H) {
+pub(crate) fn hash_value<H: Hasher>(v: &Value, state: &mut H) {
     std::mem::discriminant(v).hash(state);
     match v {
         Value::Null => {}

@@ -13,7 +13,7 @@ use common::event::{Body, Record};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::ApplyError;
-use crate::stream::Received;
+use crate::stream::{Received, Weight};
 
 /// How large a secondary transaction may grow.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +27,9 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Group {
     pub records: Vec<Record>,
-    _permits: Vec<OwnedSemaphorePermit>,
+    /// Each record's share of the receive budget and weight, in the order of `records`.
+    pub permits: Vec<OwnedSemaphorePermit>,
+    pub weights: Vec<Weight>,
 }
 
 #[derive(Debug)]
@@ -81,6 +83,7 @@ impl Planner {
         let (mut rows, mut bytes) = (first.weight.rows, first.weight.bytes);
         let mut records = vec![first.record];
         let mut permits = vec![first.permit];
+        let mut weights = vec![first.weight];
         let started = Instant::now();
         while !is_ddl && rows < self.limits.rows && bytes < self.limits.bytes && started.elapsed() < self.limits.time {
             let Some(next) = more() else { break };
@@ -95,8 +98,9 @@ impl Planner {
             bytes += next.weight.bytes;
             records.push(next.record);
             permits.push(next.permit);
+            weights.push(next.weight);
         }
-        Ok(Some(Group { records, _permits: permits }))
+        Ok(Some(Group { records, permits, weights }))
     }
 }
 

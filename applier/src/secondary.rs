@@ -53,11 +53,25 @@ pub struct Secondary {
     conn: Option<Conn>,
     /// Whether the secondary answered the last statement or health check (read by the health watch).
     ok: Arc<AtomicBool>,
+    /// Some(i) for the connection of parallel worker i (see [`crate::parallel`]), which takes that worker's
+    /// lock instead of the consumer's.
+    worker: Option<usize>,
+    /// Whether the apply loop's connection has waited for a predecessor's workers (once, at the start: later
+    /// the workers holding those locks are this process's own).
+    waited_for_workers: bool,
 }
+
+/// Most parallel workers: the apply loop's connection waits for each worker lock of a killed predecessor.
+pub const MAX_WORKERS: usize = 32;
 
 impl Secondary {
     pub fn new(config: Arc<Config>) -> Self {
-        Self { config, conn: None, ok: Arc::new(AtomicBool::new(true)) }
+        Self { config, conn: None, ok: Arc::new(AtomicBool::new(true)), worker: None, waited_for_workers: false }
+    }
+
+    /// The connection of parallel worker `index` (1-based).
+    pub fn for_worker(config: Arc<Config>, index: usize) -> Self {
+        Self { worker: Some(index), ..Self::new(config) }
     }
 
     /// The connection, made (and locked for this consumer) if there is none.
@@ -65,8 +79,29 @@ impl Secondary {
         let secondary_err = |source| ApplyError::Secondary { addr: addr(&self.config), source: Box::new(source) };
         if self.conn.is_none() {
             let mut conn = Conn::new(opts(&self.config)).await.map_err(secondary_err)?;
-            lock_consumer(&mut conn, &self.config.name).await?;
-            info!(consumer = %self.config.name, secondary = %addr(&self.config), "connected to the secondary");
+            match self.worker {
+                None => {
+                    lock_consumer(&mut conn, &self.config.name, 0).await?;
+                    // A killed predecessor's workers may still be committing: wait until their sessions are
+                    // gone, so that what is read next includes their last commits.
+                    for worker in (1..=MAX_WORKERS).filter(|_| !self.waited_for_workers) {
+                        lock_consumer(&mut conn, &self.config.name, worker).await?;
+                        conn.exec_drop(format!("DO RELEASE_LOCK({})", lock_name(worker)), (&self.config.name,))
+                            .await
+                            .map_err(crate::error::statement(0, None, "RELEASE_LOCK (a worker's lock)"))?;
+                    }
+                    self.waited_for_workers = true;
+                }
+                Some(worker) => {
+                    lock_consumer(&mut conn, &self.config.name, worker).await?;
+                    // Changes of different workers never touch the same rows: no gap locks between them.
+                    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await
+                        .map_err(crate::error::statement(0, None, "SET SESSION TRANSACTION ISOLATION LEVEL"))?;
+                }
+            }
+            info!(consumer = %self.config.name, secondary = %addr(&self.config), worker = self.worker.unwrap_or(0),
+                  "connected to the secondary");
             self.conn = Some(conn);
         }
         self.conn.as_mut().ok_or(ApplyError::Secondary {
@@ -128,18 +163,20 @@ impl Secondary {
 /// connection is gone, so the checkpoint read next includes its last commit. If the holder does not go away
 /// within 10 s (a session left behind by a network failure lives until the server's wait_timeout), it is
 /// killed: only an applier of this consumer takes this lock, and two must never run at once.
-async fn lock_consumer(conn: &mut Conn, name: &str) -> Result<(), ApplyError> {
-    const LOCK: &str = "CONCAT('replica-applier:', SHA1(?))";
+///
+/// Worker `n` of parallel apply (1-based; 0 is the apply loop) has a lock of its own.
+async fn lock_consumer(conn: &mut Conn, name: &str, worker: usize) -> Result<(), ApplyError> {
+    let lock = lock_name(worker);
     let failed = crate::error::statement(0, None, "GET_LOCK (the consumer's lock)");
     for attempt in 0..2 {
         let got: Option<Option<i64>> =
-            conn.exec_first(format!("SELECT GET_LOCK({LOCK}, 10)"), (name,)).await.map_err(&failed)?;
+            conn.exec_first(format!("SELECT GET_LOCK({lock}, 10)"), (name,)).await.map_err(&failed)?;
         if got == Some(Some(1)) {
             return Ok(());
         }
         if attempt == 0 {
             let holder: Option<Option<u64>> =
-                conn.exec_first(format!("SELECT IS_USED_LOCK({LOCK})"), (name,)).await.map_err(&failed)?;
+                conn.exec_first(format!("SELECT IS_USED_LOCK({lock})"), (name,)).await.map_err(&failed)?;
             if let Some(Some(id)) = holder {
                 warn!(consumer = %name, connection = id, "a previous session of this consumer still holds its lock after 10 s; killing it");
                 if let Err(e) = conn.query_drop(format!("KILL CONNECTION {id}")).await {
@@ -149,4 +186,13 @@ async fn lock_consumer(conn: &mut Conn, name: &str) -> Result<(), ApplyError> {
         }
     }
     Err(ApplyError::Locked { consumer: name.to_owned() })
+}
+
+/// The SQL expression of the named lock of worker `n` of a consumer (0: the apply loop), taking the
+/// consumer's name as its parameter.
+fn lock_name(worker: usize) -> String {
+    match worker {
+        0 => "CONCAT('replica-applier:', SHA1(?))".to_owned(),
+        n => format!("CONCAT('replica-applier:', SHA1(?), ':{n}')"),
+    }
 }

@@ -26,6 +26,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,6 +149,22 @@ pub struct Writer {
     shutdown: CancellationToken,
     /// Conflicts resolved in the open secondary transaction (recorded in it; reported once it commits).
     conflicts: Vec<Conflict>,
+    /// Some(i) when this is parallel worker i (see [`crate::parallel`]): its transactions record their offsets
+    /// in `replica_meta.applied` instead of moving the checkpoint, and a permanent error is handed back.
+    worker: Option<usize>,
+    /// Bumped whenever table shapes may have changed (DDL, a table re-created): workers then forget theirs.
+    shape_generation: Arc<AtomicU64>,
+    seen_generation: u64,
+}
+
+/// How parallel apply may tell a table's changes apart (see [`crate::parallel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// By primary key values, compared exactly.
+    Rows,
+    /// Only as a whole: every change to the table conflicts with every other (keys that compare by collation
+    /// or as floats, unique keys besides the primary key).
+    Table,
 }
 
 impl Writer {
@@ -200,8 +217,105 @@ impl Writer {
             metrics,
             shutdown,
             conflicts: Vec::new(),
+            worker: None,
+            shape_generation: Arc::new(AtomicU64::new(0)),
+            seen_generation: 0,
         };
         Ok(Some((writer, resumed)))
+    }
+
+    /// Parallel worker `index` (1-based) beside this writer: its own connection, the same configuration.
+    pub fn worker(&self, index: usize) -> Self {
+        Self {
+            config: self.config.clone(),
+            open: None,
+            fragmented_retry: retries(&self.config),
+            secondary: Secondary::for_worker(self.config.clone(), index),
+            shapes: HashMap::new(),
+            ddl_pending: None,
+            applied: 0,
+            gtid: GtidState::default(),
+            journal_id: String::new(),
+            applied_tx: watch::channel(0).0,
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            conflicts: Vec::new(),
+            worker: Some(index),
+            shape_generation: self.shape_generation.clone(),
+            seen_generation: self.shape_generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// Table shapes may have changed: every worker checks them again.
+    fn shapes_changed(&mut self) {
+        self.shapes.clear();
+        self.shape_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How parallel apply may tell this change's rows apart; None when it cannot (the table's shape is not
+    /// checked yet, it takes part in foreign keys, it is system-versioned, or it has no primary key).
+    pub fn keys(&self, c: &TableChange) -> Option<Keys> {
+        if c.primary_key.is_empty() {
+            return None;
+        }
+        let shape = self.shapes.get(&(c.schema.clone(), c.table.clone()))?;
+        if shape.columns != c.columns || shape.in_foreign_keys || shape.period.is_some() {
+            return None;
+        }
+        let exact = c.primary_key.iter().all(|&i| {
+            c.columns.get(i as usize).is_some_and(|col| {
+                matches!(
+                    col.ty,
+                    ColumnType::TinyInt
+                        | ColumnType::SmallInt
+                        | ColumnType::MediumInt
+                        | ColumnType::Int
+                        | ColumnType::BigInt
+                        | ColumnType::Decimal
+                        | ColumnType::Date
+                        | ColumnType::DateTime
+                        | ColumnType::Time
+                        | ColumnType::Timestamp
+                        | ColumnType::Year
+                        | ColumnType::Enum
+                        | ColumnType::Set
+                        | ColumnType::Bit
+                )
+            })
+        });
+        Some(if exact && !shape.unique_besides_primary { Keys::Rows } else { Keys::Table })
+    }
+
+    /// Checks the shapes of the tables `group` changes (see [`Writer::keys`]).
+    pub async fn learn_shapes(&mut self, group: &[Record], tables: &Tables) -> Result<(), ApplyError> {
+        self.check_shapes(group, tables).await
+    }
+
+    /// The records through `offset` are committed (by parallel workers): the checkpoint may move there.
+    /// `gtid` is the record's. The reader hears of it once the checkpoint is saved ([`Writer::save_advanced`]):
+    /// until then a restart needs the records again, if only to skip them.
+    pub fn advance(&mut self, offset: u64, gtid: Option<common::position::Gtid>) {
+        if let Some(g) = gtid {
+            self.gtid.advance(g);
+        }
+        self.applied = offset;
+    }
+
+    /// Writes the checkpoint at what [`Writer::advance`] reached and forgets the worker transactions it covers.
+    pub async fn save_advanced(&mut self, source: Option<(&str, u64)>, covered: &[u64]) -> Result<(), ApplyError> {
+        let (name, offset, gtid) = (self.config.name.clone(), self.applied, self.gtid.to_string());
+        let conn = self.secondary.conn().await?;
+        let saved = checkpoint::advance(conn, &name, offset, &gtid, source, covered).await;
+        match &saved {
+            Ok(()) => {
+                self.applied_tx.send_replace(offset);
+            }
+            Err(e) => {
+                self.secondary.failed(e);
+                self.secondary.rollback().await;
+            }
+        }
+        saved
     }
 
     /// The checkpoint (saved first when starting at `--start-offset`), copy progress and quarantines.
@@ -307,6 +421,7 @@ impl Writer {
     /// The table was re-created: check its shape again before its next change.
     pub fn forget_shape(&mut self, key: &TableKey) {
         self.shapes.remove(key);
+        self.shape_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub async fn health_check(&mut self) {
@@ -352,6 +467,10 @@ impl Writer {
                     return Ok(false);
                 }
                 continue;
+            }
+            if self.worker.is_some() {
+                // The apply loop applies it again alone, after what the other workers hold.
+                return Err(e);
             }
             if group.len() > 1 {
                 // Find the record that fails: apply the group one record at a time.
@@ -483,6 +602,13 @@ impl Writer {
                 return self.ddl(record, schema, statement).await;
             }
         }
+        if self.worker.is_some() {
+            let now = self.shape_generation.load(Ordering::Acquire);
+            if now != self.seen_generation {
+                self.shapes.clear();
+                self.seen_generation = now;
+            }
+        }
         self.check_shapes(group, tables).await?;
         let name = self.config.name.clone();
         let conn = self.secondary.conn().await?;
@@ -589,11 +715,16 @@ impl Writer {
             // The rest of the source transaction follows in the next group.
             return Ok(());
         }
-        let mut gtid = self.gtid.clone();
-        group.iter().filter_map(|r| r.gtid).for_each(|g| gtid.advance(g));
-        let text = gtid.to_string();
-        checkpoint::save_and_commit(tx, &name, last.offset.0, &text, &last.source.file, last.source.pos).await?;
-        self.gtid = gtid;
+        if self.worker.is_some() {
+            let offsets: Vec<u64> = group.iter().map(|r| r.offset.0).collect();
+            checkpoint::record_applied_and_commit(tx, &name, &offsets).await?;
+        } else {
+            let mut gtid = self.gtid.clone();
+            group.iter().filter_map(|r| r.gtid).for_each(|g| gtid.advance(g));
+            let text = gtid.to_string();
+            checkpoint::save_and_commit(tx, &name, last.offset.0, &text, &last.source.file, last.source.pos).await?;
+            self.gtid = gtid;
+        }
         if !self.conflicts.is_empty() {
             conflict::report(&name, &self.conflicts);
             self.metrics.conflicts(&self.conflicts);
@@ -715,7 +846,7 @@ impl Writer {
         self.gtid = gtid;
         self.ddl_pending = None;
         // Every table's shape may have changed.
-        self.shapes.clear();
+        self.shapes_changed();
         Ok(())
     }
 }

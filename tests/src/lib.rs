@@ -588,6 +588,11 @@ impl Applier {
             ("REPLICA_RETRY_MAX".into(), "1s".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
+        let mut base = base;
+        // The whole suite can be run with parallel apply (a test's own setting wins).
+        if let Ok(workers) = std::env::var("REPLICA_TEST_APPLY_WORKERS") {
+            base.push(("REPLICA_APPLY_WORKERS".into(), workers));
+        }
         merge_env(base, env)
     }
 }

@@ -100,6 +100,10 @@ pub struct Cli {
     /// in source order wherever they do (1: one connection, everything in source order)
     #[arg(long, env = "REPLICA_APPLY_WORKERS", default_value_t = 1)]
     pub apply_workers: usize,
+    /// With several apply workers, commit in the primary's order (a reader of the secondary never sees a later
+    /// transaction before an earlier one; commits wait for each other, so it is slower)
+    #[arg(long, env = "REPLICA_COMMIT_ORDER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub commit_order: bool,
     /// Most row changes in one secondary transaction
     #[arg(long, env = "REPLICA_BATCH_ROWS", default_value_t = 5000)]
     pub batch_rows: usize,
@@ -157,6 +161,7 @@ pub struct Config {
     pub max_table_failures: u32,
     pub conflicts: crate::conflict::ConflictMode,
     pub apply_workers: usize,
+    pub commit_order: bool,
     pub batch_rows: usize,
     pub batch_bytes: u64,
     pub batch_time: Duration,
@@ -250,6 +255,7 @@ impl TryFrom<Cli> for Config {
             max_table_failures: c.max_table_failures.max(1),
             conflicts: c.conflicts,
             apply_workers: c.apply_workers,
+            commit_order: c.commit_order,
             batch_rows: c.batch_rows,
             batch_bytes: c.batch_bytes,
             batch_time: c.batch_time,

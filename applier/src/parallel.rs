@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use common::event::{Body, Record, RowChange, TableChange};
 use common::position::{BinlogPosition, Gtid};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -130,6 +130,8 @@ pub struct Parallel {
     last_save: Instant,
     /// Since when no worker holds a job (None while one does).
     idle_since: Option<Instant>,
+    /// With `--commit-order`: the next offset that may commit (workers wait for their turn).
+    turn: Option<Arc<watch::Sender<u64>>>,
     shutdown: CancellationToken,
 }
 
@@ -138,11 +140,12 @@ impl Parallel {
     pub fn new(config: &Arc<Config>, writer: &Writer, limits: Limits, shutdown: CancellationToken) -> Self {
         let count = if config.apply_workers > 1 { config.apply_workers } else { 0 };
         let (done_tx, done_rx) = mpsc::channel(count * (2 * QUEUE + 2) + 1);
+        let turn = (count > 0 && config.commit_order).then(|| Arc::new(watch::channel(writer.applied() + 1).0));
         let lanes = (0..count)
             .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                let worker = writer.worker(i + 1);
-                let task = tokio::spawn(lane(i, worker, rx, done_tx.clone(), limits, shutdown.clone()));
+                let worker = writer.worker(i + 1, turn.clone());
+                let task = tokio::spawn(lane(i, worker, rx, done_tx.clone(), limits, turn.clone(), shutdown.clone()));
                 Lane { tx, sent: 0, done: 0, task }
             })
             .collect();
@@ -161,6 +164,7 @@ impl Parallel {
             saved: writer.applied(),
             last_save: Instant::now(),
             idle_since: None,
+            turn,
             shutdown,
         }
     }
@@ -174,12 +178,21 @@ impl Parallel {
             self.skip.extend(offsets.into_iter().filter(|&o| o > checkpoint));
         }
         self.saved = checkpoint;
+        self.set_turn(writer);
         if !self.skip.is_empty() {
             info!(consumer = %self.name, checkpoint, committed_above = self.skip.len(),
                   through = self.skip.last().copied().unwrap_or_default(),
                   "transactions applied in parallel above the checkpoint are skipped when they come again");
         }
         Ok(())
+    }
+
+    /// With `--commit-order`, after the writer applied (or skipped) everything handed out: the next offset is
+    /// the next to commit.
+    fn set_turn(&self, writer: &Writer) {
+        if let Some(turn) = &self.turn {
+            turn.send_replace(writer.applied() + 1);
+        }
     }
 
     /// The last offset handed out: the next record must follow it.
@@ -234,9 +247,14 @@ impl Parallel {
                     if applied != Applied::Done {
                         return Ok(applied);
                     }
+                    // In commit order nothing after it may commit before the checkpoint passes it.
+                    if self.turn.is_some() && !self.drain(writer, tables).await? {
+                        return Ok(Applied::Stopped);
+                    }
                     self.skip.remove(&record.offset.0);
                     self.planned = record.offset.0;
                     self.pass(record.offset.0, record.gtid, record.source, writer);
+                    self.set_turn(writer);
                 }
                 Kind::Parallel(keys) => {
                     let applied = self.alone(&mut run, writer, tables).await?;
@@ -339,6 +357,10 @@ impl Parallel {
                 }
             }
         };
+        if !self.busy() {
+            // Everything handed out is committed: the checkpoint may have moved without the workers (a copy).
+            self.set_turn(writer);
+        }
         let seq = self.lanes[lane].sent + 1;
         if self.touched.len() > 4 * QUEUE * self.lanes.len() + keys.len() {
             let lanes = &self.lanes;
@@ -390,6 +412,7 @@ impl Parallel {
             self.at = Some(source);
             self.saved = last_offset;
             self.forget_covered();
+            self.set_turn(writer);
         }
         Ok(applied)
     }
@@ -442,6 +465,7 @@ impl Parallel {
         }
         self.planned = 0;
         self.touched.clear();
+        self.set_turn(writer);
         Ok(true)
     }
 
@@ -619,15 +643,23 @@ async fn lane(
     mut rx: mpsc::Receiver<Msg>,
     done: mpsc::Sender<Done>,
     limits: Limits,
+    turn: Option<Arc<watch::Sender<u64>>>,
     shutdown: CancellationToken,
 ) {
+    let contiguous = turn.is_some();
     let mut tables = Tables::default();
     let mut failed = false;
+    // A job taken from the queue that could not join the last transaction (in commit order, offsets must follow
+    // each other within one).
+    let mut held: Option<Job> = None;
     loop {
-        let msg = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            msg = rx.recv() => match msg { Some(m) => m, None => return },
+        let msg = match held.take() {
+            Some(job) => Msg::Apply(job),
+            None => tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                msg = rx.recv() => match msg { Some(m) => m, None => return },
+            },
         };
         let first = match msg {
             Msg::Resume => {
@@ -647,6 +679,12 @@ async fn lane(
         let mut jobs = vec![first];
         while rows < limits.rows && bytes < limits.bytes {
             match rx.try_recv() {
+                Ok(Msg::Apply(job))
+                    if contiguous && jobs.last().is_some_and(|j| j.record.offset.0 + 1 != job.record.offset.0) =>
+                {
+                    held = Some(job);
+                    break;
+                }
                 Ok(Msg::Apply(job)) => {
                     rows += job.weight.rows;
                     bytes += job.weight.bytes;
@@ -672,8 +710,13 @@ async fn lane(
                 Done::Committed { lane: index, through, first, last, passed }
             }
             Ok(Applied::Stopped) => return,
+            Err(ApplyError::Stopping) if shutdown.is_cancelled() => return,
             outcome => {
                 failed = true;
+                if let Some(turn) = &turn {
+                    // Workers waiting for their turn behind this transaction give theirs back too.
+                    turn.send_replace(0);
+                }
                 let error = match outcome {
                     Err(e) => e,
                     _ => ApplyError::State {

@@ -155,6 +155,8 @@ pub struct Writer {
     /// Bumped whenever table shapes may have changed (DDL, a table re-created): workers then forget theirs.
     shape_generation: Arc<AtomicU64>,
     seen_generation: u64,
+    /// With `--commit-order`, a worker's turn to commit: the next journal offset that may commit.
+    turn: Option<Arc<watch::Sender<u64>>>,
 }
 
 /// How parallel apply may tell a table's changes apart (see [`crate::parallel`]).
@@ -220,12 +222,15 @@ impl Writer {
             worker: None,
             shape_generation: Arc::new(AtomicU64::new(0)),
             seen_generation: 0,
+            turn: None,
         };
         Ok(Some((writer, resumed)))
     }
 
-    /// Parallel worker `index` (1-based) beside this writer: its own connection, the same configuration.
-    pub fn worker(&self, index: usize) -> Self {
+    /// Parallel worker `index` (1-based) beside this writer: its own connection, the same configuration; with
+    /// `turn`, each transaction commits only when the offset `turn` holds is its first (and then moves it past
+    /// its last).
+    pub fn worker(&self, index: usize, turn: Option<Arc<watch::Sender<u64>>>) -> Self {
         Self {
             config: self.config.clone(),
             open: None,
@@ -243,6 +248,7 @@ impl Writer {
             worker: Some(index),
             shape_generation: self.shape_generation.clone(),
             seen_generation: self.shape_generation.load(Ordering::Acquire),
+            turn,
         }
     }
 
@@ -717,7 +723,28 @@ impl Writer {
         }
         if self.worker.is_some() {
             let offsets: Vec<u64> = group.iter().map(|r| r.offset.0).collect();
+            if let Some(turn) = &self.turn {
+                let first = group[0].offset.0;
+                let mut rx = turn.subscribe();
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return Err(ApplyError::Stopping),
+                    _ = rx.wait_for(|next| *next >= first || *next == 0) => {}
+                }
+                if *turn.borrow() == 0 {
+                    return Err(ApplyError::State {
+                        what: "commit order".into(),
+                        reason: format!(
+                            "an earlier transaction failed in another worker: offset {first} is handed back too, to be \
+                             applied in order"
+                        ),
+                    });
+                }
+            }
             checkpoint::record_applied_and_commit(tx, &name, &offsets).await?;
+            if let Some(turn) = &self.turn {
+                turn.send_replace(last.offset.0 + 1);
+            }
         } else {
             let mut gtid = self.gtid.clone();
             group.iter().filter_map(|r| r.gtid).for_each(|g| gtid.advance(g));

@@ -593,6 +593,9 @@ impl Applier {
         if let Ok(workers) = std::env::var("REPLICA_TEST_APPLY_WORKERS") {
             base.push(("REPLICA_APPLY_WORKERS".into(), workers));
         }
+        if let Ok(ordered) = std::env::var("REPLICA_TEST_COMMIT_ORDER") {
+            base.push(("REPLICA_COMMIT_ORDER".into(), ordered));
+        }
         merge_env(base, env)
     }
 }

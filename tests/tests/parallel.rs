@@ -114,6 +114,15 @@ async fn kill9_under_parallel_apply_loses_and_repeats_nothing_and_a_one_worker_r
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_whose_transaction_fails_hands_it_back_and_the_table_is_quarantined_while_others_flow() {
+    failed_worker(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_commit_order_a_failed_worker_hands_back_what_waits_behind_it_too() {
+    failed_worker(true).await;
+}
+
+async fn failed_worker(commit_order: bool) {
     let (primary, reader, secondary) = pipeline().await;
     primary
         .exec("CREATE DATABASE q; CREATE TABLE q.good (id INT PRIMARY KEY, n INT); CREATE TABLE q.bad (id INT PRIMARY KEY, n INT)")
@@ -121,6 +130,7 @@ async fn a_worker_whose_transaction_fails_hands_it_back_and_the_table_is_quarant
     let mut settings = parallel("3");
     settings.push(("REPLICA_SKIP_FAILING_TABLES", "true".into()));
     settings.push(("REPLICA_MAX_TABLE_FAILURES", "1".into()));
+    settings.push(("REPLICA_COMMIT_ORDER", commit_order.to_string()));
     let a = Applier::start(&reader, &secondary, "q", &env(&settings));
     primary.exec("INSERT INTO q.good VALUES (1, 0); INSERT INTO q.bad VALUES (1, 0)").await;
     caught_up(&primary, &reader, &secondary, &a).await;
@@ -143,4 +153,46 @@ async fn a_worker_whose_transaction_fails_hands_it_back_and_the_table_is_quarant
     assert_eq!(q, vec!["bad".to_owned()]);
     let log = a.log_text();
     assert!(log.contains("it is applied again alone"), "the worker handed the transaction back:\n{log}");
+}
+
+/// Polls `t.seq` on the secondary until it holds `rows` rows; returns how often it saw a gap (a row whose
+/// predecessors were not all there: a later transaction visible before an earlier one).
+async fn gaps_seen_while_applying(secondary: &MariaDb, rows: u64) -> u64 {
+    let mut conn = secondary.conn().await;
+    let mut gaps = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen: Option<(u64, u64)> =
+            conn.query_first("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM t.seq").await.ok().flatten();
+        if let Some((count, max)) = seen {
+            if count != max {
+                gaps += 1;
+            }
+            if count == rows {
+                return gaps;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "t.seq did not reach {rows} rows");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_commit_order_a_reader_of_the_secondary_never_sees_a_later_transaction_before_an_earlier_one() {
+    let (primary, reader, secondary) = pipeline().await;
+    primary.exec("CREATE DATABASE t; CREATE TABLE t.seq (id INT PRIMARY KEY, v INT)").await;
+    // A backlog of single-row transactions on different keys: the workers take them at once.
+    let rows = 3_000u64;
+    let mut conn = primary.conn().await;
+    for id in 1..=rows {
+        conn.query_drop(format!("INSERT INTO t.seq VALUES ({id}, 0)")).await.expect("insert");
+    }
+    let _ = tests::journaled(&primary, &reader).await;
+    let mut settings = parallel("4");
+    settings.push(("REPLICA_COMMIT_ORDER", "true".into()));
+    let a = Applier::start(&reader, &secondary, "ordered", &env(&settings));
+    assert_eq!(gaps_seen_while_applying(&secondary, rows).await, 0, "every prefix of the primary's commits, in order");
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "t").await;
+    assert!(a.log_text().contains("worker=4"), "four workers connected:\n{}", a.log_text());
 }

@@ -6,12 +6,14 @@
 //! every before and after image, per table (a table whose keys compare by collation or as floats, or that has
 //! unique keys besides the primary key, counts as one key: all its changes conflict). A transaction goes to
 //! the worker that still holds an earlier transaction sharing a key with it (each worker applies its queue in
-//! order), to the least busy worker when none does, and waits while workers of two or more such
-//! transactions are still busy. So two transactions that share a key are applied in source order, and a
-//! transaction is applied whole (a worker commits one or more whole transactions at a time). Everything else
-//! is a *barrier*, applied by the writer alone after every worker is done: DDL, tables without a primary key,
-//! tables in foreign keys (cascades happen below the binlog) or system-versioned, tables being copied or
-//! quarantined, fragments of a large transaction, and copy work and admin commands between transactions.
+//! order), to an idle worker when none does (or the one that took the previous record, while its queue is
+//! short), and waits while workers of two or more such transactions are still busy. So two transactions that
+//! share a key are applied in source order, and a transaction is applied whole (a worker commits one or more
+//! whole transactions at a time). A table without a primary key counts as one key too (its rows are located
+//! by their whole image). Everything else is a *barrier*, applied by the writer alone after every worker is
+//! done: DDL, tables in foreign keys (cascades happen below the binlog) or system-versioned, tables being
+//! copied or quarantined, fragments of a large transaction, and copy work and admin commands between
+//! transactions. A received group with a barrier is applied by the writer whole (one drain, one commit).
 //!
 //! **What a reader of the secondary sees.** Per-key order and transaction atomicity always; not the primary's
 //! commit order across keys: a later transaction on other rows may be visible before an earlier one. With one
@@ -43,7 +45,7 @@ use common::position::{BinlogPosition, Gtid};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::checkpoint;
 use crate::config::Config;
@@ -55,6 +57,8 @@ use crate::writer::{Applied, Keys, Writer};
 
 /// Jobs queued per worker.
 const QUEUE: usize = 1024;
+/// Jobs queued on a busy worker beyond which the next free record goes to another one.
+const STICK: u64 = 64;
 /// How often the checkpoint is saved while workers are busy; once they have been idle for `SAVE_IDLE`; and
 /// before any barrier.
 const SAVE_EVERY: Duration = Duration::from_millis(200);
@@ -130,6 +134,8 @@ pub struct Parallel {
     last_save: Instant,
     /// Since when no worker holds a job (None while one does).
     idle_since: Option<Instant>,
+    /// The worker the last record went to.
+    last_lane: Option<usize>,
     /// With `--commit-order`: the next offset that may commit (workers wait for their turn).
     turn: Option<Arc<watch::Sender<u64>>>,
     shutdown: CancellationToken,
@@ -164,6 +170,7 @@ impl Parallel {
             saved: writer.applied(),
             last_save: Instant::now(),
             idle_since: None,
+            last_lane: None,
             turn,
             shutdown,
         }
@@ -232,10 +239,24 @@ impl Parallel {
         let mut run: Vec<Record> = Vec::new();
         let mut run_permits = Vec::new();
         let mut in_fragment = writer.in_transaction();
-        let Group { records, permits, weights } = group;
-        for ((record, permit), weight) in records.into_iter().zip(permits).zip(weights) {
-            let kind = self.classify(&record, in_fragment, writer, tables);
+        let mut kinds = Vec::with_capacity(group.records.len());
+        for record in &group.records {
+            kinds.push(self.classify(record, in_fragment, writer, tables));
             in_fragment = record.continues;
+        }
+        // A group with a barrier is applied by the writer whole: one drain and one commit for all of it, rather
+        // than one per barrier (with a barrier in every few transactions, that is far faster). In commit order
+        // so is any group of several: workers could only commit its transactions one at a time, where the
+        // writer commits them together, in order by construction.
+        let whole = kinds.iter().any(|k| matches!(k, Kind::Barrier))
+            || (self.turn.is_some() && kinds.iter().filter(|k| matches!(k, Kind::Parallel(_))).count() > 1);
+        if whole {
+            for k in kinds.iter_mut().filter(|k| matches!(k, Kind::Parallel(_))) {
+                *k = Kind::Barrier;
+            }
+        }
+        let Group { records, permits, weights } = group;
+        for (((record, permit), weight), kind) in records.into_iter().zip(permits).zip(weights).zip(kinds) {
             match kind {
                 Kind::Barrier => {
                     run.push(record);
@@ -345,10 +366,7 @@ impl Parallel {
                 }
             }
             match holders[..] {
-                [] => {
-                    let least = (0..self.lanes.len()).min_by_key(|&i| self.lanes[i].sent - self.lanes[i].done);
-                    break least.unwrap_or(0);
-                }
+                [] => break self.free_lane(),
                 [lane] => break lane,
                 _ => {
                     if !self.wait_one(writer).await? {
@@ -384,8 +402,25 @@ impl Parallel {
             }
         }
         self.lanes[lane].sent = seq;
+        self.last_lane = Some(lane);
         self.idle_since = None;
+        debug!(consumer = %self.name, offset = self.planned, worker = lane + 1, seq, "handed to a worker");
         Ok(true)
+    }
+
+    /// The worker for a record no busy worker holds keys of: an idle one (it commits at once: lag), else the one
+    /// that took the record before while its queue is short (consecutive records commit together: fewer
+    /// commits under a backlog, and in commit order the only way to commit more than one at a time), else the
+    /// least busy.
+    fn free_lane(&self) -> usize {
+        let queued = |i: usize| self.lanes[i].sent - self.lanes[i].done;
+        if let Some(idle) = (0..self.lanes.len()).find(|&i| queued(i) == 0) {
+            return idle;
+        }
+        match self.last_lane {
+            Some(last) if queued(last) < STICK => last,
+            _ => (0..self.lanes.len()).min_by_key(|&i| queued(i)).unwrap_or(0),
+        }
     }
 
     /// Applies the records gathered in `run` with the writer alone, once every worker is done.
@@ -593,6 +628,7 @@ impl Parallel {
             return Ok(());
         }
         let source = self.at.as_ref().map(|s| (s.file.as_str(), s.pos));
+        debug!(consumer = %self.name, checkpoint = w, rows = covered.len(), "saving the checkpoint of parallel apply");
         match writer.save_advanced(source, &covered).await {
             Ok(()) => {
                 for first in covered {

@@ -164,8 +164,8 @@ pub struct Writer {
 pub enum Keys {
     /// By primary key values, compared exactly.
     Rows,
-    /// Only as a whole: every change to the table conflicts with every other (keys that compare by collation
-    /// or as floats, unique keys besides the primary key).
+    /// Only as a whole: every change to the table conflicts with every other (no primary key, keys that
+    /// compare by collation or as floats, unique keys besides the primary key).
     Table,
 }
 
@@ -259,14 +259,15 @@ impl Writer {
     }
 
     /// How parallel apply may tell this change's rows apart; None when it cannot (the table's shape is not
-    /// checked yet, it takes part in foreign keys, it is system-versioned, or it has no primary key).
+    /// checked yet, it takes part in foreign keys, or it is system-versioned).
     pub fn keys(&self, c: &TableChange) -> Option<Keys> {
-        if c.primary_key.is_empty() {
-            return None;
-        }
         let shape = self.shapes.get(&(c.schema.clone(), c.table.clone()))?;
         if shape.columns != c.columns || shape.in_foreign_keys || shape.period.is_some() {
             return None;
+        }
+        if c.primary_key.is_empty() {
+            // Its rows are located by their whole image: only changes to the same table can interact.
+            return Some(Keys::Table);
         }
         let exact = c.primary_key.iter().all(|&i| {
             c.columns.get(i as usize).is_some_and(|col| {
@@ -726,6 +727,8 @@ impl Writer {
             if let Some(turn) = &self.turn {
                 let first = group[0].offset.0;
                 let mut rx = turn.subscribe();
+                debug!(consumer = %self.config.name, worker = self.worker.unwrap_or(0), first, turn = *rx.borrow(),
+                       "waiting for the turn to commit");
                 tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => return Err(ApplyError::Stopping),

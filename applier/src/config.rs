@@ -6,6 +6,10 @@ use std::time::Duration;
 use clap::Parser;
 use common::config::{parse_duration, parse_size, LogArgs, Secret};
 
+/// Most parallel apply workers (at start, the apply loop's connection waits for each worker lock a killed
+/// predecessor may still hold).
+pub const MAX_WORKERS: usize = 32;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "replica-applier", version, about = "Applies the reader's journal to one secondary, exactly once")]
 pub struct Cli {
@@ -97,8 +101,8 @@ pub struct Cli {
     #[arg(long, env = "REPLICA_CONFLICTS", value_enum, default_value = "stop")]
     pub conflicts: crate::conflict::ConflictMode,
     /// Secondary connections applying at once: transactions whose rows do not overlap are applied in parallel,
-    /// in source order wherever they do (1: one connection, everything in source order)
-    #[arg(long, env = "REPLICA_APPLY_WORKERS", default_value_t = 1)]
+    /// in source order wherever they do (1: one connection, everything in source order; see REPLICA_COMMIT_ORDER)
+    #[arg(long, env = "REPLICA_APPLY_WORKERS", default_value_t = 4)]
     pub apply_workers: usize,
     /// With several apply workers, commit in the primary's order (a reader of the secondary never sees a later
     /// transaction before an earlier one; commits wait for each other, so it is slower)
@@ -224,12 +228,8 @@ impl TryFrom<Cli> for Config {
         if c.resync && c.start_offset.is_some() {
             return Err("--resync and --start-offset exclude each other: a re-copy starts where its snapshot is".into());
         }
-        if c.apply_workers == 0 || c.apply_workers > crate::secondary::MAX_WORKERS {
-            return Err(format!(
-                "REPLICA_APPLY_WORKERS must be 1 to {} (it is {})",
-                crate::secondary::MAX_WORKERS,
-                c.apply_workers
-            ));
+        if c.apply_workers == 0 || c.apply_workers > MAX_WORKERS {
+            return Err(format!("REPLICA_APPLY_WORKERS must be 1 to {} (it is {})", MAX_WORKERS, c.apply_workers));
         }
         if c.batch_rows == 0 || c.batch_bytes == 0 {
             return Err("REPLICA_BATCH_ROWS and REPLICA_BATCH_BYTES must be above 0".into());

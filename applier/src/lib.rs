@@ -172,7 +172,16 @@ async fn apply(
     }
     metrics.quarantined(apply.tables.quarantined_count());
     let applied = apply.writer.applied();
-    info!(consumer = %config.name, offset = applied, reader = %config.reader_url, "applier starting");
+    let order = match (config.apply_workers, config.commit_order) {
+        (1, _) => "source order (one connection)",
+        (_, true) => "the primary's commit order (REPLICA_COMMIT_ORDER)",
+        _ => {
+            "per row: transactions on different rows may become visible out of the primary's order \
+              (REPLICA_COMMIT_ORDER=true keeps it)"
+        }
+    };
+    info!(consumer = %config.name, offset = applied, reader = %config.reader_url, workers = config.apply_workers,
+          order, "applier starting");
 
     let stream_state = Arc::new(StreamState::default());
     stream_state.set_journal(apply.writer.journal_id());

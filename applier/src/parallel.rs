@@ -17,7 +17,8 @@
 //!
 //! **What a reader of the secondary sees.** Per-key order and transaction atomicity always; not the primary's
 //! commit order across keys: a later transaction on other rows may be visible before an earlier one. With one
-//! worker (the default) everything commits in source order.
+//! worker everything commits in source order; with `--commit-order`, workers commit in turn (each waits until
+//! every earlier offset has committed), and a received group of several goes to the writer whole.
 //!
 //! **Exactly once.** The checkpoint row names the low-water mark `W`: every offset up to it is committed. A
 //! worker's transaction inserts a row into `replica_meta.applied` listing its offsets, in the same transaction

@@ -61,9 +61,6 @@ pub struct Secondary {
     waited_for_workers: bool,
 }
 
-/// Most parallel workers: the apply loop's connection waits for each worker lock of a killed predecessor.
-pub const MAX_WORKERS: usize = 32;
-
 impl Secondary {
     pub fn new(config: Arc<Config>) -> Self {
         Self { config, conn: None, ok: Arc::new(AtomicBool::new(true)), worker: None, waited_for_workers: false }
@@ -84,7 +81,7 @@ impl Secondary {
                     lock_consumer(&mut conn, &self.config.name, 0).await?;
                     // A killed predecessor's workers may still be committing: wait until their sessions are
                     // gone, so that what is read next includes their last commits.
-                    for worker in (1..=MAX_WORKERS).filter(|_| !self.waited_for_workers) {
+                    for worker in (1..=crate::config::MAX_WORKERS).filter(|_| !self.waited_for_workers) {
                         lock_consumer(&mut conn, &self.config.name, worker).await?;
                         conn.exec_drop(format!("DO RELEASE_LOCK({})", lock_name(worker)), (&self.config.name,))
                             .await

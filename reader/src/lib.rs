@@ -16,7 +16,7 @@
 //! | --- | --- | --- |
 //! | binlog source | [`binlog::source`], [`binlog::failover`], [`binlog::assemble`], [`binlog::decode`], [`binlog::statement`], [`binlog::mariadb_events`], [`binlog::preflight`] | the replication connection, the followed server, the transaction being assembled |
 //! | types between stages | [`pipeline`] | `Committed`, `Xa`, `SourceStatus`, `Counters` |
-//! | journal | [`journal`], [`journal::segments`], [`journal::writer`], [`journal::trim`] | the sled index, segment files, the one writer thread, retention |
+//! | journal | [`journal`], [`journal::store`], [`journal::sled_store`], [`journal::segments`], [`journal::writer`], [`journal::trim`] | offsets and consumers over a store (the sled index and segment files), the one writer thread, retention |
 //! | serving | [`serve::service`], [`serve::snapshot`], [`serve::health`] | subscriptions, snapshot reads, health |
 //! | errors | [`error`] | the one taxonomy, retry classification and gRPC status mapping |
 //!

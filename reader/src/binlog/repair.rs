@@ -117,7 +117,7 @@ async fn repair(
     let mut asm = Assembler::new(config, &primary, start.gtid_state());
     let mut offset = plan.first_offset - 1;
     let mut open = false;
-    let mut fixes: Vec<(u64, crate::journal::segments::Location, Vec<u8>)> = Vec::new();
+    let mut fixes: Vec<(u64, Vec<u8>)> = Vec::new();
     let marker = Body::Transaction(Vec::new());
     while offset < plan.last {
         let event = match stream.next().await {
@@ -135,21 +135,21 @@ async fn repair(
                 break;
             }
             let j = journal.clone();
-            let (loc, stored) = tokio::task::spawn_blocking(move || j.stored(offset))
+            let stored = tokio::task::spawn_blocking(move || j.stored(offset))
                 .await
                 .map_err(|_| RepairError::Refused("stopped".into()))??;
-            let bytes = encode_record(&txn, body, offset, loc.journaled_unix_ms)?;
+            let bytes = encode_record(&txn, body, offset, stored.journaled_unix_ms)?;
             if plan.damaged.contains(&offset) {
-                if bytes.len() != loc.len as usize {
+                if bytes.len() != stored.bytes.len() {
                     return Err(RepairError::Refused(format!(
                         "the binlog gives offset {offset} another length ({} bytes, the journal's {}): the filter or \
                          the binlog changed since it was journaled",
                         bytes.len(),
-                        loc.len
+                        stored.bytes.len()
                     )));
                 }
-                fixes.push((offset, loc, bytes));
-            } else if bytes != stored {
+                fixes.push((offset, bytes));
+            } else if bytes != stored.bytes {
                 return Err(RepairError::Refused(format!(
                     "the binlog does not give back the whole record at offset {offset}: the filter or the binlog \
                      changed since it was journaled"
@@ -165,9 +165,9 @@ async fn repair(
     }
     drop(stream);
     let n = fixes.len();
-    for (offset, loc, bytes) in fixes {
+    for (offset, bytes) in fixes {
         let j = journal.clone();
-        tokio::task::spawn_blocking(move || j.put_back(offset, loc, &bytes))
+        tokio::task::spawn_blocking(move || j.put_back(offset, &bytes))
             .await
             .map_err(|_| RepairError::Refused("stopped".into()))??;
         info!(offset, "journal record put back from the primary's binlog");

@@ -11,8 +11,8 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use super::segments::Location;
-use super::{location, record_key, verified, Journal, JournalError, ResumeState};
+use super::store::Stored;
+use super::{verified, Journal, JournalError, ResumeState};
 
 /// Runs longer than this are not repaired (a journal damaged that widely is better replaced).
 const MAX_RUN: u64 = 10_000;
@@ -64,21 +64,18 @@ impl Journal {
         self.damage.report(offset);
     }
 
-    /// A record's location and stored bytes.
-    pub fn stored(&self, offset: u64) -> Result<(Location, Vec<u8>), JournalError> {
-        let v = self.tree.get(record_key(offset))?.ok_or_else(|| JournalError::OutOfRange {
-            offset,
-            first: self.first(),
-            last: self.head(),
-        })?;
-        let loc = location(&v)?;
-        let bytes = self.segments.read(&[loc])?.pop().unwrap_or_default();
-        Ok((loc, bytes))
+    /// A record as stored (its bytes, unverified, and when it was journaled).
+    pub fn stored(&self, offset: u64) -> Result<Stored, JournalError> {
+        let out_of_range = || JournalError::OutOfRange { offset, first: self.first(), last: self.head() };
+        let mut found = self.store.read(offset, offset, 1, usize::MAX)?;
+        match found.pop() {
+            Some(s) if s.offset == offset => Ok(s),
+            _ => Err(out_of_range()),
+        }
     }
 
     fn whole(&self, offset: u64) -> Result<Option<common::event::Record>, JournalError> {
-        let (loc, bytes) = self.stored(offset)?;
-        Ok(verified(offset, &loc, &bytes).ok().map(|(r, _)| r))
+        Ok(verified(&self.stored(offset)?).ok().map(|(r, _)| r))
     }
 
     /// How to repair the damaged record at `offset` and any damaged neighbours; None when it is readable (already
@@ -131,15 +128,11 @@ impl Journal {
         Ok(Some(RepairPlan { from, first_offset, damaged, last }))
     }
 
-    /// Writes a re-read record over the damaged bytes at `loc` (same length, see the module docs) and checks
-    /// that it now reads whole. Blocking.
-    pub fn put_back(&self, offset: u64, loc: Location, bytes: &[u8]) -> Result<(), JournalError> {
-        if bytes.len() != loc.len as usize {
-            return Err(JournalError::Meta(format!("offset {offset}: a re-read record of another length")));
-        }
-        self.segments.overwrite(&loc, bytes)?;
-        let (loc, back) = self.stored(offset)?;
-        verified(offset, &loc, &back).map(|_| ())
+    /// Writes a re-read record over the damaged one (same length, see the module docs) and checks that it now
+    /// reads whole. Blocking.
+    pub fn put_back(&self, offset: u64, bytes: &[u8]) -> Result<(), JournalError> {
+        self.store.overwrite(offset, bytes)?;
+        verified(&self.stored(offset)?).map(|_| ())
     }
 }
 

@@ -1,14 +1,13 @@
-//! The durable journal: records with dense offsets, the resume position, and consumer acks.
+//! The durable journal: records with dense offsets, the resume position, and consumer acks, over a [`Store`].
 //!
-//! Layout: encoded records are appended to segment files ([`segments`]); sled tree `journal` holds
-//! each record's location under `r` + big-endian offset (numeric order), prepared XA changes under `x/…`,
-//! and metadata under `m/…` (the resume state, which also carries the last offset, the retained byte
-//! count, and the GTID history of the servers followed, used to spot errant transactions on failover). A group of records is made durable in its segment first; then their index entries and the
-//! resume state after them are written with one `apply_batch`, so a crash keeps both or neither (segment
-//! bytes nobody indexes are cut off at open). The durable head advances only after the sled `flush`, so no
-//! subscriber ever sees a record a crash could take back. Tree `consumers` holds each consumer's acked
-//! offset. Trimming deletes index entries below every consumer's ack that are older than the retention
-//! time, then the segments nothing refers to any more.
+//! The store keeps encoded records and metadata (the resume state, which also carries the last offset; the
+//! GTID history of the servers followed, used to spot errant transactions on failover; prepared XA changes
+//! under `x/…`). A group of records is written with the resume state after it in one [`Store::append`], so a
+//! crash keeps both or neither; records past the resume state's last offset (fragments of a transaction whose
+//! end never came) are removed at open. The durable head advances only once the store has made the write
+//! durable, so no subscriber ever sees a record a crash could take back. Consumers' acked offsets are in the
+//! store's consumer space. Trimming deletes records below every consumer's ack that are older than the
+//! retention time.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,72 +20,27 @@ use common::position::{BinlogPosition, Gtid, GtidState, JournalOffset};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::journal::segments::{Location, Segments};
+pub use crate::journal::error::JournalError;
+use crate::journal::store::{Append, MetaChange, Space, Store, Stored, PROMISED_KEY};
 use crate::pipeline::{Committed, Xa};
 
 pub mod damage;
+pub mod error;
 pub mod segments;
+pub mod sled_store;
+pub mod store;
 pub mod tail;
 pub mod trim;
 pub mod writer;
 
-const RESUME_KEY: &[u8] = b"m/resume";
 /// The GTID history of the servers the reader followed, as text (see `binlog::failover::History`).
 const HISTORY_KEY: &[u8] = b"m/gtid-history";
 /// This journal's identity, made at creation: an applier's checkpoint names the journal its offsets are in.
 const ID_KEY: &[u8] = b"m/journal-id";
 /// The GTID state the journal's first record follows, as text (absent when it began at a file position).
 const START_GTID_KEY: &[u8] = b"m/start-gtid";
-const BYTES_KEY: &[u8] = b"m/bytes";
-/// The highest offset ever durable, kept when a damaged end is cut back (consumers may hold later offsets).
-const PROMISED_KEY: &[u8] = b"m/promised";
-const RECORD_PREFIX: u8 = b'r';
 /// Prepared XA transactions waiting for their XA COMMIT or XA ROLLBACK: `x/` + xid.
 const XA_PREFIX: &[u8] = b"x/";
-/// sled page cache size.
-const CACHE_BYTES: u64 = 64 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("journal storage (sled) failed; if this repeats at every start its files may be damaged (README: \"a damaged journal\")")]
-    Storage(#[from] sled::Error),
-    #[error("journal segment files failed")]
-    Segment(#[from] std::io::Error),
-    #[error("journal record at offset {offset} is unreadable")]
-    Corrupt {
-        offset: u64,
-        #[source]
-        source: codec::CodecError,
-    },
-    #[error(
-        "journal record at offset {offset} (segment {segment:016}.seg, byte {pos}, {len} bytes) is damaged and is \
-         not served; the reader re-reads it from the primary's binlog when it still has that transaction \
-         (README: \"a damaged journal\")"
-    )]
-    Damaged {
-        offset: u64,
-        segment: u64,
-        pos: u64,
-        len: u32,
-        #[source]
-        source: codec::CodecError,
-    },
-    #[error("the journal index says offset {offset} but the record there is offset {found}: the index is damaged")]
-    Misplaced { offset: u64, found: u64, segment: u64, pos: u64 },
-    #[error("journal metadata is unreadable: {0}")]
-    Meta(String),
-    #[error("offset {offset} is outside the journal: valid offsets are {first} to {last}")]
-    OutOfRange { offset: u64, first: u64, last: u64 },
-    #[error("unknown consumer {0:?}")]
-    UnknownConsumer(String),
-    #[error(
-        "XA COMMIT {0} of a transaction prepared before this journal began: its changes were never read. \
-         Start the journal before the XA PREPARE, or re-copy the secondaries"
-    )]
-    UnknownXa(String),
-    #[error("invalid consumer name {0:?}: use 1 to 128 characters")]
-    BadConsumerName(String),
-}
 
 /// Where the reader resumes, written atomically with the records before it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -116,20 +70,16 @@ pub struct ConsumerState {
 struct Bounds {
     first: u64,
     resume: Option<ResumeState>,
-    bytes: u64,
     /// Offset of the last record written: the head, or past it while a fragmented transaction is written.
     staged: u64,
     /// The highest offset ever durable before a cut-back (0 if never cut).
     promised: u64,
 }
 
-/// The journal, shared by the writer, the gRPC service and the trimmer. sled calls block briefly; callers on
+/// The journal, shared by the writer, the gRPC service and the trimmer. Store calls block briefly; callers on
 /// the async runtime use `spawn_blocking` for anything that scans.
 pub struct Journal {
-    db: sled::Db,
-    segments: Segments,
-    tree: sled::Tree,
-    consumers: sled::Tree,
+    store: Box<dyn Store>,
     bounds: Mutex<Bounds>,
     head: watch::Sender<u64>,
     id: String,
@@ -138,16 +88,6 @@ pub struct Journal {
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn record_key(offset: u64) -> [u8; 9] {
-    let mut k = [RECORD_PREFIX; 9];
-    k[1..].copy_from_slice(&offset.to_be_bytes());
-    k
-}
-
-fn offset_of(key: &[u8]) -> Option<u64> {
-    key.strip_prefix(&[RECORD_PREFIX]).and_then(JournalOffset::from_key).map(|o| o.0)
 }
 
 /// The bodies of `txn`'s records: its own, then `xa` (the changes of an XA transaction it commits). A record
@@ -181,17 +121,16 @@ pub(crate) fn encode_record(
     codec::encode_parts(&record).map_err(|source| JournalError::Corrupt { offset, source })
 }
 
-/// The record at `offset` decoded from `bytes` read at `loc`, if it passes its checksum and is that offset.
-fn verified(offset: u64, loc: &Location, bytes: &[u8]) -> Result<(Record, Option<u32>), JournalError> {
-    let (record, sum) = codec::decode_checked(bytes).map_err(|source| JournalError::Damaged {
+/// The record in `stored`, if it passes its checksum and is the offset asked for.
+fn verified(stored: &Stored) -> Result<(Record, Option<u32>), JournalError> {
+    let offset = stored.offset;
+    let (record, sum) = codec::decode_checked(&stored.bytes).map_err(|source| JournalError::Damaged {
         offset,
-        segment: loc.segment,
-        pos: loc.pos,
-        len: loc.len,
+        place: stored.place.clone(),
         source,
     })?;
     if record.offset.0 != offset {
-        return Err(JournalError::Misplaced { offset, found: record.offset.0, segment: loc.segment, pos: loc.pos });
+        return Err(JournalError::Misplaced { offset, found: record.offset.0, place: stored.place.clone() });
     }
     Ok((record, sum))
 }
@@ -200,8 +139,16 @@ fn bincode_cfg() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-fn location(v: &[u8]) -> Result<Location, JournalError> {
-    Ok(bincode::serde::decode_from_slice(v, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?.0)
+fn encode_meta<T: Serialize>(value: &T) -> Result<Vec<u8>, JournalError> {
+    bincode::serde::encode_to_vec(value, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))
+}
+
+fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, JournalError> {
+    Ok(bincode::serde::decode_from_slice(bytes, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?.0)
+}
+
+fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, JournalError> {
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| JournalError::Meta(what.into()))?))
 }
 
 /// Why a consumer cannot be placed in this journal by GTID ([`Journal::locate`]).
@@ -236,65 +183,31 @@ pub enum LocateError {
 }
 
 impl Journal {
+    /// Opens (or creates) the journal kept in `dir` by the local store.
     pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
-        // sled's page cache defaults to 1 GiB; a small cache keeps the reader's memory flat whatever the backlog.
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
-        let tree = db.open_tree("journal")?;
-        let consumers = db.open_tree("consumers")?;
-        let resume = match tree.get(RESUME_KEY)? {
-            Some(v) => Some(
-                bincode::serde::decode_from_slice::<ResumeState, _>(&v, bincode_cfg())
-                    .map_err(|e| JournalError::Meta(e.to_string()))?
-                    .0,
-            ),
-            None => None,
-        };
-        let bytes = match tree.get(BYTES_KEY)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| JournalError::Meta("byte count".into()))?),
-            None => 0,
-        };
+        Self::with_store(Box::new(sled_store::SledStore::open(dir)?))
+    }
+
+    /// Opens the journal kept by `store`: removes the fragments of a transaction whose end a crash kept out,
+    /// checks the tail for a torn write (see [`tail`]).
+    pub fn with_store(store: Box<dyn Store>) -> Result<Arc<Self>, JournalError> {
+        let resume: Option<ResumeState> = store.resume()?.map(|v| decode_meta(&v)).transpose()?;
         let last = resume.as_ref().map_or(0, |r| r.last_offset);
-        let bytes = Self::drop_unfinished(&tree, last, bytes)?;
-        let first = match tree.scan_prefix([RECORD_PREFIX]).next() {
-            Some(kv) => offset_of(&kv?.0).ok_or_else(|| JournalError::Meta("bad record key".into()))?,
-            None => last + 1,
-        };
-        let valid_end = match tree.scan_prefix([RECORD_PREFIX]).next_back() {
-            Some(kv) => {
-                let loc = location(&kv?.1)?;
-                Some((loc.segment, loc.pos + u64::from(loc.len)))
-            }
-            None => None,
-        };
-        // Records written but not indexed: a crash between the segment write and the index write (one group),
-        // or an index that lost its end (sled recovers the longest intact prefix of its log and drops the rest
-        // silently). Either way they are read again from the primary; consumers that were served them may ask
-        // for their offsets meanwhile.
-        let unindexed = segments::unindexed(&dir.join("segments"), valid_end)?;
-        let mut promised = match tree.get(PROMISED_KEY)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| JournalError::Meta("promised".into()))?),
-            None => 0,
-        };
-        if let Some((from, to)) = unindexed.filter(|(_, to)| *to > last) {
-            tracing::warn!(
-                from,
-                to,
-                index_ends_at = last,
-                "the segments hold records the index does not (a crash between the two writes, or a damaged \
-                 index that sled recovered only up to an earlier point): they are read again from the primary"
+        let removed = store.remove_after(last, None, Vec::new())?;
+        if removed > 0 {
+            tracing::info!(
+                records = removed,
+                after_offset = last,
+                "fragments of an unfinished transaction removed; it is read again"
             );
-            if to > promised {
-                promised = to;
-                tree.insert(PROMISED_KEY, &promised.to_be_bytes())?;
-                tree.flush()?;
-            }
         }
-        let segments = Segments::open(&dir.join("segments"), valid_end)?;
+        let first = store.bounds()?.map_or(last + 1, |(first, _)| first);
+        let promised = store.get(Space::Meta, PROMISED_KEY)?.map(|v| decode_u64(&v, "promised")).transpose()?;
         let (head, _) = watch::channel(last);
-        let bounds = Bounds { first, resume, bytes, staged: last, promised };
-        let id = Self::identity(&tree)?;
+        let bounds = Bounds { first, resume, staged: last, promised: promised.unwrap_or(0) };
+        let id = Self::identity(store.as_ref())?;
         let damage = damage::Damage::default();
-        let journal = Self { db, segments, tree, consumers, bounds: Mutex::new(bounds), head, id, damage };
+        let journal = Self { store, bounds: Mutex::new(bounds), head, id, damage };
         let check = journal.check_tail()?;
         for offset in &check.damaged {
             journal.damage.report(*offset);
@@ -311,32 +224,18 @@ impl Journal {
         Ok(Arc::new(journal))
     }
 
+    /// Which store keeps the journal ("sled", …).
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
     /// Removes every record after `kept` and makes `resume` the resume state (see [`tail`]). Blocking.
     fn cut_after(&self, kept: u64, resume: ResumeState) -> Result<(), JournalError> {
         let mut b = self.bounds();
-        let kept_loc = match self.tree.get(record_key(kept))? {
-            Some(v) => location(&v)?,
-            None => return Err(JournalError::Meta(format!("record {kept} has no index entry"))),
-        };
-        let mut batch = sled::Batch::default();
-        let mut freed = 0u64;
-        for kv in self.tree.range(record_key(kept + 1)..=record_key(u64::MAX)) {
-            let (k, v) = kv?;
-            freed += u64::from(location(&v)?.len);
-            batch.remove(k);
-        }
-        let bytes = b.bytes.saturating_sub(freed);
         let promised = b.promised.max(self.head());
-        let encoded =
-            bincode::serde::encode_to_vec(&resume, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
-        batch.insert(RESUME_KEY, encoded);
-        batch.insert(BYTES_KEY, &bytes.to_be_bytes());
-        batch.insert(PROMISED_KEY, &promised.to_be_bytes());
-        self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
-        // Segment bytes past the last index entry are garbage either way (cut again at the next open).
-        self.segments.truncate_to(kept_loc.segment, kept_loc.pos + u64::from(kept_loc.len))?;
-        *b = Bounds { first: b.first.min(kept + 1), resume: Some(resume), bytes, staged: kept, promised };
+        let meta = vec![(PROMISED_KEY.to_vec(), Some(promised.to_be_bytes().to_vec()))];
+        self.store.remove_after(kept, Some(encode_meta(&resume)?), meta)?;
+        *b = Bounds { first: b.first.min(kept + 1), resume: Some(resume), staged: kept, promised };
         self.head.send_replace(kept);
         Ok(())
     }
@@ -348,13 +247,12 @@ impl Journal {
     }
 
     /// The journal's identity, made (random, 128 bits) the first time a journal is opened.
-    fn identity(tree: &sled::Tree) -> Result<String, JournalError> {
-        if let Some(v) = tree.get(ID_KEY)? {
-            return String::from_utf8(v.to_vec()).map_err(|e| JournalError::Meta(format!("journal id: {e}")));
+    fn identity(store: &dyn Store) -> Result<String, JournalError> {
+        if let Some(v) = store.get(Space::Meta, ID_KEY)? {
+            return String::from_utf8(v).map_err(|e| JournalError::Meta(format!("journal id: {e}")));
         }
         let id = format!("{:032x}", rand::random::<u128>());
-        tree.insert(ID_KEY, id.as_bytes())?;
-        tree.flush()?;
+        store.put(Space::Meta, ID_KEY, id.as_bytes(), true)?;
         Ok(id)
     }
 
@@ -362,36 +260,9 @@ impl Journal {
         &self.id
     }
 
-    /// Removes the fragments of a transaction whose end a crash kept from the journal (records past the
-    /// resume state's last offset); the reader reads that transaction again from its start. Returns the
-    /// retained byte count without them.
-    fn drop_unfinished(tree: &sled::Tree, last: u64, bytes: u64) -> Result<u64, JournalError> {
-        let mut batch = sled::Batch::default();
-        let (mut count, mut freed) = (0u64, 0u64);
-        for kv in tree.range(record_key(last + 1)..=record_key(u64::MAX)) {
-            let (k, v) = kv?;
-            freed += u64::from(location(&v)?.len);
-            batch.remove(k);
-            count += 1;
-        }
-        if count == 0 {
-            return Ok(bytes);
-        }
-        let bytes = bytes.saturating_sub(freed);
-        batch.insert(BYTES_KEY, &bytes.to_be_bytes());
-        tree.apply_batch(batch)?;
-        tree.flush()?;
-        tracing::info!(
-            records = count,
-            after_offset = last,
-            "fragments of an unfinished transaction removed; it is read again"
-        );
-        Ok(bytes)
-    }
-
     /// The GTIDs saved by [`Journal::save_history`] (empty if never saved).
     pub fn history(&self) -> Result<Vec<Gtid>, JournalError> {
-        let Some(v) = self.tree.get(HISTORY_KEY)? else { return Ok(Vec::new()) };
+        let Some(v) = self.store.get(Space::Meta, HISTORY_KEY)? else { return Ok(Vec::new()) };
         let text = std::str::from_utf8(&v).map_err(|e| JournalError::Meta(format!("GTID history: {e}")))?;
         text.split(',')
             .filter(|p| !p.is_empty())
@@ -402,26 +273,22 @@ impl Journal {
     /// Saves the GTID history (the last GTID per domain and server id of every server followed). Blocking.
     pub fn save_history(&self, gtids: &[Gtid]) -> Result<(), JournalError> {
         let text = gtids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-        self.tree.insert(HISTORY_KEY, text.as_bytes())?;
-        self.tree.flush()?;
-        Ok(())
+        self.store.put(Space::Meta, HISTORY_KEY, text.as_bytes(), true)
     }
 
     /// The GTID state the first record follows (see [`Journal::set_start_gtid`]).
     pub fn start_gtid(&self) -> Result<Option<GtidState>, JournalError> {
-        let Some(v) = self.tree.get(START_GTID_KEY)? else { return Ok(None) };
+        let Some(v) = self.store.get(Space::Meta, START_GTID_KEY)? else { return Ok(None) };
         let text = std::str::from_utf8(&v).map_err(|e| JournalError::Meta(format!("start GTID: {e}")))?;
         text.parse().map(Some).map_err(|e| JournalError::Meta(format!("start GTID: {e}")))
     }
 
     /// Records, once, the GTID state the source starts an empty journal from. Blocking.
     pub fn set_start_gtid(&self, state: &GtidState) -> Result<(), JournalError> {
-        if self.head() > 0 || self.tree.get(START_GTID_KEY)?.is_some() {
+        if self.head() > 0 || self.store.get(Space::Meta, START_GTID_KEY)?.is_some() {
             return Ok(());
         }
-        self.tree.insert(START_GTID_KEY, state.to_string().as_bytes())?;
-        self.tree.flush()?;
-        Ok(())
+        self.store.put(Space::Meta, START_GTID_KEY, state.to_string().as_bytes(), true)
     }
 
     /// Where a consumer whose secondary has applied exactly the transactions in `applied` continues in this
@@ -466,13 +333,18 @@ impl Journal {
         if b.staged == head {
             return Ok(());
         }
-        b.bytes = Self::drop_unfinished(&self.tree, head, b.bytes)?;
+        let removed = self.store.remove_after(head, None, Vec::new())?;
+        tracing::info!(
+            records = removed,
+            after_offset = head,
+            "fragments of an unfinished transaction removed; it is read again"
+        );
         b.staged = head;
         Ok(())
     }
 
     fn bounds(&self) -> MutexGuard<'_, Bounds> {
-        // A panic while holding this lock leaves the bounds consistent with sled (they are set after writes).
+        // A panic while holding this lock leaves the bounds consistent with the store (they are set after writes).
         self.bounds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -498,39 +370,39 @@ impl Journal {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.bounds().bytes
+        self.store.bytes()
     }
 
     pub fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }
 
-    /// Writes committed transactions and the resume state after the last one in one atomic batch, flushes,
-    /// then publishes the new head. Fragments of a transaction that goes on (`continues`) are written and
-    /// indexed too, but neither the head nor the resume state moves past them: they become visible with the
-    /// batch that holds the transaction's end, and a crash before it removes them (see [`Journal::open`]).
-    /// Blocking.
+    /// Writes committed transactions and the resume state after the last one in one atomic store write, then
+    /// publishes the new head. Fragments of a transaction that goes on (`continues`) are written too, but
+    /// neither the head nor the resume state moves past them: they become visible with the write that holds
+    /// the transaction's end, and a crash before it removes them (see [`Journal::with_store`]). Blocking.
     pub fn append(&self, batch: Vec<Committed>) -> Result<(), JournalError> {
         if batch.is_empty() {
             return Ok(());
         }
         let now = now_ms();
-        // Only the writer appends, so the offsets read here stay ours until the batch is applied.
-        let mut offset = self.bounds().staged;
+        // Only the writer appends, so the offsets read here stay ours until the batch is written.
+        let staged = self.bounds().staged;
+        let mut offset = staged;
         // Whether the last record written continues (a fragment waits for the rest of its transaction).
         let mut open = offset > self.head();
-        let mut sled_batch = sled::Batch::default();
-        let mut encoded_records = Vec::new();
+        let mut meta = Vec::new();
+        let mut records = Vec::new();
         // The last complete transaction of the batch and the offset of its last record.
         let mut complete: Option<(&Committed, u64)> = None;
-        // XA changes prepared earlier in this same batch (not in the tree yet).
-        let mut staged: HashMap<String, Option<Vec<Body>>> = HashMap::new();
+        // XA changes prepared earlier in this same batch (not in the store yet).
+        let mut xa_staged: HashMap<String, Option<Vec<Body>>> = HashMap::new();
         for txn in &batch {
-            let bodies = self.stage_xa(txn, &mut sled_batch, &mut staged)?;
+            let bodies = self.stage_xa(txn, &mut meta, &mut xa_staged)?;
             let marker = Body::Transaction(Vec::new());
             for body in record_bodies(txn, &bodies, open, &marker) {
                 offset += 1;
-                encoded_records.push(encode_record(txn, body, offset, now)?);
+                records.push(encode_record(txn, body, offset, now)?);
             }
             if txn.continues {
                 open |= !txn.bodies.is_empty();
@@ -539,42 +411,26 @@ impl Journal {
                 complete = Some((txn, offset));
             }
         }
-        let locations = self.segments.append(&encoded_records, now)?;
-        let first_new = offset + 1 - locations.len() as u64;
-        let mut added = 0u64;
-        for (i, loc) in locations.iter().enumerate() {
-            added += u64::from(loc.len);
-            let v = bincode::serde::encode_to_vec(loc, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
-            sled_batch.insert(&record_key(first_new + i as u64), v);
-        }
-        let resume = match complete {
-            Some((txn, last_offset)) => {
-                let resume = ResumeState {
-                    position: txn.source.clone(),
-                    gtid: txn.gtid_state.clone(),
-                    server_id: txn.server_id,
-                    binlog_basename: txn.binlog_basename.clone(),
-                    last_offset,
-                };
-                let encoded = bincode::serde::encode_to_vec(&resume, bincode_cfg())
-                    .map_err(|e| JournalError::Meta(e.to_string()))?;
-                sled_batch.insert(RESUME_KEY, encoded);
-                Some(resume)
-            }
-            None => None,
-        };
-        let mut b = self.bounds();
-        let bytes = b.bytes + added;
-        sled_batch.insert(BYTES_KEY, &bytes.to_be_bytes());
-        self.tree.apply_batch(sled_batch)?;
-        b.bytes = bytes;
-        b.staged = offset;
-        drop(b);
-        self.db.flush()?;
+        let resume = complete.map(|(txn, last_offset)| ResumeState {
+            position: txn.source.clone(),
+            gtid: txn.gtid_state.clone(),
+            server_id: txn.server_id,
+            binlog_basename: txn.binlog_basename.clone(),
+            last_offset,
+        });
+        let encoded = resume.as_ref().map(|r| Ok::<_, JournalError>((r.last_offset, encode_meta(r)?))).transpose()?;
+        self.store.append(Append {
+            first: staged + 1,
+            records: &records,
+            journaled_unix_ms: now,
+            resume: encoded,
+            meta,
+        })?;
         // Published together, once durable: a reader of `durable()` never sees a resume position whose
         // transaction is not at or below the head yet.
+        let mut b = self.bounds();
+        b.staged = offset;
         if let Some(resume) = resume {
-            let mut b = self.bounds();
             let head = resume.last_offset;
             b.resume = Some(resume);
             self.head.send_replace(head);
@@ -582,13 +438,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Stages an XA step in `sled_batch`: a PREPARE's changes are kept under its xid, a COMMIT returns them (from
-    /// this batch or the tree) to be journaled now, a ROLLBACK forgets them. `staged` holds what earlier
+    /// Stages an XA step in `meta`: a PREPARE's changes are kept under its xid, a COMMIT returns them (from
+    /// this batch or the store) to be journaled now, a ROLLBACK forgets them. `staged` holds what earlier
     /// transactions of the same batch prepared or ended.
     fn stage_xa(
         &self,
         txn: &Committed,
-        sled_batch: &mut sled::Batch,
+        meta: &mut Vec<MetaChange>,
         staged: &mut HashMap<String, Option<Vec<Body>>>,
     ) -> Result<Vec<Body>, JournalError> {
         match &txn.xa {
@@ -596,7 +452,7 @@ impl Journal {
             Some(Xa::Prepare { xid, bodies: prepared }) => {
                 let encoded = bincode::serde::encode_to_vec(prepared, bincode_cfg())
                     .map_err(|e| JournalError::Meta(e.to_string()))?;
-                sled_batch.insert(xa_key(xid), encoded);
+                meta.push((xa_key(xid), Some(encoded)));
                 staged.insert(xid.clone(), Some(prepared.clone()));
                 Ok(Vec::new())
             }
@@ -604,7 +460,7 @@ impl Journal {
                 let prepared = match staged.insert(xid.clone(), None) {
                     Some(Some(b)) => b,
                     Some(None) => return Err(JournalError::UnknownXa(xid.clone())),
-                    None => match self.tree.get(xa_key(xid))? {
+                    None => match self.store.get(Space::Meta, &xa_key(xid))? {
                         Some(v) => {
                             bincode::serde::decode_from_slice(&v, bincode_cfg())
                                 .map_err(|e| JournalError::Meta(e.to_string()))?
@@ -613,12 +469,12 @@ impl Journal {
                         None => return Err(JournalError::UnknownXa(xid.clone())),
                     },
                 };
-                sled_batch.remove(xa_key(xid));
+                meta.push((xa_key(xid), None));
                 Ok(prepared)
             }
             Some(Xa::Rollback { xid }) => {
                 staged.insert(xid.clone(), None);
-                sled_batch.remove(xa_key(xid));
+                meta.push((xa_key(xid), None));
                 Ok(Vec::new())
             }
         }
@@ -644,27 +500,18 @@ impl Journal {
         if from < first || from > head + 1 {
             return Err(JournalError::OutOfRange { offset: from, first, last: head });
         }
-        let mut wanted: Vec<(u64, Location)> = Vec::with_capacity(limit.min(1024));
-        let mut bytes = 0;
-        for kv in self.tree.range(record_key(from)..=record_key(head)).take(limit) {
-            let (k, v) = kv?;
-            let loc = location(&v)?;
-            if !wanted.is_empty() && bytes + loc.len as usize > max_bytes {
-                break;
-            }
-            bytes += loc.len as usize;
-            wanted.push((offset_of(&k).unwrap_or(0), loc));
+        if from > head {
+            return Ok(Vec::new());
         }
-        let locations: Vec<Location> = wanted.iter().map(|(_, l)| *l).collect();
-        let raw = self.segments.read(&locations)?;
+        let raw = self.store.read(from, head, limit, max_bytes)?;
         // The records before a damaged one are served; the damaged one is an error once it comes first.
-        let mut out = Vec::with_capacity(wanted.len());
-        for ((offset, loc), bytes) in wanted.iter().zip(raw) {
-            match verified(*offset, loc, &bytes) {
+        let mut out = Vec::with_capacity(raw.len());
+        for stored in &raw {
+            match verified(stored) {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     if matches!(e, JournalError::Damaged { .. }) {
-                        self.damage.report(*offset);
+                        self.damage.report(stored.offset);
                     }
                     if out.is_empty() {
                         return Err(e);
@@ -678,8 +525,7 @@ impl Journal {
 
     /// When the record at `offset` was journaled, if it is retained.
     pub fn journaled_unix_ms(&self, offset: u64) -> Option<i64> {
-        let v = self.tree.get(record_key(offset)).ok()??;
-        location(&v).ok().map(|l| l.journaled_unix_ms)
+        self.store.journaled_unix_ms(offset)
     }
 
     fn valid_name(name: &str) -> Result<(), JournalError> {
@@ -690,18 +536,11 @@ impl Journal {
     }
 
     pub fn consumer(&self, name: &str) -> Result<Option<ConsumerState>, JournalError> {
-        Ok(match self.consumers.get(name)? {
-            Some(v) => Some(
-                bincode::serde::decode_from_slice(&v, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?.0,
-            ),
-            None => None,
-        })
+        self.store.get(Space::Consumers, name.as_bytes())?.map(|v| decode_meta(&v)).transpose()
     }
 
     fn put_consumer(&self, name: &str, state: ConsumerState) -> Result<(), JournalError> {
-        let v = bincode::serde::encode_to_vec(state, bincode_cfg()).map_err(|e| JournalError::Meta(e.to_string()))?;
-        self.consumers.insert(name, v)?;
-        Ok(())
+        self.store.put(Space::Consumers, name.as_bytes(), &encode_meta(&state)?, false)
     }
 
     /// Registers `name` as having applied everything before `from` if it is new; returns its state.
@@ -729,19 +568,14 @@ impl Journal {
     }
 
     pub fn remove_consumer(&self, name: &str) -> Result<bool, JournalError> {
-        Ok(self.consumers.remove(name)?.is_some())
+        self.store.remove(Space::Consumers, name.as_bytes())
     }
 
     pub fn consumers(&self) -> Result<Vec<(String, ConsumerState)>, JournalError> {
-        self.consumers
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let state = bincode::serde::decode_from_slice(&v, bincode_cfg())
-                    .map_err(|e| JournalError::Meta(e.to_string()))?
-                    .0;
-                Ok((String::from_utf8_lossy(&k).into_owned(), state))
-            })
+        self.store
+            .scan(Space::Consumers, b"")?
+            .into_iter()
+            .map(|(k, v)| Ok((String::from_utf8_lossy(&k).into_owned(), decode_meta(&v)?)))
             .collect()
     }
 
@@ -755,45 +589,16 @@ impl Journal {
         if first > min_acked {
             return Ok(0);
         }
-        let mut batch = sled::Batch::default();
-        let mut freed = 0u64;
-        let mut removed = 0usize;
-        let mut new_first = first;
-        for kv in self.tree.range(record_key(first)..=record_key(min_acked)).take(max) {
-            let (k, v) = kv?;
-            let offset = offset_of(&k).unwrap_or(0);
-            let loc = location(&v)?;
-            if loc.journaled_unix_ms > cutoff {
-                break;
-            }
-            batch.remove(k);
-            freed += u64::from(loc.len);
-            removed += 1;
-            new_first = offset + 1;
+        let removed = self.store.trim(min_acked, cutoff, max)?;
+        if removed > 0 {
+            let mut b = self.bounds();
+            b.first = self.store.bounds()?.map_or(head + 1, |(first, _)| first).max(b.first);
         }
-        if removed == 0 {
-            return Ok(0);
-        }
-        let mut b = self.bounds();
-        let bytes = b.bytes.saturating_sub(freed);
-        batch.insert(BYTES_KEY, &bytes.to_be_bytes());
-        self.tree.apply_batch(batch)?;
-        b.bytes = bytes;
-        b.first = new_first;
-        drop(b);
-        // Segments before the first remaining record's are no longer referenced.
-        let first_kept = match self.tree.get(record_key(new_first))? {
-            Some(v) => location(&v)?.segment,
-            None => self.segments.current_segment(),
-        };
-        self.db.flush()?;
-        self.segments.remove_before(first_kept)?;
         Ok(removed)
     }
 
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush()?;
-        Ok(())
+        self.store.flush()
     }
 }
 
@@ -891,18 +696,20 @@ mod tests {
         let loc = {
             let j = Journal::open(dir.path()).expect("open");
             j.append((1..=3).map(|i| with_gtid(i, i * 100)).collect()).expect("append");
-            location(&j.tree.get(record_key(2)).expect("get").expect("indexed")).expect("location")
+            // The segment holds records 1, 2, 3 back to back.
+            let (one, two) = (j.stored(1).expect("stored"), j.stored(2).expect("stored"));
+            (one.bytes.len() as u64, two.bytes.len() as u64)
         };
         let seg = segment_file(dir.path());
         let mut bytes = std::fs::read(&seg).expect("segment");
-        bytes[(loc.pos + u64::from(loc.len) - 3) as usize] ^= 0x20;
+        bytes[(loc.0 + loc.1 - 3) as usize] ^= 0x20;
         std::fs::write(&seg, bytes).expect("write");
         let j = reopen(dir.path());
         assert_eq!(j.head(), 3, "not cut: whole records follow it");
         let read = j.read(1, 10, usize::MAX).expect("read");
         assert_eq!(read.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1]);
         let err = j.read(2, 10, usize::MAX).expect_err("damaged");
-        assert!(matches!(err, JournalError::Damaged { offset: 2, segment: 1, .. }), "{err}");
+        assert!(matches!(err, JournalError::Damaged { offset: 2, .. }), "{err}");
         assert!(err.to_string().contains("segment 0000000000000001.seg"), "{err}");
         assert_eq!(j.read(3, 10, usize::MAX).expect("read")[0].offset.0, 3);
     }

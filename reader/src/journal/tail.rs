@@ -12,10 +12,10 @@
 use common::event::Record;
 use common::position::GtidState;
 
-use super::{location, offset_of, record_key, verified, Journal, JournalError, ResumeState, RECORD_PREFIX};
+use super::{verified, Journal, JournalError, ResumeState};
 
-/// Index entries read per batch.
-const BATCH: usize = 1024;
+/// Records read per batch.
+const BATCH: u64 = 1024;
 
 /// What the check found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -29,35 +29,31 @@ pub struct TailCheck {
 }
 
 impl Journal {
-    /// Verifies the records of the last segment; cuts a damaged end back to the last whole transaction. Blocking.
+    /// Verifies the records a torn write could have reached (the store's tail); cuts a damaged end back to the
+    /// last whole transaction. Blocking.
     pub(super) fn check_tail(&self) -> Result<TailCheck, JournalError> {
         let head = self.head();
+        let first = self.first();
         let mut check = TailCheck::default();
-        let Some(last) = self.tree.scan_prefix([RECORD_PREFIX]).next_back() else { return Ok(check) };
-        let last_segment = location(&last?.1)?.segment;
-        // Newest first: the damaged suffix (if any), the whole transaction before it, then the rest of the segment.
+        let Some(tail_from) = self.store.tail_from()? else { return Ok(check) };
+        // Newest first: the damaged suffix (if any), the whole transaction before it, then the rest of the tail.
         let mut damaged_from = None;
         let mut good: Option<Record> = None;
         let mut in_suffix = true;
-        // Read in batches (one open of each segment per batch), newest first.
-        let mut entries = self.tree.range(record_key(0)..=record_key(head)).rev();
-        'scan: loop {
-            let mut batch = Vec::with_capacity(BATCH);
-            for kv in entries.by_ref().take(BATCH) {
-                let (k, v) = kv?;
-                batch.push((offset_of(&k).unwrap_or(0), location(&v)?));
-            }
+        let mut end = head;
+        'scan: while end >= first && end > 0 {
+            let start = end.saturating_sub(BATCH - 1).max(first);
+            let batch = self.store.read(start, end, usize::MAX, usize::MAX)?;
             if batch.is_empty() {
                 break;
             }
-            let locations: Vec<_> = batch.iter().map(|(_, loc)| *loc).collect();
-            for ((offset, loc), bytes) in batch.iter().zip(self.segments.read(&locations)?) {
-                let (offset, loc) = (*offset, *loc);
-                if loc.segment != last_segment && !(in_suffix && damaged_from.is_some()) {
+            for stored in batch.iter().rev() {
+                let offset = stored.offset;
+                if offset < tail_from && !(in_suffix && damaged_from.is_some()) {
                     break 'scan;
                 }
                 check.checked += 1;
-                match verified(offset, &loc, &bytes) {
+                match verified(stored) {
                     // A fragment before the damage: its transaction is cut and read again too.
                     Ok((record, _)) if in_suffix && damaged_from.is_some() && record.continues => {
                         damaged_from = Some(offset)
@@ -68,7 +64,7 @@ impl Journal {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(offset, segment = loc.segment, pos = loc.pos, error = %common::lifecycle::error_chain(&e),
+                        tracing::warn!(offset, place = %stored.place, error = %common::lifecycle::error_chain(&e),
                                        "damaged journal record found at open");
                         if in_suffix {
                             damaged_from = Some(offset);
@@ -79,6 +75,7 @@ impl Journal {
                     }
                 }
             }
+            end = start - 1;
         }
         let Some(from) = damaged_from else { return Ok(check) };
         let Some(kept) = good else {

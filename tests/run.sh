@@ -19,6 +19,7 @@ command -v pt-table-sync >/dev/null 2>&1 || need_apt+=(percona-toolkit)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]} from Debian's packages"
   as_root apt-get update -qq
@@ -43,6 +44,22 @@ logs="$PWD/target/test-logs"
 rm -rf "$logs" && mkdir -p "$logs"
 export REPLICA_TEST_LOG_DIR="$logs"
 cargo test --locked --workspace "$@" 2>&1 | tee "$logs/cargo-test.log"
+
+# The journal, applier, copy, reader and large-transaction suites once more with the journal in a NATS JetStream
+# stream, on a nats-server of this run's own (free loopback port, temporary directory; a system NATS on 4222 is
+# left alone).
+nats_dir=$(mktemp -d)
+nats_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$nats_dir" >"$logs/nats-server.log" 2>&1 &
+nats_pid=$!
+trap 'kill "$nats_pid" 2>/dev/null || true; rm -rf "$nats_dir"' EXIT
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+  sleep 0.1
+done
+REPLICA_TEST_JOURNAL=jetstream REPLICA_TEST_NATS_URL="nats://127.0.0.1:$nats_port" \
+  cargo test --locked -p tests --test journal --test applier --test copy --test reader --test large "$@" 2>&1 |
+  tee "$logs/cargo-test-jetstream.log"
 # The passwords and the token the tests use (tests/src/lib.rs REPL_PASS, tests/tests/config.rs, tests/tests/security.rs).
 leaks=$(grep -rlF -e repl-secret-7f3a -e primary-secret-31 -e east-secret-41 -e west-secret-42 -e tok-5e1f-b7 -e app-pass-9c -e http-token-1f2e "$logs" || true)
 if [[ -n "$leaks" ]]; then

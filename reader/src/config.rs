@@ -9,6 +9,7 @@ use common::config::{parse_duration, parse_size, LogArgs, Secret};
 use common::position::StartPosition;
 
 use crate::filter::{Filter, LiveFilter};
+use crate::journal::jetstream_store::JetStreamConfig;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -39,6 +40,16 @@ pub struct Cli {
     /// Directory of the sled journal
     #[arg(long, env = "REPLICA_JOURNAL_DIR", default_value = "./journal")]
     pub journal_dir: PathBuf,
+    /// Keep the journal in a NATS JetStream stream (replicated) instead of --journal-dir: the NATS servers as
+    /// `nats://host:port`, comma-separated (empty: the local journal in --journal-dir)
+    #[arg(long, env = "REPLICA_JOURNAL_URL", default_value = "")]
+    pub journal_url: String,
+    /// Copies JetStream keeps of the journal (1, 3 or 5; the cluster needs at least as many servers)
+    #[arg(long, env = "REPLICA_JOURNAL_REPLICAS", default_value_t = 3)]
+    pub journal_replicas: usize,
+    /// Name of the journal's JetStream stream, REPLICA_<name> (default: MARIA_PRIMARY_NAME)
+    #[arg(long, env = "REPLICA_JOURNAL_STREAM", default_value = "")]
+    pub journal_stream: String,
     /// gRPC listen address
     #[arg(long, env = "REPLICA_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -97,6 +108,8 @@ pub struct Config {
     pub server_id: u32,
     pub primary_name: String,
     pub journal_dir: PathBuf,
+    /// The JetStream journal, when the journal is not the local one.
+    pub jetstream: Option<JetStreamConfig>,
     pub grpc_addr: SocketAddr,
     pub filter: LiveFilter,
     pub start_position: StartPosition,
@@ -123,7 +136,9 @@ impl TryFrom<Cli> for Config {
             return Err("REPLICA_HEARTBEAT must be at least 100ms".into());
         }
         let primaries = Endpoint::parse_list(&c.primary_host, c.primary_port)?;
+        let jetstream = jetstream_config(&c)?;
         Ok(Self {
+            jetstream,
             primaries,
             failover_after: c.failover_after,
             allow_errant_gtids: c.allow_errant_gtids,
@@ -146,6 +161,29 @@ impl TryFrom<Cli> for Config {
             maria_tls: c.maria_tls,
         })
     }
+}
+
+/// The JetStream journal's settings, if REPLICA_JOURNAL_URL names one.
+fn jetstream_config(c: &Cli) -> Result<Option<JetStreamConfig>, String> {
+    let urls: Vec<String> =
+        c.journal_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if let Some(bad) = urls.iter().find(|u| !(u.starts_with("nats://") || u.starts_with("tls://"))) {
+        return Err(format!(
+            "REPLICA_JOURNAL_URL entry {bad:?} is not a NATS server: write nats://host:port (or tls://host:port), \
+             comma-separated for a cluster"
+        ));
+    }
+    if !matches!(c.journal_replicas, 1 | 3 | 5) {
+        return Err(format!(
+            "REPLICA_JOURNAL_REPLICAS is {}: JetStream keeps 1, 3 or 5 copies (3 survives the loss of one server)",
+            c.journal_replicas
+        ));
+    }
+    let name = if c.journal_stream.is_empty() { c.primary_name.clone() } else { c.journal_stream.clone() };
+    Ok(Some(JetStreamConfig { urls, name, replicas: c.journal_replicas }))
 }
 
 impl common::lifecycle::Command for Cli {

@@ -42,6 +42,7 @@ use tracing::{info, warn};
 use crate::binlog::source::{self, Source};
 use crate::config::Config;
 use crate::error::ReaderError;
+use crate::journal::jetstream_store::JetStreamStore;
 use crate::journal::writer::Writer;
 use crate::journal::Journal;
 use crate::pipeline::SourceStatus;
@@ -51,10 +52,19 @@ use crate::serve::snapshot::Snapshots;
 /// Runs the reader until `shutdown` is cancelled (Ok) or a definite error stops it.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ReaderError> {
     let config = Arc::new(config);
-    let dir = config.journal_dir.clone();
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&dir)).await??;
+    let (dir, jetstream) = (config.journal_dir.clone(), config.jetstream.clone());
+    let journal = tokio::task::spawn_blocking(move || match jetstream {
+        Some(js) => Journal::with_store(Box::new(JetStreamStore::open(&js)?)),
+        None => Journal::open(&dir),
+    })
+    .await??;
+    let place = match &config.jetstream {
+        Some(js) => format!("{} stream {} ({} replicas)", js.urls.join(","), js.stream_name(), js.replicas),
+        None => config.journal_dir.display().to_string(),
+    };
     info!(
-        journal = %config.journal_dir.display(),
+        journal = %place,
+        store = journal.store_kind(),
         first_offset = journal.first(),
         last_offset = journal.head(),
         resume = ?journal.resume().map(|r| (r.position.to_string(), r.gtid.to_string())),

@@ -471,6 +471,18 @@ impl Reader {
             ("REPLICA_RECONNECT_MAX".into(), "1s".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
+        let mut base = base;
+        // The whole suite can be run with the journal on JetStream (tests/run.sh starts the NATS server).
+        if std::env::var("REPLICA_TEST_JOURNAL").is_ok_and(|j| j == "jetstream") {
+            let url = std::env::var("REPLICA_TEST_NATS_URL")
+                .expect("REPLICA_TEST_JOURNAL=jetstream needs REPLICA_TEST_NATS_URL (tests/run.sh sets both)");
+            // One stream per journal directory: a restarted reader finds its journal again.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&journal_dir, &mut h);
+            base.push(("REPLICA_JOURNAL_URL".into(), url));
+            base.push(("REPLICA_JOURNAL_REPLICAS".into(), "1".into()));
+            base.push(("REPLICA_JOURNAL_STREAM".into(), format!("t{:016x}", std::hash::Hasher::finish(&h))));
+        }
         let log = journal_dir.with_extension(format!("{grpc_port}.log"));
         let mut service = Service::new("replica-reader", merge_env(base, env), log);
         service.spawn();

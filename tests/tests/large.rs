@@ -1,7 +1,6 @@
 //! Transactions too large to hold in memory: journaled as fragments, applied as one secondary transaction,
 //! and `kill -9` of the reader or the applier in the middle leaves nothing half-applied and nothing lost.
 
-use std::path::Path;
 use std::time::Duration;
 
 use tests::{applied, caught_up, eventually, journaled, Applier, MariaDb, Proxy, Reader, Role};
@@ -13,25 +12,17 @@ fn large_rows() -> u64 {
     std::env::var("REPLICA_TEST_LARGE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
 }
 
-/// Bytes of the journal's segment files.
-fn segment_bytes(journal: &Path) -> u64 {
-    std::fs::read_dir(journal.join("segments"))
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-        .unwrap_or(0)
+/// Bytes the journal holds, fragments of an open transaction included (whichever store keeps it).
+async fn journal_bytes(reader: &Reader) -> u64 {
+    reader.info().await.journal_bytes
 }
 
-/// kill -9 of the reader once its segments hold more than `bytes` of an open transaction (none of it served:
+/// kill -9 of the reader once its journal holds more than `bytes` of an open transaction (none of it served:
 /// the head is still `before`), then a restart that removes the unfinished fragments and reads the transaction
 /// again; returns the journal's head once it has all of it.
-async fn kill9_reader_mid_transaction(
-    reader: &mut Reader,
-    primary: &MariaDb,
-    journal: &Path,
-    before: u64,
-    bytes: u64,
-) -> u64 {
+async fn kill9_reader_mid_transaction(reader: &mut Reader, primary: &MariaDb, before: u64, bytes: u64) -> u64 {
     eventually(WAIT, "the reader to journal part of the large transaction", || async {
-        (segment_bytes(journal) > bytes).then_some(())
+        (journal_bytes(reader).await > bytes).then_some(())
     })
     .await;
     assert_eq!(reader.info().await.last_offset, before, "no fragment is served before the transaction's end");
@@ -100,7 +91,7 @@ async fn a_transaction_of_a_million_rows_is_applied_whole_after_kill_9_of_the_re
         .await;
 
     // kill -9 of the reader while it has journaled part of the transaction: fragments are on disk, none served.
-    let head = kill9_reader_mid_transaction(&mut reader, &primary, &journal, before, 8 << 20).await;
+    let head = kill9_reader_mid_transaction(&mut reader, &primary, before, 8 << 20).await;
     assert!(head > before + 3, "the transaction was journaled as several records: {before} → {head}");
 
     // kill -9 of the applier while its secondary transaction holds some of the fragments (INNODB_TRX cannot
@@ -143,7 +134,7 @@ async fn a_transaction_of_64_mib_rows_is_applied_whole_after_kill_9_of_the_reade
     primary.exec(&format!("BEGIN; {inserts} COMMIT")).await;
 
     // Past two rows in the segments, the first is indexed too (a batch's index follows its durable bytes).
-    let head = kill9_reader_mid_transaction(&mut reader, &primary, &journal, before, 128 << 20).await;
+    let head = kill9_reader_mid_transaction(&mut reader, &primary, before, 128 << 20).await;
     assert!(head >= before + ROWS, "each row was journaled as its own fragment: {before} → {head}");
     proxy.thaw();
 
@@ -178,9 +169,9 @@ async fn a_link_cut_in_the_middle_of_a_large_transaction_journals_it_once() {
     primary
         .exec(&format!("INSERT INTO big.t SELECT seq, REPEAT(CHAR(65 + seq % 26), 200) FROM big.seq_1_to_{ROWS}"))
         .await;
-    let staged = segment_bytes(&journal);
+    let staged = journal_bytes(&reader).await;
     eventually(WAIT, "fragments of the large transaction in the journal", || async {
-        (segment_bytes(&journal) > staged + (8 << 20)).then_some(())
+        (journal_bytes(&reader).await > staged + (8 << 20)).then_some(())
     })
     .await;
     proxy.freeze();

@@ -6,6 +6,8 @@ use common::codec;
 pub enum JournalError {
     #[error("journal storage (sled) failed; if this repeats at every start its files may be damaged (README: \"a damaged journal\")")]
     Storage(#[from] sled::Error),
+    #[error("the JetStream journal failed: {0}. Check that the NATS cluster is up and has JetStream enabled (README: \"the journal on NATS JetStream\")")]
+    JetStream(String),
     #[error("journal segment files failed")]
     Segment(#[from] std::io::Error),
     #[error("journal record at offset {offset} is unreadable")]

@@ -26,6 +26,7 @@ use crate::pipeline::{Committed, Xa};
 
 pub mod damage;
 pub mod error;
+pub mod jetstream_store;
 pub mod segments;
 pub mod sled_store;
 pub mod store;
@@ -623,8 +624,12 @@ mod tests {
 
     #[test]
     fn xa_changes_are_held_until_commit_and_dropped_on_rollback() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(dir.path()).expect("open");
+        for place in Place::all() {
+            xa_changes_are_held_until_commit_and_dropped_on_rollback_in(place.open());
+        }
+    }
+
+    fn xa_changes_are_held_until_commit_and_dropped_on_rollback_in(j: Arc<Journal>) {
         let with = |xa| Committed { xa: Some(xa), ..committed(0, 10) };
         let body = Body::Ddl { schema: "s".into(), statement: "prepared".into() };
         j.append(vec![with(Xa::Prepare { xid: "a".into(), bodies: vec![body.clone()] })]).expect("prepare a");
@@ -642,14 +647,18 @@ mod tests {
 
     #[test]
     fn offsets_are_dense_and_survive_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let j = Journal::open(dir.path()).expect("open");
-            j.append(vec![committed(2, 100), committed(0, 150), committed(1, 200)]).expect("append");
-            assert_eq!(j.head(), 3);
-            assert_eq!(j.resume().expect("resume").position.pos, 200);
+        for place in Place::all() {
+            {
+                let j = place.open();
+                j.append(vec![committed(2, 100), committed(0, 150), committed(1, 200)]).expect("append");
+                assert_eq!(j.head(), 3);
+                assert_eq!(j.resume().expect("resume").position.pos, 200);
+            }
+            offsets_are_dense_and_survive_reopen_in(place.open());
         }
-        let j = reopen(dir.path());
+    }
+
+    fn offsets_are_dense_and_survive_reopen_in(j: Arc<Journal>) {
         assert_eq!(j.head(), 3);
         let recs = j.read(1, 10, usize::MAX).expect("read");
         assert_eq!(recs.iter().map(|r| r.offset.0).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -714,6 +723,32 @@ mod tests {
         assert_eq!(j.read(3, 10, usize::MAX).expect("read")[0].offset.0, 3);
     }
 
+    /// Where a test journal is kept: the local store, or a stream on a nats-server of the test's own.
+    enum Place {
+        Sled(tempfile::TempDir),
+        #[allow(dead_code)] // the server: kept running while the place is
+        JetStream(jetstream_store::test_server::Nats, jetstream_store::JetStreamConfig),
+    }
+
+    impl Place {
+        fn all() -> Vec<Place> {
+            let nats = jetstream_store::test_server::Nats::start();
+            let config = nats.config("unit");
+            vec![Place::Sled(tempfile::tempdir().expect("tempdir")), Place::JetStream(nats, config)]
+        }
+
+        /// Opens the journal (again: a reopen sees what a restarted reader would).
+        fn open(&self) -> Arc<Journal> {
+            match self {
+                Place::Sled(dir) => reopen(dir.path()),
+                Place::JetStream(_, config) => {
+                    let store = jetstream_store::JetStreamStore::open(config).expect("open the JetStream store");
+                    Journal::with_store(Box::new(store)).expect("open")
+                }
+            }
+        }
+    }
+
     fn reopen(dir: &Path) -> Arc<Journal> {
         // sled's flusher thread may hold the directory's lock for a moment after the journal is dropped.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -745,10 +780,15 @@ mod tests {
 
     #[test]
     fn fragments_stay_invisible_until_their_transaction_ends_and_a_crash_drops_them() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        for place in Place::all() {
+            fragments_in(&place);
+        }
+    }
+
+    fn fragments_in(place: &Place) {
         let fragment = |pos| Committed { continues: true, bodies: vec![rows(1)], ..committed(0, pos) };
         {
-            let j = Journal::open(dir.path()).expect("open");
+            let j = place.open();
             j.append(vec![committed(1, 100)]).expect("a whole transaction");
             j.append(vec![fragment(150), fragment(160)]).expect("two fragments");
             assert_eq!(j.head(), 1, "fragments are not served before their transaction's end");
@@ -756,7 +796,7 @@ mod tests {
             assert_eq!(j.read(1, 10, usize::MAX).expect("read").len(), 1);
         }
         // A crash before the end: the fragments are gone, and the transaction is journaled again from its start.
-        let j = reopen(dir.path());
+        let j = place.open();
         assert_eq!(j.head(), 1);
         j.append(vec![fragment(150)]).expect("fragment again");
         j.append(vec![fragment(160), Committed { bodies: vec![], ..committed(0, 200) }]).expect("the end");
@@ -778,12 +818,22 @@ mod tests {
         assert_eq!(recs.iter().map(|r| r.continues).collect::<Vec<_>>(), [true, false, false]);
         assert!(matches!(recs[1].body, Body::Transaction(_)));
         assert!(matches!(recs[2].body, Body::Ddl { .. }));
+        drop(j);
+        // Opened again: the records written after the dropped fragments are where their offsets say.
+        let j = place.open();
+        let recs = j.read(1, 10, usize::MAX).expect("read after reopen");
+        assert_eq!(recs.iter().map(|r| r.offset.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(recs[6].source.pos, 300);
     }
 
     #[test]
     fn trimming_waits_for_every_consumer() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(dir.path()).expect("open");
+        for place in Place::all() {
+            trimming_waits_for_every_consumer_in(place.open());
+        }
+    }
+
+    fn trimming_waits_for_every_consumer_in(j: Arc<Journal>) {
         j.append(vec![committed(5, 100)]).expect("append");
         j.register("a", 1).expect("register");
         j.register("b", 1).expect("register");

@@ -1,0 +1,793 @@
+//! The replicated store: the journal's records in a NATS JetStream stream (Raft-replicated across the cluster),
+//! its metadata and the consumers' acks in two JetStream key-value buckets.
+//!
+//! Metadata and acks are kept as a key-value stream would (one subject per key, the last message of a subject
+//! is its value; `REPLICA_<name>_META`): Debian 12's nats-server 2.9 answers the client's bucket creation in a
+//! form the client cannot read, and these few keys need nothing more than that.
+//!
+//! Offsets: each record is one message of stream `REPLICA_<name>` (header `Replica-Offset`), in offset order, so
+//! a record's stream sequence is its offset plus a shift that only grows. The shift grows where fragments of a
+//! transaction whose end never came were deleted (a crash or a lost connection in the middle of a large
+//! transaction): deleted messages keep their sequences. Such points are rare and kept, sorted, under one
+//! metadata key, written before the first record they concern; records never move.
+//!
+//! Atomicity: a publish is atomic per message, so the resume state rides in the header (`Replica-Resume`) of the
+//! message that holds the last record of the last whole transaction of a write, on subject `replica.<name>.resume`
+//! (other records go to `replica.<name>.rec`): after a crash the last message on that subject says where the
+//! reader resumes and which record is the last whole one. A write that adds no such record (only filtered
+//! transactions, an XA PREPARE) puts the resume state in the metadata, with its last offset; at open the
+//! later of the two wins. Records past the resume state's last offset are fragments of an unfinished
+//! transaction: the journal removes them ([`Store::remove_after`]) and the reader reads that transaction again.
+//!
+//! Exactly once across crashes, and fencing: every publish says which stream sequence must be the last one
+//! before it (`Nats-Expected-Last-Sequence`). A reader that crashed after a publish the stream kept finds it at
+//! open (it resumes after it); a second reader that believes it is the writer cannot append: its expected
+//! sequence is stale and the stream refuses the message.
+//!
+//! Records larger than a NATS message (the server's `max_payload`, 1 MiB by default; fragments are up to 4 MiB)
+//! are kept in parts in stream `REPLICA_<name>_PARTS`, published before the record's message, which names them
+//! (`Replica-Parts: first sequence, count`). Every record names the parts stream's next sequence when it was
+//! written (`Replica-Parts-Low`), so trimming knows which parts nothing refers to any more. Durability is what
+//! the stream's replicas give: a publish is acknowledged once a majority of them stored it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::error::JournalError;
+use super::store::{Append, Entry, MetaChange, Space, Store, Stored};
+
+const OFFSET: &str = "Replica-Offset";
+const RESUME: &str = "Replica-Resume";
+const TIME: &str = "Replica-Time";
+const PARTS: &str = "Replica-Parts";
+const PARTS_LOW: &str = "Replica-Parts-Low";
+const EXPECTED_LAST: &str = "Nats-Expected-Last-Sequence";
+/// Metadata key of the resume state written without a record (8 bytes of last offset, then the state).
+const RESUME_KEY: &[u8] = b"m/resume";
+/// Metadata key of the offset → sequence shifts.
+const SHIFTS_KEY: &[u8] = b"m/shifts";
+/// Records fetched concurrently by a read.
+const READ_AHEAD: usize = 64;
+/// Bytes kept free in a message for its headers.
+const HEADER_ROOM: usize = 4096;
+
+/// Where the JetStream journal is and how it is kept.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// NATS servers (`nats://host:port`), any of the cluster.
+    pub urls: Vec<String>,
+    /// The journal's name (from `MARIA_PRIMARY_NAME`): stream `REPLICA_<name>` and its buckets.
+    pub name: String,
+    /// Copies of every message (1, 3 or 5; the cluster needs at least that many servers).
+    pub replicas: usize,
+}
+
+impl JetStreamConfig {
+    /// `name` made fit for stream and subject names (letters, digits, `_` and `-`).
+    pub fn stream_name(&self) -> String {
+        let clean: String =
+            self.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        format!("REPLICA_{clean}")
+    }
+}
+
+/// What [`JetStreamStore::connect`] opens: the context, the records, parts and metadata streams, part size.
+type Opened = (jetstream::Context, stream::Stream, stream::Stream, stream::Stream, usize);
+
+struct State {
+    /// The stream's last sequence (deleted messages keep theirs).
+    last_seq: u64,
+    /// First offset → shift (sequence minus offset) from there on.
+    shifts: BTreeMap<u64, u64>,
+    bytes: u64,
+    /// The parts stream's next sequence: no record written from now on refers to a part below it.
+    parts_next: u64,
+}
+
+impl State {
+    fn shift(&self, offset: u64) -> u64 {
+        self.shifts.range(..=offset).next_back().map_or(0, |(_, s)| *s)
+    }
+
+    fn seq_of(&self, offset: u64) -> u64 {
+        offset + self.shift(offset)
+    }
+}
+
+pub struct JetStreamStore {
+    /// The store's own runtime: its calls block, and are made from threads of another runtime.
+    rt: Option<tokio::runtime::Runtime>,
+    js: jetstream::Context,
+    records: stream::Stream,
+    parts: stream::Stream,
+    meta: stream::Stream,
+    stream_name: String,
+    subject_meta: String,
+    subject_rec: String,
+    subject_resume: String,
+    subject_part: String,
+    part_bytes: usize,
+    state: Mutex<State>,
+}
+
+fn js_err(what: &str, e: impl std::fmt::Display) -> JournalError {
+    JournalError::JetStream(format!("{what}: {e}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Result<Vec<u8>, JournalError> {
+    if !text.len().is_multiple_of(2) {
+        return Err(JournalError::Meta(format!("bad hex {text:?}")));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| JournalError::Meta(format!("bad hex: {e}"))))
+        .collect()
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.as_str())
+}
+
+/// The lowest part a record refers to or may refer to: its own first part, else the parts stream's next sequence.
+fn header_low(h: &HeaderMap, parts_next: u64) -> String {
+    let own = header(h, PARTS).and_then(|p| p.split(',').next()).and_then(|f| f.parse::<u64>().ok());
+    own.unwrap_or(parts_next).to_string()
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    header(h, name).and_then(|v| v.parse().ok())
+}
+
+impl JetStreamStore {
+    /// Connects to the cluster and opens (or creates) the journal's stream and buckets.
+    pub fn open(config: &JetStreamConfig) -> Result<Self, JournalError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("jetstream")
+            .enable_all()
+            .build()
+            .map_err(JournalError::Segment)?;
+        let c = config.clone();
+        let opened = rt.block_on(async move { Self::connect(&c).await });
+        let (js, records, parts, meta, part_bytes) = opened?;
+        let stream_name = config.stream_name();
+        let subject = stream_name.to_lowercase().replace("replica_", "replica.");
+        let mut store = Self {
+            rt: Some(rt),
+            js,
+            records,
+            parts,
+            meta,
+            stream_name,
+            subject_meta: format!("{subject}.meta"),
+            subject_rec: format!("{subject}.rec"),
+            subject_resume: format!("{subject}.resume"),
+            subject_part: format!("{subject}.part"),
+            part_bytes,
+            state: Mutex::new(State { last_seq: 0, shifts: BTreeMap::new(), bytes: 0, parts_next: 1 }),
+        };
+        let shifts: Vec<(u64, u64)> = match store.get(Space::Meta, SHIFTS_KEY)? {
+            Some(v) => {
+                bincode::serde::decode_from_slice(&v, bincode::config::standard())
+                    .map_err(|e| JournalError::Meta(format!("shifts: {e}")))?
+                    .0
+            }
+            None => Vec::new(),
+        };
+        let (info, parts) = (store.info()?, store.parts_info()?);
+        store.state = Mutex::new(State {
+            last_seq: info.last_sequence,
+            shifts: shifts.into_iter().collect(),
+            bytes: info.bytes + parts.bytes,
+            parts_next: parts.last_sequence + 1,
+        });
+        Ok(store)
+    }
+
+    async fn connect(c: &JetStreamConfig) -> Result<Opened, JournalError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("replica-reader {}", c.name))
+            .retry_on_initial_connect()
+            .connect(c.urls.as_slice())
+            .await
+            .map_err(|e| js_err(&format!("connecting to {}", c.urls.join(",")), e))?;
+        let js = jetstream::new(client.clone());
+        let name = c.stream_name();
+        let subject = name.to_lowercase().replace("replica_", "replica.");
+        let records = js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{subject}.rec"), format!("{subject}.resume")],
+                storage: stream::StorageType::File,
+                num_replicas: c.replicas,
+                description: Some(format!("replica-reader journal of {}", c.name)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err(&format!("creating stream {name}"), e))?;
+        let parts = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{name}_PARTS"),
+                subjects: vec![format!("{subject}.part")],
+                storage: stream::StorageType::File,
+                num_replicas: c.replicas,
+                description: Some(format!("parts of large records of the journal of {}", c.name)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err(&format!("creating stream {name}_PARTS"), e))?;
+        let meta = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{name}_META"),
+                subjects: vec![format!("{subject}.meta.>")],
+                storage: stream::StorageType::File,
+                num_replicas: c.replicas,
+                max_messages_per_subject: 1,
+                description: Some(format!("metadata and consumers of the journal of {}", c.name)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err(&format!("creating stream {name}_META"), e))?;
+        let max_payload = client.server_info().max_payload.max(64 << 10);
+        Ok((js, records, parts, meta, max_payload.saturating_sub(HEADER_ROOM)))
+    }
+
+    /// Runs `f` on the store's runtime and waits for it (from any thread, inside a runtime or not).
+    fn block<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let Some(rt) = &self.rt else { panic!("the JetStream store's runtime stopped") };
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        match rx.recv() {
+            Ok(v) => v,
+            // The runtime is shutting down: the task was dropped.
+            Err(_) => panic!("the JetStream store's runtime stopped"),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn info(&self) -> Result<stream::State, JournalError> {
+        let s = self.records.clone();
+        let name = self.stream_name.clone();
+        self.block(async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err(&format!("stream {name}"), e)) })
+    }
+
+    fn parts_info(&self) -> Result<stream::State, JournalError> {
+        let s = self.parts.clone();
+        self.block(async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err("parts stream", e)) })
+    }
+
+    /// The message at `seq`, None if there is none (deleted, purged or never written).
+    fn message(&self, seq: u64) -> Result<Option<jetstream::message::StreamMessage>, JournalError> {
+        let s = self.records.clone();
+        self.block(async move { get(&s, seq).await })
+    }
+
+    /// The subject that holds `key` of `space`.
+    fn key_subject(&self, space: Space, key: &[u8]) -> String {
+        let space = match space {
+            Space::Meta => "m",
+            Space::Consumers => "c",
+        };
+        // Keys are any bytes (consumer names, XA xids); subjects take a safe alphabet.
+        format!("{}.{space}.k{}", self.subject_meta, hex(key))
+    }
+
+    fn save_shifts(&self, shifts: &BTreeMap<u64, u64>) -> Result<(), JournalError> {
+        let list: Vec<(u64, u64)> = shifts.iter().map(|(k, v)| (*k, *v)).collect();
+        let v = bincode::serde::encode_to_vec(&list, bincode::config::standard())
+            .map_err(|e| JournalError::Meta(e.to_string()))?;
+        self.put(Space::Meta, SHIFTS_KEY, &v, true)
+    }
+
+    fn apply_meta(&self, meta: &[MetaChange], removals: bool) -> Result<(), JournalError> {
+        for (k, v) in meta {
+            match (v, removals) {
+                (Some(v), false) => self.put(Space::Meta, k, v, true)?,
+                (None, true) => {
+                    self.remove(Space::Meta, k)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The offset in a message's header.
+    fn offset_of(m: &jetstream::message::StreamMessage) -> Result<u64, JournalError> {
+        header_u64(&m.headers, OFFSET)
+            .ok_or_else(|| JournalError::Meta(format!("stream message {} has no {OFFSET} header", m.sequence)))
+    }
+}
+
+async fn get(s: &stream::Stream, seq: u64) -> Result<Option<jetstream::message::StreamMessage>, JournalError> {
+    match s.raw_message_builder().sequence(seq).send().await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(js_err(&format!("reading sequence {seq}"), e)),
+    }
+}
+
+/// The record in message `m`: its payload, or its parts put back together.
+async fn assemble(parts: &stream::Stream, m: jetstream::message::StreamMessage) -> Result<Vec<u8>, JournalError> {
+    let Some(spec) = header(&m.headers, PARTS) else { return Ok(m.payload.to_vec()) };
+    let (first, count) = spec
+        .split_once(',')
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .ok_or_else(|| JournalError::Meta(format!("bad {PARTS} header {spec:?}")))?;
+    let mut bytes = Vec::new();
+    for seq in first..first + count {
+        // A missing part leaves the record short: its checksum then says it is damaged.
+        if let Some(p) = get(parts, seq).await? {
+            bytes.extend_from_slice(&p.payload);
+        }
+    }
+    Ok(bytes)
+}
+
+impl Store for JetStreamStore {
+    fn kind(&self) -> &'static str {
+        "jetstream"
+    }
+
+    fn bounds(&self) -> Result<Option<(u64, u64)>, JournalError> {
+        let info = self.info()?;
+        if info.messages == 0 {
+            return Ok(None);
+        }
+        let Some(first) = self.message(info.first_sequence)? else {
+            return Err(JournalError::Meta(format!("the stream's first message {} is gone", info.first_sequence)));
+        };
+        let first = Self::offset_of(&first)?;
+        let st = self.state();
+        let last = info.last_sequence - st.shift(u64::MAX);
+        Ok(Some((first, last.max(first))))
+    }
+
+    fn resume(&self) -> Result<Option<Vec<u8>>, JournalError> {
+        let s = self.records.clone();
+        let subject = self.subject_resume.clone();
+        let last = self.block(async move {
+            match s.raw_message_builder().last_by_subject(subject).send().await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(js_err("reading the last resume state", e)),
+            }
+        })?;
+        let from_record = match last {
+            Some(m) => {
+                let text = header(&m.headers, RESUME).ok_or_else(|| JournalError::Meta("resume header".into()))?;
+                Some((Self::offset_of(&m)?, unhex(text)?))
+            }
+            None => None,
+        };
+        let from_meta = match self.get(Space::Meta, RESUME_KEY)? {
+            Some(v) if v.len() >= 8 => {
+                let at = u64::from_be_bytes(v[..8].try_into().map_err(|_| JournalError::Meta("resume".into()))?);
+                Some((at, v[8..].to_vec()))
+            }
+            _ => None,
+        };
+        // The bucket's is written only after its last offset is durable: at the same offset it is the later one.
+        Ok(match (from_record, from_meta) {
+            (Some(r), Some(m)) => Some(if m.0 >= r.0 { m.1 } else { r.1 }),
+            (r, m) => r.or(m).map(|(_, v)| v),
+        })
+    }
+
+    fn append(&self, a: Append<'_>) -> Result<(), JournalError> {
+        self.apply_meta(&a.meta, false)?;
+        let mut st = self.state();
+        let mut pending = Vec::with_capacity(a.records.len());
+        for (i, record) in a.records.iter().enumerate() {
+            let offset = a.first + i as u64;
+            let seq = st.seq_of(offset);
+            if seq != st.last_seq + 1 {
+                return Err(JournalError::Meta(format!(
+                    "offset {offset} would be stream sequence {seq}, but the stream's last is {}",
+                    st.last_seq
+                )));
+            }
+            let mut h = HeaderMap::new();
+            h.insert(OFFSET, offset.to_string().as_str());
+            h.insert(TIME, a.journaled_unix_ms.to_string().as_str());
+            h.insert(EXPECTED_LAST, st.last_seq.to_string().as_str());
+            let resume_here = a.resume.as_ref().filter(|(at, _)| *at == offset);
+            if let Some((_, resume)) = resume_here {
+                h.insert(RESUME, hex(resume).as_str());
+            }
+            let subject = if resume_here.is_some() { &self.subject_resume } else { &self.subject_rec };
+            let payload = if record.len() > self.part_bytes {
+                // The parts first (each acknowledged), then the record's message that names them.
+                let subject = self.subject_part.clone();
+                let chunks: Vec<Bytes> = record.chunks(self.part_bytes).map(Bytes::copy_from_slice).collect();
+                let context = self.js.clone();
+                let (first, count) = self.block(async move {
+                    let mut first = None;
+                    let count = chunks.len() as u64;
+                    for chunk in chunks {
+                        let ack = context
+                            .publish(subject.clone(), chunk)
+                            .await
+                            .map_err(|e| js_err("publishing a part", e))?
+                            .await
+                            .map_err(|e| js_err("publishing a part", e))?;
+                        first.get_or_insert(ack.sequence);
+                    }
+                    Ok::<_, JournalError>((first.unwrap_or(0), count))
+                })?;
+                h.insert(PARTS, format!("{first},{count}").as_str());
+                st.parts_next = st.parts_next.max(first + count);
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(record)
+            };
+            // Parts a crash left without their record are below this mark too, and go with the next trim.
+            h.insert(PARTS_LOW, header_low(&h, st.parts_next).as_str());
+            pending.push((subject.clone(), h, payload));
+            st.last_seq += 1;
+            st.bytes += record.len() as u64;
+        }
+        let context = self.js.clone();
+        let stream_name = self.stream_name.clone();
+        let published = self.block(async move {
+            let mut acks = Vec::with_capacity(pending.len());
+            for (subject, h, payload) in pending {
+                let ack = context
+                    .publish_with_headers(subject, h, payload)
+                    .await
+                    .map_err(|e| js_err(&format!("publishing to {stream_name}"), e))?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| js_err(&format!("publishing to {stream_name} (refused or not stored)"), e))?;
+            }
+            Ok::<_, JournalError>(())
+        });
+        if let Err(e) = published {
+            // What the stream holds now is read again at the next open.
+            if let Ok(info) = self.info() {
+                st.last_seq = info.last_sequence;
+            }
+            return Err(e);
+        }
+        if let Some((at, resume)) = a.resume.filter(|(at, _)| *at < a.first) {
+            drop(st);
+            let mut v = at.to_be_bytes().to_vec();
+            v.extend_from_slice(&resume);
+            self.put(Space::Meta, RESUME_KEY, &v, true)?;
+        } else {
+            drop(st);
+        }
+        self.apply_meta(&a.meta, true)
+    }
+
+    fn read(&self, from: u64, to: u64, limit: usize, max_bytes: usize) -> Result<Vec<Stored>, JournalError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = from;
+        while next <= to && out.len() < limit {
+            let n = ((to - next + 1) as usize).min(limit - out.len()).min(READ_AHEAD);
+            let seqs: Vec<(u64, u64)> = {
+                let st = self.state();
+                (next..next + n as u64).map(|o| (o, st.seq_of(o))).collect()
+            };
+            let records = self.records.clone();
+            let parts = self.parts.clone();
+            let name = self.stream_name.clone();
+            let got: Vec<Option<Stored>> = self.block(async move {
+                futures_util::stream::iter(seqs.into_iter().map(|(offset, seq)| {
+                    let (records, parts, name) = (records.clone(), parts.clone(), name.clone());
+                    async move {
+                        let Some(m) = get(&records, seq).await? else { return Ok(None) };
+                        let journaled_unix_ms = header(&m.headers, TIME).and_then(|t| t.parse().ok()).unwrap_or(0);
+                        let bytes = assemble(&parts, m).await?;
+                        Ok::<_, JournalError>(Some(Stored {
+                            offset,
+                            bytes,
+                            journaled_unix_ms,
+                            place: format!("stream {name}, sequence {seq}"),
+                        }))
+                    }
+                }))
+                .buffered(READ_AHEAD)
+                .try_collect()
+                .await
+            })?;
+            for stored in got {
+                let Some(stored) = stored else { return Ok(out) };
+                if !out.is_empty() && bytes + stored.bytes.len() > max_bytes {
+                    return Ok(out);
+                }
+                bytes += stored.bytes.len();
+                out.push(stored);
+            }
+            next += n as u64;
+        }
+        Ok(out)
+    }
+
+    fn journaled_unix_ms(&self, offset: u64) -> Option<i64> {
+        let seq = self.state().seq_of(offset);
+        let m = self.message(seq).ok()??;
+        header(&m.headers, TIME)?.parse().ok()
+    }
+
+    fn remove_after(&self, offset: u64, resume: Option<Vec<u8>>, meta: Vec<MetaChange>) -> Result<u64, JournalError> {
+        let (from_seq, last_seq, shifts) = {
+            let st = self.state();
+            // The sequence of `offset`'s record (or where offset 0 would be).
+            let at = st.seq_of(offset);
+            (at + 1, st.last_seq, st.shifts.clone())
+        };
+        let mut removed = 0;
+        if last_seq >= from_seq {
+            // The next record goes after the stream's last sequence: say so before deleting anything.
+            let mut shifts = shifts;
+            shifts.retain(|k, _| *k <= offset);
+            shifts.insert(offset + 1, last_seq - offset);
+            self.save_shifts(&shifts)?;
+            let s = self.records.clone();
+            removed = self.block(async move {
+                let mut n = 0u64;
+                for seq in from_seq..=last_seq {
+                    match s.delete_message(seq).await {
+                        Ok(true) => n += 1,
+                        Ok(false) => {}
+                        Err(e) if e.to_string().contains("no message found") => {}
+                        Err(e) => return Err(js_err(&format!("deleting sequence {seq}"), e)),
+                    }
+                }
+                Ok::<_, JournalError>(n)
+            })?;
+            self.state().shifts = shifts;
+        }
+        if let Some(resume) = resume {
+            let mut v = offset.to_be_bytes().to_vec();
+            v.extend_from_slice(&resume);
+            self.put(Space::Meta, RESUME_KEY, &v, true)?;
+        }
+        self.apply_meta(&meta, false)?;
+        self.apply_meta(&meta, true)?;
+        if removed > 0 {
+            let bytes = self.info()?.bytes + self.parts_info()?.bytes;
+            self.state().bytes = bytes;
+        }
+        Ok(removed)
+    }
+
+    fn trim(&self, through: u64, cutoff_unix_ms: i64, max: usize) -> Result<usize, JournalError> {
+        let Some((first, _)) = self.bounds()? else { return Ok(0) };
+        let last = through.min(first + max as u64 - 1);
+        if last < first || self.journaled_unix_ms(first).is_none_or(|t| t > cutoff_unix_ms) {
+            return Ok(0);
+        }
+        // The last record old enough: journaling times grow with offsets.
+        let (mut lo, mut hi) = (first, last);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if self.journaled_unix_ms(mid).is_some_and(|t| t <= cutoff_unix_ms) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let keep_seq = {
+            let st = self.state();
+            st.seq_of(lo + 1).min(st.last_seq + 1)
+        };
+        let s = self.records.clone();
+        self.block(async move { s.purge().sequence(keep_seq).await.map_err(|e| js_err("trimming the stream", e)) })?;
+        // Parts below the first kept record's low mark belong to trimmed records only.
+        let parts_low = match self.message(keep_seq)? {
+            Some(m) => header_u64(&m.headers, PARTS_LOW),
+            None => Some(self.parts_info()?.last_sequence + 1),
+        };
+        if let Some(low) = parts_low {
+            let p = self.parts.clone();
+            self.block(async move { p.purge().sequence(low).await.map_err(|e| js_err("trimming parts", e)) })?;
+        }
+        let bytes = self.info()?.bytes + self.parts_info()?.bytes;
+        let mut st = self.state();
+        st.bytes = bytes;
+        // Shifts before the first record are of no use any more.
+        if let Some(keep) = st.shifts.range(..=lo + 1).next_back().map(|(k, _)| *k) {
+            st.shifts.retain(|k, _| *k >= keep);
+        }
+        Ok((lo - first + 1) as usize)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.state().bytes
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError> {
+        let s = self.meta.clone();
+        let subject = self.key_subject(space, key);
+        self.block(async move {
+            match s.raw_message_builder().last_by_subject(subject).send().await {
+                Ok(m) => Ok(Some(m.payload.to_vec())),
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(js_err("reading the journal's metadata", e)),
+            }
+        })
+    }
+
+    fn put(&self, space: Space, key: &[u8], value: &[u8], _durable: bool) -> Result<(), JournalError> {
+        // Acknowledged once the stream's replicas stored it.
+        let js = self.js.clone();
+        let (subject, value) = (self.key_subject(space, key), Bytes::copy_from_slice(value));
+        self.block(async move {
+            let ack = js.publish(subject, value).await.map_err(|e| js_err("writing the journal's metadata", e))?;
+            ack.await.map(|_| ()).map_err(|e| js_err("writing the journal's metadata", e))
+        })
+    }
+
+    fn remove(&self, space: Space, key: &[u8]) -> Result<bool, JournalError> {
+        let s = self.meta.clone();
+        let subject = self.key_subject(space, key);
+        self.block(async move {
+            s.purge()
+                .filter(subject)
+                .await
+                .map(|r| r.purged > 0)
+                .map_err(|e| js_err("removing from the journal's metadata", e))
+        })
+    }
+
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<Entry>, JournalError> {
+        let s = self.meta.clone();
+        let filter = format!("{}.>", self.key_subject(space, b"").trim_end_matches(".k"));
+        let subjects: Vec<String> = self.block(async move {
+            let info = s.info_with_subjects(filter).await.map_err(|e| js_err("listing the journal's metadata", e))?;
+            info.try_collect::<Vec<(String, usize)>>()
+                .await
+                .map(|v| v.into_iter().map(|(k, _)| k).collect())
+                .map_err(|e| js_err("listing the journal's metadata", e))
+        })?;
+        let mut out = Vec::new();
+        for subject in subjects {
+            let Some(hexkey) = subject.rsplit('.').next().and_then(|k| k.strip_prefix('k')) else { continue };
+            let raw = unhex(hexkey)?;
+            if raw.starts_with(prefix) {
+                if let Some(v) = self.get(space, &raw)? {
+                    out.push((raw, v));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn overwrite(&self, offset: u64, _bytes: &[u8]) -> Result<(), JournalError> {
+        Err(JournalError::Meta(format!(
+            "offset {offset}: records in a JetStream stream cannot be rewritten; the stream's replicas keep \
+             their own copies (remove the damaged server's copy and let the stream re-replicate)"
+        )))
+    }
+
+    fn tail_from(&self) -> Result<Option<u64>, JournalError> {
+        // A message is stored whole or not at all.
+        Ok(None)
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
+}
+
+impl Drop for JetStreamStore {
+    fn drop(&mut self) {
+        // Dropped maybe on a thread of another runtime, where blocking is not allowed: stop without waiting.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A nats-server of a test's own (JetStream on, a free loopback port, a temporary directory), stopped on drop.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::JetStreamConfig;
+
+    pub struct Nats {
+        child: Child,
+        pub port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Nats {
+        pub fn start() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server (Debian package nats-server)");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server did not start on port {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self { child, port, _dir: dir }
+        }
+
+        pub fn config(&self, name: &str) -> JetStreamConfig {
+            JetStreamConfig { urls: vec![format!("nats://127.0.0.1:{}", self.port)], name: name.into(), replicas: 1 }
+        }
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(store: &JetStreamStore, first: u64, records: &[Vec<u8>], resume_at: u64) -> Result<(), JournalError> {
+        store.append(Append {
+            first,
+            records,
+            journaled_unix_ms: 1,
+            resume: Some((resume_at, format!("resume {resume_at}").into_bytes())),
+            meta: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_record_larger_than_a_message_is_kept_in_parts_and_read_back_whole() {
+        let nats = test_server::Nats::start();
+        let store = JetStreamStore::open(&nats.config("parts")).expect("open");
+        let big: Vec<u8> = (0..3 * store.part_bytes + 17).map(|i| (i % 251) as u8).collect();
+        append(&store, 1, &[b"small".to_vec(), big.clone(), b"after".to_vec()], 3).expect("append");
+        let read = store.read(1, 3, 10, usize::MAX).expect("read");
+        assert_eq!(read.iter().map(|r| r.bytes.len()).collect::<Vec<_>>(), [5, big.len(), 5]);
+        assert_eq!(read[1].bytes, big);
+        assert_eq!(store.resume().expect("resume"), Some(b"resume 3".to_vec()));
+        assert_eq!(store.parts_info().expect("parts").messages, 4);
+        // Trimmed through the large record: its parts go with it.
+        assert_eq!(store.trim(2, i64::MAX, 100).expect("trim"), 2);
+        assert_eq!(store.parts_info().expect("parts").messages, 0);
+        assert_eq!(store.read(3, 3, 1, usize::MAX).expect("read")[0].bytes, b"after");
+    }
+
+    #[test]
+    fn a_second_writer_with_a_stale_view_of_the_stream_cannot_append() {
+        let nats = test_server::Nats::start();
+        let config = nats.config("fenced");
+        let active = JetStreamStore::open(&config).expect("open");
+        let stale = JetStreamStore::open(&config).expect("open a second time");
+        append(&active, 1, &[b"one".to_vec(), b"two".to_vec()], 2).expect("the active writer appends");
+        let refused = append(&stale, 1, &[b"other".to_vec()], 1).expect_err("the stale writer is refused");
+        assert!(refused.to_string().contains("publishing"), "{refused}");
+        let held = active.read(1, 10, 10, usize::MAX).expect("read");
+        assert_eq!(held.iter().map(|r| r.bytes.clone()).collect::<Vec<_>>(), [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(active.resume().expect("resume"), Some(b"resume 2".to_vec()));
+    }
+}

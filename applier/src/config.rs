@@ -13,7 +13,8 @@ pub const MAX_WORKERS: usize = 32;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "replica-applier", version, about = "Applies the reader's journal to one secondary, exactly once")]
 pub struct Cli {
-    /// The reader's gRPC address
+    /// The reader's gRPC address; several, comma-separated, for readers of one JetStream journal (the active one
+    /// is used, a standby when no active one answers)
     #[arg(long, env = "REPLICA_READER_URL", default_value = "http://127.0.0.1:50051")]
     pub reader_url: String,
     /// Secondary host

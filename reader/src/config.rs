@@ -50,6 +50,10 @@ pub struct Cli {
     /// Name of the journal's JetStream stream, REPLICA_<name> (default: MARIA_PRIMARY_NAME)
     #[arg(long, env = "REPLICA_JOURNAL_STREAM", default_value = "")]
     pub journal_stream: String,
+    /// With a JetStream journal: how long the reader reading the binlog holds its lease without renewing it; a
+    /// standby takes over within about this long after the active reader dies
+    #[arg(long, env = "REPLICA_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
     /// gRPC listen address
     #[arg(long, env = "REPLICA_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -110,6 +114,7 @@ pub struct Config {
     pub journal_dir: PathBuf,
     /// The JetStream journal, when the journal is not the local one.
     pub jetstream: Option<JetStreamConfig>,
+    pub lease_ttl: Duration,
     pub grpc_addr: SocketAddr,
     pub filter: LiveFilter,
     pub start_position: StartPosition,
@@ -137,8 +142,12 @@ impl TryFrom<Cli> for Config {
         }
         let primaries = Endpoint::parse_list(&c.primary_host, c.primary_port)?;
         let jetstream = jetstream_config(&c)?;
+        if c.lease_ttl < Duration::from_secs(1) {
+            return Err("REPLICA_LEASE_TTL must be at least 1s".into());
+        }
         Ok(Self {
             jetstream,
+            lease_ttl: c.lease_ttl,
             primaries,
             failover_after: c.failover_after,
             allow_errant_gtids: c.allow_errant_gtids,

@@ -83,6 +83,13 @@ pub enum ReaderError {
     Snapshot(#[from] SnapshotError),
     #[error("the journal writer stopped")]
     WriterStopped,
+    #[error(
+        "this reader lost the journal's lease (another reader took over, or NATS was unreachable for a whole lease \
+         time): restart it and it serves as the standby"
+    )]
+    LeaseLost,
+    #[error("this reader is the standby: {0} is served by the active reader ({1})")]
+    Standby(&'static str, String),
     #[error("cannot start the journal writer thread")]
     WriterThread(#[source] std::io::Error),
     #[error("the journal writer panicked")]
@@ -130,9 +137,10 @@ pub fn status(e: impl Into<ReaderError>) -> Status {
         ReaderError::Snapshot(SnapshotError::NotFound(_)) => Status::not_found(message),
         ReaderError::Snapshot(SnapshotError::Invalid(_)) => Status::invalid_argument(message),
         ReaderError::Snapshot(SnapshotError::Journal(JournalError::OutOfRange { .. })) => Status::out_of_range(message),
-        ReaderError::Snapshot(SnapshotError::Unavailable(_) | SnapshotError::Sql(_)) | ReaderError::WriterStopped => {
-            Status::unavailable(message)
-        }
+        ReaderError::Snapshot(SnapshotError::Unavailable(_) | SnapshotError::Sql(_))
+        | ReaderError::WriterStopped
+        | ReaderError::Journal(JournalError::Behind { .. })
+        | ReaderError::Standby(..) => Status::unavailable(message),
         _ => Status::internal(message),
     }
 }

@@ -31,6 +31,7 @@ pub mod journal;
 pub mod metrics;
 pub mod pipeline;
 pub mod serve;
+pub mod standby;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +43,10 @@ use tracing::{info, warn};
 use crate::binlog::source::{self, Source};
 use crate::config::Config;
 use crate::error::ReaderError;
-use crate::journal::jetstream_store::JetStreamStore;
+use crate::journal::jetstream_store::{JetStreamConfig, JetStreamStore};
+use crate::journal::lease::Lease;
 use crate::journal::writer::Writer;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::pipeline::SourceStatus;
 use crate::serve::service::JournalService;
 use crate::serve::snapshot::Snapshots;
@@ -53,11 +55,10 @@ use crate::serve::snapshot::Snapshots;
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ReaderError> {
     let config = Arc::new(config);
     let (dir, jetstream) = (config.journal_dir.clone(), config.jetstream.clone());
-    let journal = tokio::task::spawn_blocking(move || match jetstream {
-        Some(js) => Journal::with_store(Box::new(JetStreamStore::open(&js)?)),
-        None => Journal::open(&dir),
-    })
-    .await??;
+    let journal = match jetstream {
+        Some(js) => open_jetstream(js, &shutdown).await?,
+        None => tokio::task::spawn_blocking(move || Journal::open(&dir)).await??,
+    };
     let place = match &config.jetstream {
         Some(js) => format!("{} stream {} ({} replicas)", js.urls.join(","), js.stream_name(), js.replicas),
         None => config.journal_dir.display().to_string(),
@@ -72,14 +73,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
     );
     let status = Arc::new(SourceStatus::default());
     let (writer, handle) = Writer::new(journal.clone(), config.journal_max_bytes, status.clone(), shutdown.clone());
-    let writer_thread = std::thread::Builder::new()
-        .name("journal-writer".into())
-        .spawn(move || writer.run())
-        .map_err(ReaderError::WriterThread)?;
 
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(journal::trim::run(journal.clone(), config.retention, shutdown.clone()));
-    tasks.spawn(binlog::repair::run(config.clone(), journal.clone(), status.clone(), shutdown.clone()));
     tasks.spawn(filter::reload_on_sighup(config.filter.clone(), shutdown.clone()));
     if let Some(addr) = config.metrics_addr {
         let mut gauges = metrics::ReaderMetrics::new(&status.counters);
@@ -110,6 +105,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
     let router = router.add_service(JournalServer::with_interceptor(service, config.security.require_token()));
     let server = tokio::spawn(common::grpc_server::serve(router, listener, shutdown.clone()));
 
+    // With a JetStream journal: serve it as a standby until this reader holds the lease.
+    let lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(js) = &config.jetstream {
+        // The gRPC address is bound by now: no other live process of this host holds this identity.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let me = format!("{}/{}", host.trim(), config.grpc_addr);
+        let mut lease = Lease::open(js, me, config.lease_ttl).await?;
+        if !standby::wait_for_lease(&journal, &mut lease, &status, &shutdown).await? {
+            stop(tasks, server, &journal).await;
+            return Ok(());
+        }
+        tasks.spawn(standby::keep_lease(lease, lease_lost.clone(), shutdown.clone()));
+    }
+    let writer_thread = std::thread::Builder::new()
+        .name("journal-writer".into())
+        .spawn(move || writer.run())
+        .map_err(ReaderError::WriterThread)?;
+    tasks.spawn(journal::trim::run(journal.clone(), config.retention, shutdown.clone()));
+    tasks.spawn(binlog::repair::run(config.clone(), journal.clone(), status.clone(), shutdown.clone()));
+
     let source = Source {
         config: config.clone(),
         journal: journal.clone(),
@@ -125,6 +140,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
     // The source's handle is gone: the writer drains what it was sent, flushes and stops.
     let writer_result =
         tokio::task::spawn_blocking(move || writer_thread.join()).await?.map_err(|_| ReaderError::WriterPanicked)?;
+    stop(tasks, server, &journal).await;
+    writer_result?;
+    if lease_lost.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ReaderError::LeaseLost);
+    }
+    result
+}
+
+/// Opens a JetStream journal as a follower (another reader may write it; this one writes once the lease is its
+/// own), waiting for the NATS cluster while it cannot answer (not up yet, no JetStream leader elected yet).
+async fn open_jetstream(js: JetStreamConfig, shutdown: &CancellationToken) -> Result<Arc<Journal>, ReaderError> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let config = js.clone();
+        match tokio::task::spawn_blocking(move || Journal::follower(Box::new(JetStreamStore::open(&config)?))).await? {
+            Ok(journal) => return Ok(journal),
+            Err(e @ JournalError::JetStream(_)) if !shutdown.is_cancelled() => {
+                warn!(error = %e, retry_in = ?pause, "the JetStream journal cannot be opened yet; trying again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Waits (a little) for the tasks and the gRPC server to stop.
+async fn stop(
+    tasks: tokio_util::task::TaskTracker,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    journal: &Journal,
+) {
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -132,7 +179,5 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Read
         Err(_) => warn!("gRPC server did not stop within 5s"),
         _ => {}
     }
-    writer_result?;
     info!(last_offset = journal.head(), "reader stopped");
-    result
 }

@@ -81,6 +81,10 @@ pub struct SourceStatus {
     pub read_through: tokio::sync::watch::Sender<Option<BinlogPosition>>,
     /// The server the source follows (None before its first connection).
     followed: Mutex<Option<Followed>>,
+    /// True while this reader is a standby of a shared journal (another reader reads the binlog).
+    pub standby: AtomicBool,
+    /// The reader holding the shared journal's lease (empty with a local journal).
+    lease_holder: Mutex<String>,
 }
 
 /// The server whose binlog the source reads: `read_through` positions are in its binlog files.
@@ -100,6 +104,14 @@ impl Followed {
 }
 
 impl SourceStatus {
+    pub fn lease_holder(&self) -> String {
+        self.lease_holder.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_lease_holder(&self, holder: String) {
+        *self.lease_holder.lock().unwrap_or_else(|p| p.into_inner()) = holder;
+    }
+
     pub fn followed(&self) -> Option<Followed> {
         self.lock_followed().clone()
     }
@@ -139,6 +151,8 @@ impl Default for SourceStatus {
             counters: Default::default(),
             read_through: tokio::sync::watch::Sender::new(None),
             followed: Mutex::new(None),
+            standby: AtomicBool::default(),
+            lease_holder: Mutex::new(String::new()),
         }
     }
 }

@@ -481,6 +481,7 @@ impl Reader {
             std::hash::Hash::hash(&journal_dir, &mut h);
             base.push(("REPLICA_JOURNAL_URL".into(), url));
             base.push(("REPLICA_JOURNAL_REPLICAS".into(), "1".into()));
+            base.push(("REPLICA_LEASE_TTL".into(), "2s".into()));
             base.push(("REPLICA_JOURNAL_STREAM".into(), format!("t{:016x}", std::hash::Hasher::finish(&h))));
         }
         let log = journal_dir.with_extension(format!("{grpc_port}.log"));
@@ -503,7 +504,8 @@ impl Reader {
                 }
                 let mut c = JournalClient::connect(url).await.ok()?;
                 let info = c.get_info(GetInfoRequest {}).await.ok()?.into_inner();
-                info.primary_connected.then_some(())
+                // A standby of a shared journal is ready once it serves: another reader reads the binlog.
+                (info.primary_connected || info.role == "standby").then_some(())
             }
         })
         .await;
@@ -1228,4 +1230,84 @@ pub fn scrape(port: u16) -> String {
     let mut body = String::new();
     s.read_to_string(&mut body).expect("response");
     body
+}
+
+/// A NATS cluster of our own with JetStream (free loopback ports, temporary directories), killed on drop: the
+/// replicated journal's servers. Any system NATS (4222) is left alone.
+pub struct NatsCluster {
+    nodes: Vec<(Vec<String>, Option<Child>)>,
+    pub ports: Vec<u16>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers (1 runs without clustering) and waits until each accepts connections.
+    pub fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let log = dir.path().join("nats.log");
+        let nodes = (0..n)
+            .map(|i| {
+                let mut args: Vec<String> = vec!["-js".into(), "-a".into(), "127.0.0.1".into()];
+                args.extend(["-p".into(), ports[i].to_string(), "-n".into(), format!("n{i}")]);
+                args.extend(["-sd".into(), dir.path().join(format!("n{i}")).display().to_string()]);
+                if n > 1 {
+                    let others: Vec<String> =
+                        (0..n).filter(|j| *j != i).map(|j| format!("nats://127.0.0.1:{}", routes[j])).collect();
+                    args.extend(["--cluster_name".into(), "replica".into()]);
+                    args.extend(["--cluster".into(), format!("nats://127.0.0.1:{}", routes[i])]);
+                    args.extend(["--routes".into(), others.join(",")]);
+                }
+                (args, None)
+            })
+            .collect();
+        let mut cluster = Self { nodes, ports, log, _dir: dir };
+        for i in 0..n {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("nats log");
+        let child = Command::new("nats-server")
+            .args(&self.nodes[i].0)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts (Debian package nats-server)");
+        self.nodes[i].1 = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
+            assert!(Instant::now() < deadline, "nats-server n{i} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://…` of every server, comma-separated (REPLICA_JOURNAL_URL).
+    pub fn urls(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].1.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill9(i);
+        self.start_node(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+    }
 }

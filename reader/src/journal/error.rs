@@ -34,6 +34,11 @@ pub enum JournalError {
     Meta(String),
     #[error("offset {offset} is outside the journal: valid offsets are {first} to {last}")]
     OutOfRange { offset: u64, first: u64, last: u64 },
+    #[error(
+        "this standby reader has read the journal up to offset {head} only, not {offset} yet: ask again, or ask the \
+         active reader"
+    )]
+    Behind { offset: u64, head: u64 },
     #[error("unknown consumer {0:?}")]
     UnknownConsumer(String),
     #[error(

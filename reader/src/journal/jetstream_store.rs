@@ -13,16 +13,20 @@
 //!
 //! Atomicity: a publish is atomic per message, so the resume state rides in the header (`Replica-Resume`) of the
 //! message that holds the last record of the last whole transaction of a write, on subject `replica.<name>.resume`
-//! (other records go to `replica.<name>.rec`): after a crash the last message on that subject says where the
-//! reader resumes and which record is the last whole one. A write that adds no such record (only filtered
+//! (other records go to `replica.<name>.rec`): after a crash the last message carrying that header (found
+//! walking back from the stream's last sequence, past a fence and unfinished fragments) says where the reader
+//! resumes and which record is the last whole one. A write that adds no such record (only filtered
 //! transactions, an XA PREPARE) puts the resume state in the metadata, with its last offset; at open the
 //! later of the two wins. Records past the resume state's last offset are fragments of an unfinished
 //! transaction: the journal removes them ([`Store::remove_after`]) and the reader reads that transaction again.
 //!
 //! Exactly once across crashes, and fencing: every publish says which stream sequence must be the last one
 //! before it (`Nats-Expected-Last-Sequence`). A reader that crashed after a publish the stream kept finds it at
-//! open (it resumes after it); a second reader that believes it is the writer cannot append: its expected
-//! sequence is stale and the stream refuses the message.
+//! open (it resumes after it); a publish whose answer was lost (a NATS server gone) is checked against what the
+//! stream kept (the last message must be this offset with this journaling time) and only the rest is sent
+//! again. A reader that becomes the writer (`take_over`, after it got the lease, see `lease`) first publishes a
+//! fence message after the stream's last: every later publish of the previous writer expects an earlier
+//! sequence and is refused, so a paused writer that wakes up cannot append.
 //!
 //! Records larger than a NATS message (the server's `max_payload`, 1 MiB by default; fragments are up to 4 MiB)
 //! are kept in parts in stream `REPLICA_<name>_PARTS`, published before the record's message, which names them
@@ -33,6 +37,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
@@ -54,6 +59,8 @@ const RESUME_KEY: &[u8] = b"m/resume";
 const SHIFTS_KEY: &[u8] = b"m/shifts";
 /// Records fetched concurrently by a read.
 const READ_AHEAD: usize = 64;
+/// How long a write waits for the cluster (a server lost, a leader being elected) before it fails.
+const PATIENCE: Duration = Duration::from_secs(30);
 /// Bytes kept free in a message for its headers.
 const HEADER_ROOM: usize = 4096;
 
@@ -112,12 +119,25 @@ pub struct JetStreamStore {
     subject_rec: String,
     subject_resume: String,
     subject_part: String,
+    subject_fence: String,
     part_bytes: usize,
     state: Mutex<State>,
 }
 
 fn js_err(what: &str, e: impl std::fmt::Display) -> JournalError {
     JournalError::JetStream(format!("{what}: {e}"))
+}
+
+/// Whether the stream refused a publish because another writer appended first.
+fn fenced(e: &JournalError) -> bool {
+    e.to_string().contains("wrong last sequence")
+}
+
+fn another_writer(e: JournalError, kept: u64) -> JournalError {
+    JournalError::JetStream(format!(
+        "another reader appended to the journal (the stream's last sequence is {kept}): this reader is no longer \
+         its writer ({e})"
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -162,7 +182,7 @@ impl JetStreamStore {
         let (js, records, parts, meta, part_bytes) = opened?;
         let stream_name = config.stream_name();
         let subject = stream_name.to_lowercase().replace("replica_", "replica.");
-        let mut store = Self {
+        let store = Self {
             rt: Some(rt),
             js,
             records,
@@ -173,10 +193,17 @@ impl JetStreamStore {
             subject_rec: format!("{subject}.rec"),
             subject_resume: format!("{subject}.resume"),
             subject_part: format!("{subject}.part"),
+            subject_fence: format!("{subject}.fence"),
             part_bytes,
             state: Mutex::new(State { last_seq: 0, shifts: BTreeMap::new(), bytes: 0, parts_next: 1 }),
         };
-        let shifts: Vec<(u64, u64)> = match store.get(Space::Meta, SHIFTS_KEY)? {
+        store.refresh()?;
+        Ok(store)
+    }
+
+    /// What the stream holds now: its last sequence, the shifts, the bytes, the parts' next sequence.
+    fn load(&self) -> Result<State, JournalError> {
+        let shifts: Vec<(u64, u64)> = match self.get(Space::Meta, SHIFTS_KEY)? {
             Some(v) => {
                 bincode::serde::decode_from_slice(&v, bincode::config::standard())
                     .map_err(|e| JournalError::Meta(format!("shifts: {e}")))?
@@ -184,14 +211,13 @@ impl JetStreamStore {
             }
             None => Vec::new(),
         };
-        let (info, parts) = (store.info()?, store.parts_info()?);
-        store.state = Mutex::new(State {
+        let (info, parts) = (self.info()?, self.parts_info()?);
+        Ok(State {
             last_seq: info.last_sequence,
             shifts: shifts.into_iter().collect(),
             bytes: info.bytes + parts.bytes,
             parts_next: parts.last_sequence + 1,
-        });
-        Ok(store)
+        })
     }
 
     async fn connect(c: &JetStreamConfig) -> Result<Opened, JournalError> {
@@ -207,7 +233,7 @@ impl JetStreamStore {
         let records = js
             .get_or_create_stream(stream::Config {
                 name: name.clone(),
-                subjects: vec![format!("{subject}.rec"), format!("{subject}.resume")],
+                subjects: vec![format!("{subject}.rec"), format!("{subject}.resume"), format!("{subject}.fence")],
                 storage: stream::StorageType::File,
                 num_replicas: c.replicas,
                 description: Some(format!("replica-reader journal of {}", c.name)),
@@ -261,20 +287,28 @@ impl JetStreamStore {
     }
 
     fn info(&self) -> Result<stream::State, JournalError> {
-        let s = self.records.clone();
-        let name = self.stream_name.clone();
-        self.block(async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err(&format!("stream {name}"), e)) })
+        self.patiently("reading the stream's state", || {
+            let s = self.records.clone();
+            let name = self.stream_name.clone();
+            self.block(
+                async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err(&format!("stream {name}"), e)) },
+            )
+        })
     }
 
     fn parts_info(&self) -> Result<stream::State, JournalError> {
-        let s = self.parts.clone();
-        self.block(async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err("parts stream", e)) })
+        self.patiently("reading the parts stream's state", || {
+            let s = self.parts.clone();
+            self.block(async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err("parts stream", e)) })
+        })
     }
 
     /// The message at `seq`, None if there is none (deleted, purged or never written).
     fn message(&self, seq: u64) -> Result<Option<jetstream::message::StreamMessage>, JournalError> {
-        let s = self.records.clone();
-        self.block(async move { get(&s, seq).await })
+        self.patiently("reading a record", || {
+            let s = self.records.clone();
+            self.block(async move { get(&s, seq).await })
+        })
     }
 
     /// The subject that holds `key` of `space`.
@@ -305,6 +339,92 @@ impl JetStreamStore {
             }
         }
         Ok(())
+    }
+
+    /// Runs `f` until it succeeds, for up to [`PATIENCE`]: a NATS server lost, a stream leader being elected.
+    /// A refusal because another writer appended (fencing) is never retried.
+    fn patiently<T>(&self, what: &str, mut f: impl FnMut() -> Result<T, JournalError>) -> Result<T, JournalError> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if fenced(&e) || Instant::now() + pause > deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "JetStream: {what} failed; trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Publishes the messages of one append (the first after `start_seq`), each expecting the one before it.
+    /// After a failure, what the stream kept is checked (the last message must be ours: this offset, this
+    /// journaling time) and only the rest is published again; anything else is another writer's, and refused.
+    fn publish_records(
+        &self,
+        start_seq: u64,
+        first_offset: u64,
+        journaled_unix_ms: i64,
+        pending: Vec<(String, HeaderMap, Bytes)>,
+    ) -> Result<(), JournalError> {
+        let n = pending.len() as u64;
+        let deadline = Instant::now() + PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        let mut from = 0u64;
+        loop {
+            let context = self.js.clone();
+            let stream_name = self.stream_name.clone();
+            let batch: Vec<_> = pending[from as usize..].to_vec();
+            let published = self.block(async move {
+                let mut acks = Vec::with_capacity(batch.len());
+                for (subject, h, payload) in batch {
+                    let ack = context
+                        .publish_with_headers(subject, h, payload)
+                        .await
+                        .map_err(|e| js_err(&format!("publishing to {stream_name}"), e))?;
+                    acks.push(ack);
+                }
+                for ack in acks {
+                    ack.await
+                        .map_err(|e| js_err(&format!("publishing to {stream_name} (refused or not stored)"), e))?;
+                }
+                Ok::<_, JournalError>(())
+            });
+            let Err(e) = published else { return Ok(()) };
+            // What did the stream keep?
+            let kept = match self.info() {
+                Ok(info) => info.last_sequence,
+                Err(_) if Instant::now() + pause <= deadline => {
+                    std::thread::sleep(pause);
+                    continue;
+                }
+                Err(_) => return Err(e),
+            };
+            if kept < start_seq + from || kept > start_seq + n {
+                return Err(another_writer(e, kept));
+            }
+            if kept > start_seq {
+                let ours = self.message(kept)?.is_some_and(|m| {
+                    header_u64(&m.headers, OFFSET) == Some(first_offset + (kept - start_seq - 1))
+                        && header(&m.headers, TIME).and_then(|t| t.parse::<i64>().ok()) == Some(journaled_unix_ms)
+                });
+                if !ours {
+                    return Err(another_writer(e, kept));
+                }
+            }
+            from = kept - start_seq;
+            if from == n {
+                return Ok(());
+            }
+            if Instant::now() + pause > deadline {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, stored = from, of = n, retry_in = ?pause, "JetStream: publishing records failed; publishing the rest again");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// The offset in a message's header.
@@ -359,22 +479,20 @@ impl Store for JetStreamStore {
     }
 
     fn resume(&self) -> Result<Option<Vec<u8>>, JournalError> {
-        let s = self.records.clone();
-        let subject = self.subject_resume.clone();
-        let last = self.block(async move {
-            match s.raw_message_builder().last_by_subject(subject).send().await {
-                Ok(m) => Ok(Some(m)),
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-                Err(e) => Err(js_err("reading the last resume state", e)),
+        // The last message with a resume header: back from the stream's last sequence, past the fence and the
+        // fragments of an unfinished transaction (few: each holds 4 MiB of rows).
+        let info = self.info()?;
+        let mut seq = info.last_sequence;
+        let mut from_record = None;
+        while seq >= info.first_sequence.max(1) {
+            if let Some(m) = self.message(seq)? {
+                if let Some(text) = header(&m.headers, RESUME) {
+                    from_record = Some((Self::offset_of(&m)?, unhex(text)?));
+                    break;
+                }
             }
-        })?;
-        let from_record = match last {
-            Some(m) => {
-                let text = header(&m.headers, RESUME).ok_or_else(|| JournalError::Meta("resume header".into()))?;
-                Some((Self::offset_of(&m)?, unhex(text)?))
-            }
-            None => None,
-        };
+            seq -= 1;
+        }
         let from_meta = match self.get(Space::Meta, RESUME_KEY)? {
             Some(v) if v.len() >= 8 => {
                 let at = u64::from_be_bytes(v[..8].try_into().map_err(|_| JournalError::Meta("resume".into()))?);
@@ -416,19 +534,24 @@ impl Store for JetStreamStore {
                 let subject = self.subject_part.clone();
                 let chunks: Vec<Bytes> = record.chunks(self.part_bytes).map(Bytes::copy_from_slice).collect();
                 let context = self.js.clone();
-                let (first, count) = self.block(async move {
-                    let mut first = None;
-                    let count = chunks.len() as u64;
-                    for chunk in chunks {
-                        let ack = context
-                            .publish(subject.clone(), chunk)
-                            .await
-                            .map_err(|e| js_err("publishing a part", e))?
-                            .await
-                            .map_err(|e| js_err("publishing a part", e))?;
-                        first.get_or_insert(ack.sequence);
-                    }
-                    Ok::<_, JournalError>((first.unwrap_or(0), count))
+                // Parts are published again whole after a failure: the ones a failed attempt left are never
+                // referred to, and go with a later trim.
+                let (first, count) = self.patiently("publishing a large record's parts", || {
+                    let (context, subject, chunks) = (context.clone(), subject.clone(), chunks.clone());
+                    self.block(async move {
+                        let mut first = None;
+                        let count = chunks.len() as u64;
+                        for chunk in chunks {
+                            let ack = context
+                                .publish(subject.clone(), chunk)
+                                .await
+                                .map_err(|e| js_err("publishing a part", e))?
+                                .await
+                                .map_err(|e| js_err("publishing a part", e))?;
+                            first.get_or_insert(ack.sequence);
+                        }
+                        Ok::<_, JournalError>((first.unwrap_or(0), count))
+                    })
                 })?;
                 h.insert(PARTS, format!("{first},{count}").as_str());
                 st.parts_next = st.parts_next.max(first + count);
@@ -442,23 +565,8 @@ impl Store for JetStreamStore {
             st.last_seq += 1;
             st.bytes += record.len() as u64;
         }
-        let context = self.js.clone();
-        let stream_name = self.stream_name.clone();
-        let published = self.block(async move {
-            let mut acks = Vec::with_capacity(pending.len());
-            for (subject, h, payload) in pending {
-                let ack = context
-                    .publish_with_headers(subject, h, payload)
-                    .await
-                    .map_err(|e| js_err(&format!("publishing to {stream_name}"), e))?;
-                acks.push(ack);
-            }
-            for ack in acks {
-                ack.await.map_err(|e| js_err(&format!("publishing to {stream_name} (refused or not stored)"), e))?;
-            }
-            Ok::<_, JournalError>(())
-        });
-        if let Err(e) = published {
+        let start_seq = st.last_seq - pending.len() as u64;
+        if let Err(e) = self.publish_records(start_seq, a.first, a.journaled_unix_ms, pending) {
             // What the stream holds now is read again at the next open.
             if let Ok(info) = self.info() {
                 st.last_seq = info.last_sequence;
@@ -548,7 +656,9 @@ impl Store for JetStreamStore {
                     match s.delete_message(seq).await {
                         Ok(true) => n += 1,
                         Ok(false) => {}
-                        Err(e) if e.to_string().contains("no message found") => {}
+                        // Deleted already (by an earlier take-over that stopped halfway).
+                        Err(e) if e.to_string().contains("not found") || e.to_string().contains("no message found") => {
+                        }
                         Err(e) => return Err(js_err(&format!("deleting sequence {seq}"), e)),
                     }
                 }
@@ -616,48 +726,58 @@ impl Store for JetStreamStore {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError> {
-        let s = self.meta.clone();
-        let subject = self.key_subject(space, key);
-        self.block(async move {
-            match s.raw_message_builder().last_by_subject(subject).send().await {
-                Ok(m) => Ok(Some(m.payload.to_vec())),
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-                Err(e) => Err(js_err("reading the journal's metadata", e)),
-            }
+        self.patiently("reading the journal's metadata", || {
+            let s = self.meta.clone();
+            let subject = self.key_subject(space, key);
+            self.block(async move {
+                match s.raw_message_builder().last_by_subject(subject).send().await {
+                    Ok(m) => Ok(Some(m.payload.to_vec())),
+                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                    Err(e) => Err(js_err("reading the journal's metadata", e)),
+                }
+            })
         })
     }
 
     fn put(&self, space: Space, key: &[u8], value: &[u8], _durable: bool) -> Result<(), JournalError> {
-        // Acknowledged once the stream's replicas stored it.
-        let js = self.js.clone();
+        // Acknowledged once the stream's replicas stored it; the same value again if that is not known.
         let (subject, value) = (self.key_subject(space, key), Bytes::copy_from_slice(value));
-        self.block(async move {
-            let ack = js.publish(subject, value).await.map_err(|e| js_err("writing the journal's metadata", e))?;
-            ack.await.map(|_| ()).map_err(|e| js_err("writing the journal's metadata", e))
+        self.patiently("writing the journal's metadata", || {
+            let js = self.js.clone();
+            let (subject, value) = (subject.clone(), value.clone());
+            self.block(async move {
+                let ack = js.publish(subject, value).await.map_err(|e| js_err("writing the journal's metadata", e))?;
+                ack.await.map(|_| ()).map_err(|e| js_err("writing the journal's metadata", e))
+            })
         })
     }
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<bool, JournalError> {
-        let s = self.meta.clone();
         let subject = self.key_subject(space, key);
-        self.block(async move {
-            s.purge()
-                .filter(subject)
-                .await
-                .map(|r| r.purged > 0)
-                .map_err(|e| js_err("removing from the journal's metadata", e))
+        self.patiently("removing from the journal's metadata", || {
+            let (s, subject) = (self.meta.clone(), subject.clone());
+            self.block(async move {
+                s.purge()
+                    .filter(subject)
+                    .await
+                    .map(|r| r.purged > 0)
+                    .map_err(|e| js_err("removing from the journal's metadata", e))
+            })
         })
     }
 
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<Entry>, JournalError> {
-        let s = self.meta.clone();
         let filter = format!("{}.>", self.key_subject(space, b"").trim_end_matches(".k"));
-        let subjects: Vec<String> = self.block(async move {
-            let info = s.info_with_subjects(filter).await.map_err(|e| js_err("listing the journal's metadata", e))?;
-            info.try_collect::<Vec<(String, usize)>>()
-                .await
-                .map(|v| v.into_iter().map(|(k, _)| k).collect())
-                .map_err(|e| js_err("listing the journal's metadata", e))
+        let subjects: Vec<String> = self.patiently("listing the journal's metadata", || {
+            let (s, filter) = (self.meta.clone(), filter.clone());
+            self.block(async move {
+                let info =
+                    s.info_with_subjects(filter).await.map_err(|e| js_err("listing the journal's metadata", e))?;
+                info.try_collect::<Vec<(String, usize)>>()
+                    .await
+                    .map(|v| v.into_iter().map(|(k, _)| k).collect())
+                    .map_err(|e| js_err("listing the journal's metadata", e))
+            })
         })?;
         let mut out = Vec::new();
         for subject in subjects {
@@ -686,6 +806,29 @@ impl Store for JetStreamStore {
     }
 
     fn flush(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
+
+    fn refresh(&self) -> Result<(), JournalError> {
+        let fresh = self.load()?;
+        *self.state() = fresh;
+        Ok(())
+    }
+
+    fn take_over(&self) -> Result<(), JournalError> {
+        // A fence message after the stream's last: every append of the previous writer expects an earlier last
+        // sequence, so the stream refuses them all from now on. It holds no record (reads never ask for it).
+        self.refresh()?;
+        let last = self.state().last_seq;
+        let mut h = HeaderMap::new();
+        h.insert(EXPECTED_LAST, last.to_string().as_str());
+        let js = self.js.clone();
+        let subject = self.subject_fence.clone();
+        let seq = self.block(async move {
+            let ack = js.publish_with_headers(subject, h, Bytes::new()).await.map_err(|e| js_err("fencing", e))?;
+            ack.await.map(|a| a.sequence).map_err(|e| js_err("fencing (another writer appended meanwhile)", e))
+        })?;
+        self.state().last_seq = seq;
         Ok(())
     }
 }
@@ -789,5 +932,22 @@ mod tests {
         let held = active.read(1, 10, 10, usize::MAX).expect("read");
         assert_eq!(held.iter().map(|r| r.bytes.clone()).collect::<Vec<_>>(), [b"one".to_vec(), b"two".to_vec()]);
         assert_eq!(active.resume().expect("resume"), Some(b"resume 2".to_vec()));
+    }
+
+    #[test]
+    fn a_reader_that_takes_over_fences_off_the_previous_writer() {
+        let nats = test_server::Nats::start();
+        let config = nats.config("taken");
+        let old = JetStreamStore::open(&config).expect("open");
+        append(&old, 1, &[b"one".to_vec()], 1).expect("the first writer appends");
+        let new = JetStreamStore::open(&config).expect("open a second time");
+        new.take_over().expect("take over");
+        let refused = append(&old, 2, &[b"late".to_vec()], 2).expect_err("the previous writer is fenced off");
+        assert!(refused.to_string().contains("another reader appended"), "{refused}");
+        // The new writer's next record goes after the fence, at the next offset.
+        new.remove_after(1, None, Vec::new()).expect("settle the shift");
+        append(&new, 2, &[b"two".to_vec()], 2).expect("the new writer appends");
+        let held = new.read(1, 2, 10, usize::MAX).expect("read");
+        assert_eq!(held.iter().map(|r| r.bytes.clone()).collect::<Vec<_>>(), [b"one".to_vec(), b"two".to_vec()]);
     }
 }

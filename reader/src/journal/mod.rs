@@ -27,6 +27,7 @@ use crate::pipeline::{Committed, Xa};
 pub mod damage;
 pub mod error;
 pub mod jetstream_store;
+pub mod lease;
 pub mod segments;
 pub mod sled_store;
 pub mod store;
@@ -192,9 +193,18 @@ impl Journal {
     /// Opens the journal kept by `store`: removes the fragments of a transaction whose end a crash kept out,
     /// checks the tail for a torn write (see [`tail`]).
     pub fn with_store(store: Box<dyn Store>) -> Result<Arc<Self>, JournalError> {
+        Self::build(store, true)
+    }
+
+    /// Opens a journal another reader writes (a standby): nothing is removed; [`Journal::reload`] follows it.
+    pub fn follower(store: Box<dyn Store>) -> Result<Arc<Self>, JournalError> {
+        Self::build(store, false)
+    }
+
+    fn build(store: Box<dyn Store>, writer: bool) -> Result<Arc<Self>, JournalError> {
         let resume: Option<ResumeState> = store.resume()?.map(|v| decode_meta(&v)).transpose()?;
         let last = resume.as_ref().map_or(0, |r| r.last_offset);
-        let removed = store.remove_after(last, None, Vec::new())?;
+        let removed = if writer { store.remove_after(last, None, Vec::new())? } else { 0 };
         if removed > 0 {
             tracing::info!(
                 records = removed,
@@ -223,6 +233,36 @@ impl Journal {
             );
         }
         Ok(Arc::new(journal))
+    }
+
+    /// Takes in what another writer of a shared store wrote: the resume state and the head follow it. With
+    /// `take_over`, this reader becomes the writer: the fragments of a transaction the previous writer did not
+    /// finish are removed (this reader reads it again). Blocking.
+    pub fn reload(&self, take_over: bool) -> Result<(), JournalError> {
+        if take_over {
+            self.store.take_over()?;
+        } else {
+            self.store.refresh()?;
+        }
+        let resume: Option<ResumeState> = self.store.resume()?.map(|v| decode_meta(&v)).transpose()?;
+        let last = resume.as_ref().map_or(0, |r| r.last_offset);
+        if take_over {
+            let removed = self.store.remove_after(last, None, Vec::new())?;
+            if removed > 0 {
+                tracing::info!(
+                    records = removed,
+                    after_offset = last,
+                    "fragments of an unfinished transaction removed; it is read again"
+                );
+            }
+        }
+        let first = self.store.bounds()?.map_or(last + 1, |(first, _)| first);
+        let mut b = self.bounds();
+        *b = Bounds { first, resume, staged: last, promised: b.promised };
+        if self.head() != last {
+            self.head.send_replace(last);
+        }
+        Ok(())
     }
 
     /// Which store keeps the journal ("sled", …).

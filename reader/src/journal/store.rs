@@ -84,4 +84,12 @@ pub trait Store: Send + Sync {
     fn tail_from(&self) -> Result<Option<u64>, JournalError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), JournalError>;
+    /// Reads again what another writer may have changed (a store shared by several readers).
+    fn refresh(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
+    /// Makes this store the only writer from now on: a previous writer that still runs can append nothing more.
+    fn take_over(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
 }

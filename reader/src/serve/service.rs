@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use crate::config::{Config, Endpoint};
-use crate::error::status;
+use crate::error::{status, ReaderError};
 use crate::journal::{ConsumerState, Journal, JournalError, LocateError};
 use crate::pipeline::{SourceStatus, SwitchRequest};
 use crate::serve::snapshot::Snapshots;
@@ -108,6 +108,16 @@ impl JournalService {
     }
 }
 
+impl JournalService {
+    /// Snapshot reads and primary switches need the binlog connection, which only the active reader has.
+    fn not_standby(&self, call: &'static str) -> Result<(), Status> {
+        if self.status.standby.load(Ordering::Relaxed) {
+            return Err(status(ReaderError::Standby(call, self.status.lease_holder())));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl JournalApi for JournalService {
     async fn get_info(&self, _: Request<proto::GetInfoRequest>) -> Result<Response<proto::GetInfoResponse>, Status> {
@@ -133,6 +143,9 @@ impl JournalApi for JournalService {
             primary_server_id: followed.map_or(0, |f| f.server_id),
             primary_changes: self.status.counters.primary_changes.get(),
             journal_id: self.journal.id().to_owned(),
+            journal_store: self.journal.store_kind().to_owned(),
+            role: if self.status.standby.load(Ordering::Relaxed) { "standby" } else { "active" }.to_owned(),
+            lease_holder: self.status.lease_holder(),
         }))
     }
 
@@ -159,8 +172,7 @@ impl JournalApi for JournalService {
         self.same_journal(&req.journal_id)?;
         let name = req.consumer.clone();
         let journal = self.journal.clone();
-        let first = journal.first();
-        let head = journal.promised();
+        let standby = self.status.standby.load(Ordering::Relaxed);
         // 0 means: where this consumer left off, or the oldest retained record for a new one.
         let from = {
             let journal = journal.clone();
@@ -168,11 +180,21 @@ impl JournalApi for JournalService {
             let requested = req.from_offset;
             blocking(move || {
                 let known = journal.consumer(&name)?;
+                let mut first = journal.first();
                 let from = match (requested, known) {
                     (0, Some(s)) => s.acked + 1,
                     (0, None) => first,
                     (n, _) => n,
                 };
+                let mut head = journal.promised();
+                if standby && from > head + 1 {
+                    // A standby follows the active reader's writes a moment late: read them now.
+                    journal.reload(false)?;
+                    (first, head) = (journal.first(), journal.promised());
+                    if from > head + 1 {
+                        return Err(JournalError::Behind { offset: from, head });
+                    }
+                }
                 if from < first || from > head + 1 {
                     return Err(JournalError::OutOfRange { offset: from, first, last: head });
                 }
@@ -267,6 +289,7 @@ impl JournalApi for JournalService {
         &self,
         req: Request<proto::ListTablesRequest>,
     ) -> Result<Response<proto::ListTablesResponse>, Status> {
+        self.not_standby("ListTables")?;
         Ok(Response::new(self.snapshots.list_tables(req.into_inner()).await.map_err(status)?))
     }
 
@@ -276,6 +299,7 @@ impl JournalApi for JournalService {
         &self,
         req: Request<proto::ReadChunkRequest>,
     ) -> Result<Response<Self::ReadChunkStream>, Status> {
+        self.not_standby("ReadChunk")?;
         let req = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let snapshots = self.snapshots.clone();
@@ -295,6 +319,7 @@ impl JournalApi for JournalService {
         &self,
         req: Request<proto::ChecksumChunksRequest>,
     ) -> Result<Response<Self::ChecksumChunksStream>, Status> {
+        self.not_standby("ChecksumChunks")?;
         let req = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let snapshots = self.snapshots.clone();
@@ -312,6 +337,7 @@ impl JournalApi for JournalService {
         &self,
         req: Request<proto::SwitchPrimaryRequest>,
     ) -> Result<Response<proto::SwitchPrimaryResponse>, Status> {
+        self.not_standby("SwitchPrimary")?;
         let address = req.into_inner().address;
         let to = Endpoint::parse(address.trim(), self.config.primary_port).map_err(Status::invalid_argument)?;
         let (reply, answer) = tokio::sync::oneshot::channel();

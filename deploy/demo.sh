@@ -3,6 +3,8 @@
 # a small live write workload, and a refreshed view of lag and row counts side by side. Ctrl-C stops it all.
 #   deploy/demo.sh          set up (installs MariaDB from Debian's packages if missing), build, run
 #   deploy/demo.sh down     stop anything left and remove the sandbox folder
+#   DEMO_NATS=1 deploy/demo.sh   the journal on a three-server NATS JetStream cluster (installs nats-server from
+#                           Debian's packages if missing), with a second, standby reader; the appliers list both
 # Everything lives in ./.sandbox; the system MariaDB on port 3306 is never touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,10 @@ NAMES=(east west)
 GRPC=${DEMO_GRPC_ADDR:-127.0.0.1:25051}
 ADMIN_PORTS=(${DEMO_ADMIN_PORTS:-25061 25062})
 DURATION=${DEMO_SECONDS:-0} # 0: until Ctrl-C
+NATS=${DEMO_NATS:-0}
+NATS_PORTS=(${DEMO_NATS_PORTS:-25222 25223 25224})
+NATS_ROUTES=(${DEMO_NATS_ROUTES:-25232 25233 25234})
+STANDBY_GRPC=${DEMO_STANDBY_GRPC_ADDR:-127.0.0.1:25052}
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 mysql_at() { mariadb --no-defaults -uroot -h127.0.0.1 -P"$1" --default-character-set=utf8mb4 -N -B "${@:2}"; }
@@ -45,6 +51,11 @@ if ! command -v mariadbd >/dev/null 2>&1 && [[ ! -x /usr/sbin/mariadbd ]]; then
   echo "installing MariaDB from Debian's packages"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mariadb-server mariadb-client >/dev/null
+fi
+if [[ $NATS == 1 ]] && ! command -v nats-server >/dev/null 2>&1; then
+  echo "installing nats-server from Debian's packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nats-server >/dev/null
 fi
 export PATH=$PATH:/usr/sbin
 echo "building (release)"
@@ -88,19 +99,42 @@ mysql_at "$PRIMARY_PORT" -e "CREATE DATABASE shop;
   CREATE TABLE shop.events (at DATETIME(6), kind VARCHAR(20), payload JSON);
   INSERT INTO shop.orders (customer, total) SELECT CONCAT('c', seq % 1000), seq % 500 FROM shop.seq_1_to_50000"
 
+READERS=http://$GRPC
+JOURNAL_URL=
+if [[ $NATS == 1 ]]; then
+  for i in 0 1 2; do
+    routes=$(for j in 0 1 2; do [[ $j != "$i" ]] && printf 'nats://127.0.0.1:%s,' "${NATS_ROUTES[$j]}"; done)
+    mkdir -p "$SANDBOX/nats-$i"
+    nats-server -js -a 127.0.0.1 -p "${NATS_PORTS[$i]}" -n "n$i" -sd "$SANDBOX/nats-$i" --cluster_name sandbox \
+      --cluster "nats://127.0.0.1:${NATS_ROUTES[$i]}" --routes "${routes%,}" >"$SANDBOX/nats-$i.log" 2>&1 &
+    echo $! >"$SANDBOX/nats-$i.pid"
+    JOURNAL_URL+="nats://127.0.0.1:${NATS_PORTS[$i]},"
+  done
+  JOURNAL_URL=${JOURNAL_URL%,}
+  READERS+=",http://$STANDBY_GRPC"
+  echo "NATS JetStream cluster on ${NATS_PORTS[*]}: the journal is stream REPLICA_mariadb-primary, three replicas"
+fi
+start_reader() { # name grpc-address
+  MARIA_PRIMARY_HOST=127.0.0.1 MARIA_PRIMARY_PORT=$PRIMARY_PORT MARIA_USER=replica MARIA_PASS=demo-replica \
+    MARIA_SERVER_ID=100 REPLICA_JOURNAL_DIR=$SANDBOX/journal REPLICA_GRPC_ADDR=$2 REPLICA_JOURNAL_URL=$JOURNAL_URL \
+    "$BIN/replica-reader" >"$SANDBOX/$1.log" 2>&1 &
+  echo $! >"$SANDBOX/$1.pid"
+}
 echo "starting replica-reader on $GRPC"
-MARIA_PRIMARY_HOST=127.0.0.1 MARIA_PRIMARY_PORT=$PRIMARY_PORT MARIA_USER=replica MARIA_PASS=demo-replica \
-  MARIA_SERVER_ID=100 REPLICA_JOURNAL_DIR=$SANDBOX/journal REPLICA_GRPC_ADDR=$GRPC \
-  "$BIN/replica-reader" >"$SANDBOX/reader.log" 2>&1 &
-echo $! >"$SANDBOX/reader.pid"
+start_reader reader "$GRPC"
 for _ in $(seq 1 100); do
   grep -q "streaming the binlog" "$SANDBOX/reader.log" 2>/dev/null && break
   sleep 0.1
 done
 
+if [[ $NATS == 1 ]]; then
+  echo "starting a standby replica-reader on $STANDBY_GRPC (kill the first one: it takes over)"
+  start_reader reader-standby "$STANDBY_GRPC"
+fi
+
 for i in 0 1; do
   echo "starting replica-applier ${NAMES[$i]}"
-  REPLICA_READER_URL=http://$GRPC MARIA_SECONDARY_HOST=127.0.0.1 MARIA_SECONDARY_PORT=${SECONDARY_PORTS[$i]} \
+  REPLICA_READER_URL=$READERS MARIA_SECONDARY_HOST=127.0.0.1 MARIA_SECONDARY_PORT=${SECONDARY_PORTS[$i]} \
     MARIA_SECONDARY_NAME=${NAMES[$i]} MARIA_SECONDARY_USER=root MARIA_SECONDARY_PASSWORD= \
     REPLICA_ADMIN_ADDR=127.0.0.1:${ADMIN_PORTS[$i]} "$BIN/replica-applier" >"$SANDBOX/applier-${NAMES[$i]}.log" 2>&1 &
   echo $! >"$SANDBOX/applier-${NAMES[$i]}.pid"

@@ -57,9 +57,12 @@ fn graylog_comes_with_its_compose_profile_only() {
     }
     for (name, body) in &services {
         let profiled = body.contains("profiles:");
-        assert_eq!(profiled, name.starts_with("graylog"), "{name}: only Graylog's services are behind a profile");
+        let optional = name.starts_with("graylog") || name.starts_with("nats") || name == "replica-reader-standby";
+        assert_eq!(profiled, optional, "{name}: only Graylog's and the NATS journal's services are behind a profile");
     }
-    for wanted in ["graylog", "graylog-mongodb", "graylog-opensearch"] {
+    for wanted in
+        ["graylog", "graylog-mongodb", "graylog-opensearch", "nats-1", "nats-2", "nats-3", "replica-reader-standby"]
+    {
         assert!(services.iter().any(|(n, _)| n == wanted), "{wanted} is defined");
     }
     assert!(text.contains("protocol: udp") && text.contains("published: 12201"), "Graylog takes GELF over UDP");
@@ -125,8 +128,8 @@ fn the_dockerfile_passes_hadolint_and_runs_as_the_journal_directorys_owner() {
     assert!(ignore.lines().any(|l| l == "target/"), "the build context leaves target/ out");
 }
 
-/// Every Kubernetes manifest validates against the API schemas (PyPI `kubernetes-validate`, offline), and every
-/// process has readiness and liveness probes and runs as the image's user.
+/// Every Kubernetes manifest validates against the API schemas (PyPI `kubernetes-validate`, offline), every
+/// process (ours and the NATS servers) has readiness and liveness probes, and ours run as the image's user.
 #[test]
 fn every_kubernetes_manifest_is_valid_and_probes_every_process() {
     let dir = root().join("deploy/kubernetes");
@@ -142,10 +145,12 @@ fn every_kubernetes_manifest_is_valid_and_probes_every_process() {
     assert!(out.status.success() && !text.contains("ERROR"), "{text}");
     for file in &files {
         let yaml = std::fs::read_to_string(file).expect("manifest");
-        let containers = yaml.matches("- name: reader").count() + yaml.matches("- name: applier").count();
-        for probe in ["readinessProbe:", "livenessProbe:", "runAsUser: 10001"] {
+        let ours = yaml.matches("- name: reader").count() + yaml.matches("- name: applier").count();
+        let containers = ours + yaml.matches("- name: nats").count();
+        for probe in ["readinessProbe:", "livenessProbe:"] {
             assert_eq!(yaml.matches(probe).count(), containers, "{probe} for each process in {}", file.display());
         }
+        assert_eq!(yaml.matches("runAsUser: 10001").count(), ours, "our image's user in {}", file.display());
     }
 }
 

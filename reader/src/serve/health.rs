@@ -1,5 +1,5 @@
 //! The reader's health: SERVING while the binlog stream from the primary is up and the journal is under its
-//! size cap (`grpc.health.v1.Health`, for probes and `grpcurl`).
+//! size cap, or while it is the standby of a shared journal (`grpc.health.v1.Health`, for probes and `grpcurl`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use crate::pipeline::SourceStatus;
 pub async fn run(health: HealthReporter, status: Arc<SourceStatus>, shutdown: CancellationToken) {
     let mut last = None;
     loop {
-        let serving = status.connected.load(Ordering::Relaxed) && !status.backpressure.load(Ordering::Relaxed);
+        // A standby serves the journal another reader writes: it does its job without a binlog connection.
+        let serving = status.standby.load(Ordering::Relaxed)
+            || (status.connected.load(Ordering::Relaxed) && !status.backpressure.load(Ordering::Relaxed));
         if last != Some(serving) {
             common::grpc_server::report(&health, "replica.v1.Journal", serving).await;
             last = Some(serving);

@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo build --release --bins && REPLICA_TEST_PROFILE=release cargo bench -p tests --bench journal_store`
 //! Workload: the standard catch-up backlog (see `applier_throughput`; `BENCH_TABLES`, `BENCH_ROWS`,
-//! `BENCH_EVENTS`, `BENCH_THREADS`, `BENCH_DURABLE`). `BENCH_RUNS` alternating pairs (default 2).
+//! `BENCH_EVENTS`, `BENCH_THREADS`, `BENCH_DURABLE`). `BENCH_RUNS` alternating pairs (default 2);
+//! `BENCH_JS_REPLICAS` the stream's replicas (default 3).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,8 @@ async fn run(primary: &MariaDb, start: &(String, u64), end_gtid: &str, tables: u
     let want = checksum(primary, tables).await;
     let secondary = MariaDb::start_with(Role::Secondary, 20, &durability()).await;
     let position = format!("{}:{}", start.0, start.1);
-    let mut reader_env = vec![("REPLICA_START_POSITION", position.as_str()), ("RUST_LOG", "warn")];
+    let log = std::env::var("BENCH_READER_LOG").unwrap_or_else(|_| "warn".into());
+    let mut reader_env = vec![("REPLICA_START_POSITION", position.as_str()), ("RUST_LOG", log.as_str())];
     reader_env.extend_from_slice(env);
     let t = Instant::now();
     let dir = primary.dir.path().join(format!("journal-{}", rand_suffix()));
@@ -70,11 +72,13 @@ async fn main() {
     let urls = nats.urls();
     let mut sled = Vec::new();
     let mut js = Vec::new();
+    let replicas = env_u64("BENCH_JS_REPLICAS", 3).to_string();
+    println!("JetStream: three servers, {replicas} replicas");
     for i in 0..env_u64("BENCH_RUNS", 2) {
         let stream = format!("bench{i}");
         let js_env = [
             ("REPLICA_JOURNAL_URL", urls.as_str()),
-            ("REPLICA_JOURNAL_REPLICAS", "3"),
+            ("REPLICA_JOURNAL_REPLICAS", replicas.as_str()),
             ("REPLICA_JOURNAL_STREAM", stream.as_str()),
         ];
         sled.push(run(&primary, &start, &end_gtid, tables, &[]).await);
@@ -91,7 +95,7 @@ async fn main() {
             .join(" / ")
     };
     println!();
-    println!("| measure | sled (local) | JetStream R3 (3 servers) | JetStream vs sled (speed) |");
+    println!("| measure | sled (local) | JetStream R{replicas} (3 servers) | JetStream vs sled (speed) |");
     println!("| --- | --- | --- | --- |");
     println!(
         "| reader: journal the backlog, s | {} | {} | {} |",

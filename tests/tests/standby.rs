@@ -9,10 +9,10 @@ use tests::{assert_same_data, caught_up, eventually, Applier, MariaDb, NatsClust
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Transactions of five new rows, an update of an earlier row and a row in a table without a key.
-async fn load(opts: mysql_async::OptsBuilder, txns: u64, stop: tokio::sync::watch::Receiver<bool>) {
+/// Transactions of five new rows, an update of an earlier row and a row in a table without a key, until `stop`.
+async fn load(opts: mysql_async::OptsBuilder, stop: tokio::sync::watch::Receiver<bool>) {
     let mut conn = mysql_async::Conn::new(opts).await.expect("load connection");
-    for t in 0..txns {
+    for t in 0.. {
         if *stop.borrow() {
             break;
         }
@@ -82,7 +82,7 @@ async fn a_standby_reader_takes_over_after_kill_9_of_the_active_one_of_a_nats_se
         )
         .await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let loader = tokio::spawn(load(primary.root_opts(), 6_000, stop));
+    let loader = tokio::spawn(load(primary.root_opts(), stop));
 
     // 1. The active reader dies: the standby takes the lease once it expires, and reads on from the journal.
     grown(&primary).await;

@@ -86,6 +86,72 @@ pub struct Journal {
     head: watch::Sender<u64>,
     id: String,
     damage: damage::Damage,
+    /// The records written last, as written: subscribers that keep up are served from here, not the store.
+    recent: Mutex<Recent>,
+    /// Whether this journal object writes (else it follows what another reader writes, see [`Journal::reload`]).
+    writer: std::sync::atomic::AtomicBool,
+    /// Held through a whole [`Journal::reload`]: a follower's reload and the take-over never interleave.
+    reloading: Mutex<()>,
+}
+
+/// Bytes of recently written records kept in memory for subscribers that keep up.
+const RECENT_BYTES: usize = 4 << 20;
+
+/// The last records written, oldest first, at most [`RECENT_BYTES`] of them (larger records are not kept).
+#[derive(Default)]
+struct Recent {
+    records: std::collections::VecDeque<Stored>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, stored: Stored) {
+        if stored.bytes.len() > RECENT_BYTES / 4 {
+            // Not kept, and nothing before it may be served from here any more (offsets must follow on).
+            self.clear();
+            return;
+        }
+        self.bytes += stored.bytes.len();
+        self.records.push_back(stored);
+        while self.bytes > RECENT_BYTES {
+            match self.records.pop_front() {
+                Some(r) => self.bytes -= r.bytes.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets the records after `kept`.
+    fn cut_after(&mut self, kept: u64) {
+        while self.records.back().is_some_and(|r| r.offset > kept) {
+            if let Some(r) = self.records.pop_back() {
+                self.bytes -= r.bytes.len();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+
+    /// Records `from..=to` as [`Store::read`] gives them, if they are all here from `from` on.
+    fn read(&self, from: u64, to: u64, limit: usize, max_bytes: usize) -> Option<Vec<Stored>> {
+        let first = self.records.front()?.offset;
+        if from < first || from > self.records.back()?.offset {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for r in self.records.iter().skip((from - first) as usize).take_while(|r| r.offset <= to).take(limit) {
+            if !out.is_empty() && bytes + r.bytes.len() > max_bytes {
+                break;
+            }
+            bytes += r.bytes.len();
+            out.push(r.clone());
+        }
+        Some(out)
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -218,7 +284,16 @@ impl Journal {
         let bounds = Bounds { first, resume, staged: last, promised: promised.unwrap_or(0) };
         let id = Self::identity(store.as_ref())?;
         let damage = damage::Damage::default();
-        let journal = Self { store, bounds: Mutex::new(bounds), head, id, damage };
+        let journal = Self {
+            store,
+            bounds: Mutex::new(bounds),
+            head,
+            id,
+            damage,
+            recent: Mutex::default(),
+            writer: std::sync::atomic::AtomicBool::new(writer),
+            reloading: Mutex::new(()),
+        };
         let check = journal.check_tail()?;
         for offset in &check.damaged {
             journal.damage.report(*offset);
@@ -239,11 +314,19 @@ impl Journal {
     /// `take_over`, this reader becomes the writer: the fragments of a transaction the previous writer did not
     /// finish are removed (this reader reads it again). Blocking.
     pub fn reload(&self, take_over: bool) -> Result<(), JournalError> {
+        use std::sync::atomic::Ordering;
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        // Once this reader writes, its own state is the truth: a follower's reload (a late Subscribe of the
+        // standby it was) must not move it back. Checked under the lock: a take-over sets it before releasing it.
+        if !take_over && self.writer.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if take_over {
             self.store.take_over()?;
         } else {
             self.store.refresh()?;
         }
+        self.recent().clear();
         let resume: Option<ResumeState> = self.store.resume()?.map(|v| decode_meta(&v)).transpose()?;
         let last = resume.as_ref().map_or(0, |r| r.last_offset);
         if take_over {
@@ -262,6 +345,9 @@ impl Journal {
         if self.head() != last {
             self.head.send_replace(last);
         }
+        if take_over {
+            self.writer.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -276,6 +362,7 @@ impl Journal {
         let promised = b.promised.max(self.head());
         let meta = vec![(PROMISED_KEY.to_vec(), Some(promised.to_be_bytes().to_vec()))];
         self.store.remove_after(kept, Some(encode_meta(&resume)?), meta)?;
+        self.recent().cut_after(kept);
         *b = Bounds { first: b.first.min(kept + 1), resume: Some(resume), staged: kept, promised };
         self.head.send_replace(kept);
         Ok(())
@@ -375,6 +462,7 @@ impl Journal {
             return Ok(());
         }
         let removed = self.store.remove_after(head, None, Vec::new())?;
+        self.recent().cut_after(head);
         tracing::info!(
             records = removed,
             after_offset = head,
@@ -382,6 +470,10 @@ impl Journal {
         );
         b.staged = head;
         Ok(())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn bounds(&self) -> MutexGuard<'_, Bounds> {
@@ -467,6 +559,13 @@ impl Journal {
             resume: encoded,
             meta,
         })?;
+        {
+            let mut recent = self.recent();
+            for (i, bytes) in records.into_iter().enumerate() {
+                let place = "the reader's memory (written last)".to_owned();
+                recent.push(Stored { offset: staged + 1 + i as u64, bytes, journaled_unix_ms: now, place });
+            }
+        }
         // Published together, once durable: a reader of `durable()` never sees a resume position whose
         // transaction is not at or below the head yet.
         let mut b = self.bounds();
@@ -544,7 +643,11 @@ impl Journal {
         if from > head {
             return Ok(Vec::new());
         }
-        let raw = self.store.read(from, head, limit, max_bytes)?;
+        let cached = self.recent().read(from, head, limit, max_bytes);
+        let raw = match cached {
+            Some(raw) => raw,
+            None => self.store.read(from, head, limit, max_bytes)?,
+        };
         // The records before a damaged one are served; the damaged one is an error once it comes first.
         let mut out = Vec::with_capacity(raw.len());
         for stored in &raw {

@@ -103,7 +103,10 @@ READERS=http://$GRPC
 JOURNAL_URL=
 if [[ $NATS == 1 ]]; then
   for i in 0 1 2; do
-    routes=$(for j in 0 1 2; do [[ $j != "$i" ]] && printf 'nats://127.0.0.1:%s,' "${NATS_ROUTES[$j]}"; done)
+    routes=
+    for j in 0 1 2; do
+      if [[ $j != "$i" ]]; then routes+="nats://127.0.0.1:${NATS_ROUTES[$j]},"; fi
+    done
     mkdir -p "$SANDBOX/nats-$i"
     nats-server -js -a 127.0.0.1 -p "${NATS_PORTS[$i]}" -n "n$i" -sd "$SANDBOX/nats-$i" --cluster_name sandbox \
       --cluster "nats://127.0.0.1:${NATS_ROUTES[$i]}" --routes "${routes%,}" >"$SANDBOX/nats-$i.log" 2>&1 &

@@ -28,6 +28,8 @@ pub struct ReaderMetrics {
     acked: Family<Labels, Gauge>,
     lag_records: Family<Labels, Gauge>,
     lag_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    standby: Gauge,
+    store: Family<Labels, Gauge>,
 }
 
 impl ReaderMetrics {
@@ -44,6 +46,8 @@ impl ReaderMetrics {
             acked: Family::default(),
             lag_records: Family::default(),
             lag_seconds: Family::default(),
+            standby: Gauge::default(),
+            store: Family::default(),
         };
         let r = &mut m.registry;
         r.register("journal_first_offset", "First retained journal offset", m.first.clone());
@@ -59,6 +63,16 @@ impl ReaderMetrics {
             "journal_backpressure",
             "1 while the size cap stops reading from the primary",
             m.backpressure.clone(),
+        );
+        r.register(
+            "reader_standby",
+            "1 while this reader is the standby of a shared (JetStream) journal: another reader reads the binlog",
+            m.standby.clone(),
+        );
+        r.register(
+            "journal_store",
+            "1, labelled with the store that keeps the journal (sled or jetstream)",
+            m.store.clone(),
         );
         r.register("consumer_acked_offset", "Last offset each consumer acked", m.acked.clone());
         r.register("consumer_lag_records", "Records journaled after each consumer's ack", m.lag_records.clone());
@@ -127,6 +141,8 @@ impl ReaderMetrics {
             self.connected.set(i64::from(status.connected.load(Ordering::Relaxed)));
             self.backpressure.set(i64::from(status.backpressure.load(Ordering::Relaxed)));
             self.primary_server_id.set(status.followed().map_or(0, |f| i64::from(f.server_id)));
+            self.standby.set(i64::from(status.standby.load(Ordering::Relaxed)));
+            self.store.get_or_create(&vec![("store".to_owned(), journal.store_kind().to_owned())]).set(1);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -326,6 +326,8 @@ async fn both_processes_serve_prometheus_metrics_of_the_pipeline() {
         "replica_consumer_lag_seconds{consumer=\"m\"} 0",
         "replica_journal_rows_total 4",
         "replica_journal_transactions_total 4",
+        "replica_reader_standby 0",
+        "replica_journal_store{store=\"",
     ] {
         assert!(r.contains(line), "reader metrics have {line:?}:\n{r}");
     }

@@ -492,6 +492,7 @@ impl Reader {
 
     async fn wait_ready(&mut self) {
         let url = self.url();
+        let port = self.grpc_port;
         // Streaming, not just serving: the start position ("current") is fixed when the source connects, and a
         // test that writes before that would see its first statements missed.
         eventually(Duration::from_secs(30), "replica-reader to serve gRPC and stream from the primary", || {
@@ -504,8 +505,11 @@ impl Reader {
                 }
                 let mut c = JournalClient::connect(url).await.ok()?;
                 let info = c.get_info(GetInfoRequest {}).await.ok()?.into_inner();
-                // A standby of a shared journal is ready once it serves: another reader reads the binlog.
-                (info.primary_connected || info.role == "standby").then_some(())
+                // A standby of a shared journal is ready once it serves while another reader holds the lease (a
+                // JetStream reader starts as a standby, until it has looked at the lease).
+                let own = format!(":{port}");
+                let other_active = !info.lease_holder.is_empty() && !info.lease_holder.ends_with(&own);
+                (info.primary_connected || (info.role == "standby" && other_active)).then_some(())
             }
         })
         .await;

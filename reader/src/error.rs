@@ -84,8 +84,8 @@ pub enum ReaderError {
     #[error("the journal writer stopped")]
     WriterStopped,
     #[error(
-        "this reader lost the journal's lease (another reader took over, or NATS was unreachable for a whole lease \
-         time): restart it and it serves as the standby"
+        "this reader lost the journal's lease (another reader took over, or the lease could not be renewed for 30 s): \
+         restart it and it serves as the standby"
     )]
     LeaseLost,
     #[error("this reader is the standby: {0} is served by the active reader ({1})")]

@@ -30,6 +30,9 @@ pub struct ReaderMetrics {
     lag_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     standby: Gauge,
     store: Family<Labels, Gauge>,
+    replicas: Gauge,
+    replicas_current: Gauge,
+    lease_holder: Family<Labels, Gauge>,
 }
 
 impl ReaderMetrics {
@@ -48,6 +51,9 @@ impl ReaderMetrics {
             lag_seconds: Family::default(),
             standby: Gauge::default(),
             store: Family::default(),
+            replicas: Gauge::default(),
+            replicas_current: Gauge::default(),
+            lease_holder: Family::default(),
         };
         let r = &mut m.registry;
         r.register("journal_first_offset", "First retained journal offset", m.first.clone());
@@ -73,6 +79,21 @@ impl ReaderMetrics {
             "journal_store",
             "1, labelled with the store that keeps the journal (sled or jetstream)",
             m.store.clone(),
+        );
+        r.register(
+            "journal_replicas",
+            "Copies every journal record is meant to have (1 for a local journal, the stream's replicas on JetStream)",
+            m.replicas.clone(),
+        );
+        r.register(
+            "journal_replicas_current",
+            "Copies of the journal that hold everything written so far (0 while the NATS cluster does not answer)",
+            m.replicas_current.clone(),
+        );
+        r.register(
+            "reader_lease_holder",
+            "1, labelled with the reader that holds a JetStream journal's lease (host/gRPC address)",
+            m.lease_holder.clone(),
         );
         r.register("consumer_acked_offset", "Last offset each consumer acked", m.acked.clone());
         r.register("consumer_lag_records", "Records journaled after each consumer's ack", m.lag_records.clone());
@@ -143,6 +164,16 @@ impl ReaderMetrics {
             self.primary_server_id.set(status.followed().map_or(0, |f| i64::from(f.server_id)));
             self.standby.set(i64::from(status.standby.load(Ordering::Relaxed)));
             self.store.get_or_create(&vec![("store".to_owned(), journal.store_kind().to_owned())]).set(1);
+            let j = journal.clone();
+            if let Ok(copies) = tokio::task::spawn_blocking(move || j.copies()).await {
+                self.replicas.set(i64::from(copies.configured));
+                self.replicas_current.set(i64::from(copies.current));
+            }
+            let holder = status.lease_holder();
+            self.lease_holder.clear();
+            if !holder.is_empty() {
+                self.lease_holder.get_or_create(&vec![("holder".to_owned(), holder)]).set(1);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

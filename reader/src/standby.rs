@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::error::ReaderError;
+use crate::journal::jetstream_store::PATIENCE;
 use crate::journal::lease::Lease;
 use crate::journal::Journal;
 use crate::pipeline::SourceStatus;
@@ -67,7 +68,8 @@ pub async fn wait_for_lease(
 }
 
 /// Renews the lease every third of its time until `shutdown`; if another reader has it, or it cannot be renewed
-/// for a whole lease time, stops this reader (`lost` says so): another reader may be writing now.
+/// for as long as the journal's writes wait for the cluster ([`PATIENCE`]) (or a lease time, if longer), stops this reader (`lost` says so): another reader may be
+/// writing now. Going on past the lease time is safe: a reader that took over has fenced this one's appends.
 pub async fn keep_lease(mut lease: Lease, lost: Arc<std::sync::atomic::AtomicBool>, shutdown: CancellationToken) {
     let mut renewed = Instant::now();
     loop {
@@ -88,9 +90,11 @@ pub async fn keep_lease(mut lease: Lease, lost: Arc<std::sync::atomic::AtomicBoo
                 error!(me = %lease.me, "the lease is another reader's now: stopping (restarted, this reader becomes a standby)");
                 break;
             }
-            Err(e) if renewed.elapsed() < lease.ttl => warn!(error = %e, "renewing the lease failed; trying again"),
+            Err(e) if renewed.elapsed() < PATIENCE.max(lease.ttl) => {
+                warn!(error = %e, "renewing the lease failed; trying again")
+            }
             Err(e) => {
-                error!(error = %e, "the lease could not be renewed for a whole lease time: stopping (another reader may take over)");
+                error!(error = %e, waited = ?renewed.elapsed(), "the lease could not be renewed: stopping (another reader may take over)");
                 break;
             }
         }

@@ -521,7 +521,14 @@ impl Reader {
 
     pub async fn client(&self) -> JournalClient<tonic::transport::Channel> {
         // One record is one source transaction, which can be far larger than gRPC's 4 MiB default.
-        JournalClient::connect(self.url()).await.expect("connect to replica-reader").max_decoding_message_size(1 << 30)
+        match JournalClient::connect(self.url()).await {
+            Ok(c) => c.max_decoding_message_size(1 << 30),
+            Err(e) => {
+                let log = self.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("connect to replica-reader at {}: {e}; its log ends:\n{}", self.url(), tail.join("\n"))
+            }
+        }
     }
 
     pub async fn info(&self) -> proto::GetInfoResponse {
@@ -1025,22 +1032,54 @@ pub mod bench {
     /// `sysbench oltp_write_only` against database `sbtest`, with `args`; keys are uniformly distributed unless
     /// `BENCH_RAND_TYPE` names another sysbench distribution (`special` is sysbench's hot-key default).
     pub fn sysbench(db: &MariaDb, args: &[&str]) {
-        let rand = std::env::var("BENCH_RAND_TYPE").unwrap_or_else(|_| "uniform".into());
-        let status = Command::new("sysbench")
-            .args([
-                "oltp_write_only",
-                "--db-driver=mysql",
-                "--mysql-host=127.0.0.1",
-                "--mysql-user=root",
-                "--mysql-db=sbtest",
-            ])
-            .arg(format!("--rand-type={rand}"))
-            .arg(format!("--mysql-port={}", db.port))
-            .args(args)
-            .stdout(Stdio::null())
-            .status()
-            .expect("sysbench runs (apt-get install sysbench)");
+        let status = sysbench_command(db, args).status().expect("sysbench runs (apt-get install sysbench)");
         assert!(status.success(), "sysbench {args:?} failed");
+    }
+
+    /// A running `oltp_write_only` load on `tables` tables of database `sbtest` (prepared), `rate` transactions a
+    /// second from two client threads, until the [`Load`] is stopped or dropped.
+    pub fn sysbench_load(db: &MariaDb, tables: u64, rows: u64, rate: u64) -> Load {
+        let (t, r, rate) = (format!("--tables={tables}"), format!("--table-size={rows}"), format!("--rate={rate}"));
+        let child = sysbench_command(db, &[&t, &r, &rate, "--threads=2", "--time=3600", "--events=0", "run"])
+            .spawn()
+            .expect("sysbench runs (apt-get install sysbench)");
+        Load(child)
+    }
+
+    /// A sysbench process writing in the background ([`sysbench_load`]).
+    pub struct Load(std::process::Child);
+
+    impl Load {
+        /// Stops the load; panics if sysbench had stopped by itself (an error on the primary).
+        pub fn stop(mut self) {
+            assert!(matches!(self.0.try_wait(), Ok(None)), "the sysbench load ran until stopped");
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for Load {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sysbench_command(db: &MariaDb, args: &[&str]) -> Command {
+        let rand = std::env::var("BENCH_RAND_TYPE").unwrap_or_else(|_| "uniform".into());
+        let mut c = Command::new("sysbench");
+        c.args([
+            "oltp_write_only",
+            "--db-driver=mysql",
+            "--mysql-host=127.0.0.1",
+            "--mysql-user=root",
+            "--mysql-db=sbtest",
+        ])
+        .arg(format!("--rand-type={rand}"))
+        .arg(format!("--mysql-port={}", db.port))
+        .args(args)
+        .stdout(Stdio::null());
+        c
     }
 }
 

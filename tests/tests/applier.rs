@@ -328,6 +328,8 @@ async fn both_processes_serve_prometheus_metrics_of_the_pipeline() {
         "replica_journal_transactions_total 4",
         "replica_reader_standby 0",
         "replica_journal_store{store=\"",
+        "replica_journal_replicas 1",
+        "replica_journal_replicas_current 1",
     ] {
         assert!(r.contains(line), "reader metrics have {line:?}:\n{r}");
     }

@@ -45,7 +45,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::error::JournalError;
-use super::store::{Append, Entry, MetaChange, Space, Store, Stored};
+use super::store::{Append, Copies, Entry, MetaChange, Space, Store, Stored};
 
 const OFFSET: &str = "Replica-Offset";
 const RESUME: &str = "Replica-Resume";
@@ -60,7 +60,9 @@ const SHIFTS_KEY: &[u8] = b"m/shifts";
 /// Records fetched concurrently by a read.
 const READ_AHEAD: usize = 64;
 /// How long a write waits for the cluster (a server lost, a leader being elected) before it fails.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long health and metrics wait for the stream's cluster state.
+const COPIES_WAIT: Duration = Duration::from_secs(1);
 /// Bytes kept free in a message for its headers.
 const HEADER_ROOM: usize = 4096;
 
@@ -81,6 +83,11 @@ impl JetStreamConfig {
         let clean: String =
             self.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
         format!("REPLICA_{clean}")
+    }
+
+    /// The first tokens of every subject of the journal's streams (`replica.<name>`).
+    pub fn subject_prefix(&self) -> String {
+        self.stream_name().to_lowercase().replace("replica_", "replica.")
     }
 }
 
@@ -121,6 +128,8 @@ pub struct JetStreamStore {
     subject_part: String,
     subject_fence: String,
     part_bytes: usize,
+    /// Copies asked for at creation (reported while the cluster does not answer).
+    replicas: u32,
     state: Mutex<State>,
 }
 
@@ -181,7 +190,7 @@ impl JetStreamStore {
         let opened = rt.block_on(async move { Self::connect(&c).await });
         let (js, records, parts, meta, part_bytes) = opened?;
         let stream_name = config.stream_name();
-        let subject = stream_name.to_lowercase().replace("replica_", "replica.");
+        let subject = config.subject_prefix();
         let store = Self {
             rt: Some(rt),
             js,
@@ -195,6 +204,7 @@ impl JetStreamStore {
             subject_part: format!("{subject}.part"),
             subject_fence: format!("{subject}.fence"),
             part_bytes,
+            replicas: config.replicas as u32,
             state: Mutex::new(State { last_seq: 0, shifts: BTreeMap::new(), bytes: 0, parts_next: 1 }),
         };
         store.refresh()?;
@@ -229,7 +239,7 @@ impl JetStreamStore {
             .map_err(|e| js_err(&format!("connecting to {}", c.urls.join(",")), e))?;
         let js = jetstream::new(client.clone());
         let name = c.stream_name();
-        let subject = name.to_lowercase().replace("replica_", "replica.");
+        let subject = c.subject_prefix();
         let records = js
             .get_or_create_stream(stream::Config {
                 name: name.clone(),
@@ -288,20 +298,22 @@ impl JetStreamStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The state of the records stream, waiting out a cluster that is electing a leader.
     fn info(&self) -> Result<stream::State, JournalError> {
-        self.patiently("reading the stream's state", || {
-            let s = self.records.clone();
-            let name = self.stream_name.clone();
-            self.block(
-                async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err(&format!("stream {name}"), e)) },
-            )
-        })
+        self.patiently("reading the stream's state", || self.stream_info(&self.records).map(|i| i.state))
     }
 
+    /// The state of the parts stream, as [`Self::info`].
     fn parts_info(&self) -> Result<stream::State, JournalError> {
-        self.patiently("reading the parts stream's state", || {
-            let s = self.parts.clone();
-            self.block(async move { s.get_info().await.map(|i| i.state).map_err(|e| js_err("parts stream", e)) })
+        self.patiently("reading the parts stream's state", || self.stream_info(&self.parts).map(|i| i.state))
+    }
+
+    /// One request for `stream`'s info.
+    fn stream_info(&self, stream: &stream::Stream) -> Result<stream::Info, JournalError> {
+        let s = stream.clone();
+        self.block(async move {
+            let name = s.cached_info().config.name.clone();
+            s.get_info().await.map_err(|e| js_err(&format!("stream {name}"), e))
         })
     }
 
@@ -828,6 +840,23 @@ impl Store for JetStreamStore {
         fresh.parts_next = fresh.parts_next.max(st.parts_next);
         *st = fresh;
         Ok(())
+    }
+
+    fn copies(&self) -> Copies {
+        // Asked by health and metrics: a cluster without a leader must not hold them up.
+        let s = self.records.clone();
+        let info = match self.block(async move { tokio::time::timeout(COPIES_WAIT, s.get_info()).await }) {
+            Ok(Ok(info)) => info,
+            _ => return Copies { configured: self.replicas, current: 0, leader: String::new() },
+        };
+        let configured = info.config.num_replicas as u32;
+        let Some(cluster) = info.cluster else {
+            // A server without clustering: one copy.
+            return Copies { configured, current: 1, leader: String::new() };
+        };
+        let leader = cluster.leader.unwrap_or_default();
+        let followers = cluster.replicas.iter().filter(|p| p.current && !p.offline).count() as u32;
+        Copies { configured, current: u32::from(!leader.is_empty()) + followers, leader }
     }
 
     fn take_over(&self) -> Result<(), JournalError> {

@@ -44,7 +44,7 @@ impl Lease {
             .map_err(|e| js_err(&format!("connecting to {}", config.urls.join(",")), e))?;
         let js = jetstream::new(client);
         let name = format!("{}_LEASE", config.stream_name());
-        let subject = format!("{}.lease", config.stream_name().to_lowercase().replace("replica_", "replica."));
+        let subject = format!("{}.lease", config.subject_prefix());
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: name.clone(),
@@ -100,10 +100,19 @@ impl Lease {
         Ok(self.held.is_some())
     }
 
-    /// Renews the lease this reader holds; false if it is no longer this reader's.
+    /// Renews the lease this reader holds; false if another reader holds it now.
     pub async fn renew(&mut self) -> Result<bool, JournalError> {
         let Some(seq) = self.held else { return Ok(false) };
-        self.held = self.publish(seq).await?;
+        self.held = match self.publish(seq).await? {
+            Some(next) => Some(next),
+            // Refused: the message expired while the stream could not be written (a leader election after a lost
+            // server): take it again if nobody did; or an earlier renewal whose answer was lost went through.
+            None => match self.holder().await? {
+                None => self.publish(0).await?,
+                Some((holder, at)) if holder == self.me => self.publish(at).await?,
+                Some(_) => None,
+            },
+        };
         Ok(self.held.is_some())
     }
 
@@ -115,5 +124,45 @@ impl Lease {
             self.stream.delete_message(seq).await.map_err(|e| js_err("releasing the lease", e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::jetstream_store::test_server::Nats;
+    use super::Lease;
+
+    /// Polls until the lease message expired (the stream's max age).
+    async fn expired(lease: &Lease) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lease.holder().await.expect("holder").is_some() {
+            assert!(Instant::now() < deadline, "the lease message expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_expired_unrenewed_is_taken_back_unless_another_reader_took_it() {
+        let nats = Nats::start();
+        let config = nats.config("lease");
+        let ttl = Duration::from_secs(1);
+        let mut a = Lease::open(&config, "host/a".into(), ttl).await.expect("lease a");
+        let mut b = Lease::open(&config, "host/b".into(), ttl).await.expect("lease b");
+        assert!(a.try_take().await.expect("take"), "a free lease is taken");
+        assert!(!b.try_take().await.expect("take"), "a held lease is not");
+        assert!(a.renew().await.expect("renew"));
+
+        // The holder could not renew for a lease time (a leader election): nobody took it, so it is a's again.
+        expired(&a).await;
+        assert!(a.renew().await.expect("renew"), "an expired lease nobody took is renewed");
+        assert_eq!(a.holder().await.expect("holder").map(|(h, _)| h).as_deref(), Some("host/a"));
+
+        // This time the standby took it first: a's renewal says the lease is lost.
+        expired(&a).await;
+        assert!(b.try_take().await.expect("take"));
+        assert!(!a.renew().await.expect("renew"), "a lease another reader holds is not renewed");
+        assert_eq!(a.holder().await.expect("holder").map(|(h, _)| h).as_deref(), Some("host/b"));
     }
 }

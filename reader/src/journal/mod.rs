@@ -351,6 +351,11 @@ impl Journal {
         Ok(())
     }
 
+    /// How many copies of the journal there are now (one for a local journal). Blocking.
+    pub fn copies(&self) -> store::Copies {
+        self.store.copies()
+    }
+
     /// Which store keeps the journal ("sled", …).
     pub fn store_kind(&self) -> &'static str {
         self.store.kind()

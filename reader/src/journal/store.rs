@@ -48,6 +48,17 @@ pub struct Append<'a> {
     pub meta: Vec<MetaChange>,
 }
 
+/// How many copies of the journal there are, as the store sees them now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copies {
+    /// Copies every record is meant to have.
+    pub configured: u32,
+    /// Copies that hold everything written so far (0 when the store cannot be asked).
+    pub current: u32,
+    /// Where the copy that takes writes is (a NATS server's name; empty for a local store).
+    pub leader: String,
+}
+
 /// Where the journal's bytes are kept. Blocking calls: the journal calls them from blocking threads.
 pub trait Store: Send + Sync {
     /// A short name for logs, health and metrics.
@@ -87,6 +98,10 @@ pub trait Store: Send + Sync {
     /// Reads again what another writer may have changed (a store shared by several readers).
     fn refresh(&self) -> Result<(), JournalError> {
         Ok(())
+    }
+    /// The journal's copies now (none current when the store does not answer); one for the reader's own disk.
+    fn copies(&self) -> Copies {
+        Copies { configured: 1, current: 1, leader: String::new() }
     }
     /// Makes this store the only writer from now on: a previous writer that still runs can append nothing more.
     fn take_over(&self) -> Result<(), JournalError> {

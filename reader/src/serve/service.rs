@@ -125,6 +125,10 @@ impl JournalApi for JournalService {
         let (last_offset, resume) = self.journal.durable();
         let resume = resume.unwrap_or_default();
         let followed = self.status.followed();
+        let journal = self.journal.clone();
+        let copies = tokio::task::spawn_blocking(move || journal.copies())
+            .await
+            .map_err(|e| Status::internal(format!("asking the journal's store for its copies: {e}")))?;
         Ok(Response::new(proto::GetInfoResponse {
             first_offset: self.journal.first(),
             last_offset,
@@ -146,6 +150,9 @@ impl JournalApi for JournalService {
             journal_store: self.journal.store_kind().to_owned(),
             role: if self.status.standby.load(Ordering::Relaxed) { "standby" } else { "active" }.to_owned(),
             lease_holder: self.status.lease_holder(),
+            journal_replicas: copies.configured,
+            journal_replicas_current: copies.current,
+            journal_leader: copies.leader,
         }))
     }
 

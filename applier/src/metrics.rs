@@ -27,6 +27,7 @@ pub struct ApplierMetrics {
     verify_rows: Counter,
     verify_rows_differing: Counter,
     verify_rows_repaired: Counter,
+    planned: Family<Labels, Counter>,
 }
 
 impl ApplierMetrics {
@@ -68,11 +69,24 @@ impl ApplierMetrics {
         );
         r.register("reader_connected", "1 while the subscription to the reader is up", self.reader_connected.clone());
         r.register(
+            "planned_transactions",
+            "Source transactions by who applied them: to=\"worker\" (in parallel) or to=\"writer\" (alone: DDL, \
+             foreign keys that reach too far, fragments of large transactions, groups with such a record)",
+            self.planned.clone(),
+        );
+        r.register(
             "lag_seconds",
             "From the source commit of the last applied transaction to its commit on the secondary",
             self.lag_seconds.clone(),
         );
         r
+    }
+
+    /// `n` transactions planned for the parallel workers (`worker`) or the writer alone (`writer`).
+    pub fn planned(&self, to: &str, n: u64) {
+        if n > 0 {
+            self.planned.get_or_create(&vec![("to".to_owned(), to.to_owned())]).inc_by(n);
+        }
     }
 
     pub fn conflicts(&self, conflicts: &[crate::conflict::Conflict]) {

@@ -4,15 +4,16 @@
 //!
 //! **Scheduling.** Each journal transaction's write set is the set of its rows' keys: the primary key values of
 //! every before and after image, per table (a table whose keys compare by collation or as floats, or that has
-//! unique keys besides the primary key, counts as one key: all its changes conflict). A transaction goes to
+//! unique keys besides the primary key, counts as one key: all its changes conflict), and for a child table in
+//! foreign keys the keys of the parent rows each image references (see [`crate::parents`]). A transaction goes to
 //! the worker that still holds an earlier transaction sharing a key with it (each worker applies its queue in
 //! order), to an idle worker when none does (or the one that took the previous record, while its queue is
 //! short), and waits while workers of two or more such transactions are still busy. So two transactions that
 //! share a key are applied in source order, and a transaction is applied whole (a worker commits one or more
 //! whole transactions at a time). A table without a primary key counts as one key too (its rows are located
 //! by their whole image). Everything else is a *barrier*, applied by the writer alone after every worker is
-//! done: DDL, tables in foreign keys (cascades happen below the binlog) or system-versioned, tables being
-//! copied or quarantined, fragments of a large transaction, and copy work and admin commands between
+//! done: DDL, tables whose foreign keys reach further than one level ([`crate::parents`]) or system-versioned,
+//! tables being copied or quarantined, fragments of a large transaction, and copy work and admin commands between
 //! transactions. A received group with a barrier is applied by the writer whole (one drain, one commit).
 //!
 //! **What a reader of the secondary sees.** Per-key order and transaction atomicity always; not the primary's
@@ -41,7 +42,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::event::{Body, Record, RowChange, TableChange};
+use common::event::{Body, Record, RowChange, Value};
 use common::position::{BinlogPosition, Gtid};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
@@ -51,6 +52,7 @@ use tracing::{debug, info, warn};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::ApplyError;
+use crate::parents::ParentRef;
 use crate::plan::{Group, Limits};
 use crate::stream::Weight;
 use crate::table::{TableMode, Tables};
@@ -256,6 +258,9 @@ impl Parallel {
                 *k = Kind::Barrier;
             }
         }
+        let workers = kinds.iter().filter(|k| matches!(k, Kind::Parallel(_))).count() as u64;
+        writer.metrics().planned("worker", workers);
+        writer.metrics().planned("writer", kinds.iter().filter(|k| matches!(k, Kind::Barrier)).count() as u64);
         let Group { records, permits, weights } = group;
         for (((record, permit), weight), kind) in records.into_iter().zip(permits).zip(weights).zip(kinds) {
             match kind {
@@ -308,39 +313,59 @@ impl Parallel {
             if tables.mode(&(c.schema.clone(), c.table.clone())) != TableMode::Strict {
                 return Kind::Barrier;
             }
-            match writer.keys(c) {
-                None => return Kind::Barrier,
-                Some(Keys::Table) => keys.push(self.table_key(c)),
-                Some(Keys::Rows) => {
-                    for row in &c.rows {
-                        let (before, after) = match row {
-                            RowChange::Insert { after } => (None, Some(after)),
-                            RowChange::Update { before, after } => (Some(before), Some(after)),
-                            RowChange::Delete { before } => (Some(before), None),
-                        };
-                        keys.extend(before.into_iter().chain(after).map(|image| self.row_key(c, image)));
+            let Some((kind, parents)) = writer.keys(c) else { return Kind::Barrier };
+            if kind == Keys::Table {
+                keys.push(self.table_key(&c.schema, &c.table));
+            }
+            if kind == Keys::Table && parents.is_empty() {
+                continue;
+            }
+            for row in &c.rows {
+                let (before, after) = match row {
+                    RowChange::Insert { after } => (None, Some(after)),
+                    RowChange::Update { before, after } => (Some(before), Some(after)),
+                    RowChange::Delete { before } => (Some(before), None),
+                };
+                for image in before.into_iter().chain(after) {
+                    if kind == Keys::Rows {
+                        keys.push(self.row_key(&c.schema, &c.table, c.primary_key.iter().map(|&i| i as usize), image));
                     }
+                    keys.extend(parents.iter().filter_map(|p| self.parent_key(p, image)));
                 }
             }
         }
         Kind::Parallel(keys)
     }
 
-    fn table_key(&self, c: &TableChange) -> u64 {
-        self.hasher.hash_one((&c.schema, &c.table))
+    fn table_key(&self, schema: &str, table: &str) -> u64 {
+        self.hasher.hash_one((schema, table))
     }
 
-    fn row_key(&self, c: &TableChange, image: &[common::event::Value]) -> u64 {
+    /// The key of a row of `schema.table` whose primary key values are `image`'s columns `key`.
+    fn row_key(&self, schema: &str, table: &str, key: impl Iterator<Item = usize>, image: &[Value]) -> u64 {
         let mut h = self.hasher.build_hasher();
-        (&c.schema, &c.table).hash(&mut h);
-        for &i in &c.primary_key {
-            if let Some(v) = image.get(i as usize) {
+        (schema, table).hash(&mut h);
+        for i in key {
+            if let Some(v) = image.get(i) {
                 crate::net::hash_value(v, &mut h);
             }
         }
         // Never the table key of the same table.
         1u8.hash(&mut h);
         h.finish()
+    }
+
+    /// The key of the parent row a child row `image` references (its table's key when the parent's rows are not
+    /// told apart); None when it references none (a NULL in the foreign key).
+    fn parent_key(&self, p: &ParentRef, image: &[Value]) -> Option<u64> {
+        let (schema, table) = &p.parent;
+        if p.columns.is_empty() {
+            return Some(self.table_key(schema, table));
+        }
+        if p.columns.iter().any(|&i| matches!(image.get(i), None | Some(Value::Null))) {
+            return None;
+        }
+        Some(self.row_key(schema, table, p.columns.iter().copied(), image))
     }
 
     /// Hands a record to a worker: the one still holding an earlier record with a key of it, or the least busy;

@@ -47,6 +47,7 @@ use crate::drift;
 use crate::error::{codes, meta, statement, ApplyError};
 use crate::metrics::ApplierMetrics;
 use crate::net::NetTable;
+use crate::parents::{self, exact_key_type, ParentRef};
 use crate::rows;
 use crate::secondary::Secondary;
 use crate::sql;
@@ -63,6 +64,9 @@ struct Shape {
     /// UPDATEs, with foreign key checks as the primary's session had them, so that cascades happen here as
     /// they did there (InnoDB performs them below the binlog).
     in_foreign_keys: bool,
+    /// For parallel apply: the parents its rows depend on (none outside foreign keys); None when its changes
+    /// must be barriers (see [`crate::parents`]).
+    parents: Option<Vec<ParentRef>>,
     /// Its AUTO_INCREMENT column: the highest row inserted and deleted within a group is written and deleted
     /// again, so the counter ends where the primary's does (see [`crate::net`]).
     auto_increment: Option<String>,
@@ -258,39 +262,24 @@ impl Writer {
         self.shape_generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// How parallel apply may tell this change's rows apart; None when it cannot (the table's shape is not
-    /// checked yet, it takes part in foreign keys, or it is system-versioned).
-    pub fn keys(&self, c: &TableChange) -> Option<Keys> {
+    /// How parallel apply may tell this change's rows apart, and the parent rows they depend on; None when it
+    /// cannot (the table's shape is not checked yet, its foreign keys reach too far, or it is system-versioned).
+    pub fn keys(&self, c: &TableChange) -> Option<(Keys, &[ParentRef])> {
         let shape = self.shapes.get(&(c.schema.clone(), c.table.clone()))?;
-        if shape.columns != c.columns || shape.in_foreign_keys || shape.period.is_some() {
+        if shape.columns != c.columns || shape.period.is_some() {
             return None;
         }
+        let parents = shape.parents.as_deref()?;
         if c.primary_key.is_empty() {
             // Its rows are located by their whole image: only changes to the same table can interact.
-            return Some(Keys::Table);
+            return Some((Keys::Table, parents));
         }
-        let exact = c.primary_key.iter().all(|&i| {
-            c.columns.get(i as usize).is_some_and(|col| {
-                matches!(
-                    col.ty,
-                    ColumnType::TinyInt
-                        | ColumnType::SmallInt
-                        | ColumnType::MediumInt
-                        | ColumnType::Int
-                        | ColumnType::BigInt
-                        | ColumnType::Decimal
-                        | ColumnType::Date
-                        | ColumnType::DateTime
-                        | ColumnType::Time
-                        | ColumnType::Timestamp
-                        | ColumnType::Year
-                        | ColumnType::Enum
-                        | ColumnType::Set
-                        | ColumnType::Bit
-                )
-            })
-        });
-        Some(if exact && !shape.unique_besides_primary { Keys::Rows } else { Keys::Table })
+        let exact = c.primary_key.iter().all(|&i| c.columns.get(i as usize).is_some_and(|col| exact_key_type(col.ty)));
+        Some((if exact && !shape.unique_besides_primary { Keys::Rows } else { Keys::Table }, parents))
+    }
+
+    pub fn metrics(&self) -> &ApplierMetrics {
+        &self.metrics
     }
 
     /// Checks the shapes of the tables `group` changes (see [`Writer::keys`]).
@@ -811,6 +800,15 @@ impl Writer {
             let in_foreign_keys = common::mariadb::in_foreign_keys(conn, &c.schema, &c.table).await.map_err(
                 statement(offset, Some(&key), "(foreign keys from information_schema.REFERENTIAL_CONSTRAINTS)"),
             )?;
+            let parents = if in_foreign_keys {
+                parents::plan(conn, &key, &c.columns).await.map_err(statement(
+                    offset,
+                    Some(&key),
+                    "(foreign keys from information_schema.REFERENTIAL_CONSTRAINTS and KEY_COLUMN_USAGE)",
+                ))?
+            } else {
+                Some(Vec::new())
+            };
             let auto_increment = found.iter().find(|col| col.auto_increment).map(|col| col.name.clone());
             let unique_besides_primary =
                 common::mariadb::has_unique_besides_primary(conn, &c.schema, &c.table).await.map_err(statement(
@@ -822,6 +820,7 @@ impl Writer {
                 columns: c.columns.clone(),
                 generated,
                 in_foreign_keys,
+                parents,
                 auto_increment,
                 unique_besides_primary,
                 period,

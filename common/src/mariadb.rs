@@ -119,6 +119,87 @@ pub async fn foreign_key_edges(
     Ok(rows.into_iter().map(|(cs, ct, ps, pt)| ((cs, ct), (ps, pt))).collect())
 }
 
+/// A foreign key as `information_schema` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// The referencing (child) table, as (schema, table).
+    pub child: (String, String),
+    /// Its columns, in the key's order.
+    pub columns: Vec<String>,
+    /// The referenced (parent) table.
+    pub parent: (String, String),
+    /// The parent's columns, matching `columns` one for one.
+    pub parent_columns: Vec<String>,
+    /// `ON UPDATE` and `ON DELETE` (`RESTRICT`, `NO ACTION`, `CASCADE`, `SET NULL`, `SET DEFAULT`).
+    pub on_update: String,
+    pub on_delete: String,
+}
+
+impl ForeignKey {
+    /// Whether a change of a parent row changes child rows (below the binlog).
+    pub fn acts(&self) -> bool {
+        let acts = |rule: &str| !matches!(rule, "RESTRICT" | "NO ACTION");
+        acts(&self.on_update) || acts(&self.on_delete)
+    }
+
+    /// Whether a change of a parent row can set child columns to NULL or their default.
+    pub fn sets_values(&self) -> bool {
+        let sets = |rule: &str| matches!(rule, "SET NULL" | "SET DEFAULT");
+        sets(&self.on_update) || sets(&self.on_delete)
+    }
+}
+
+/// Every foreign key on the server, with its columns and rules.
+pub async fn foreign_keys(conn: &mut impl Queryable) -> Result<Vec<ForeignKey>, mysql_async::Error> {
+    type Row = (String, String, String, String, String, String, String, String, String);
+    let rows: Vec<Row> = conn
+        .query(
+            "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UNIQUE_CONSTRAINT_SCHEMA, \
+                    rc.REFERENCED_TABLE_NAME, rc.UPDATE_RULE, rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_COLUMN_NAME \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
+             JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
+               AND k.TABLE_NAME = rc.TABLE_NAME AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME \
+               AND k.REFERENCED_TABLE_NAME IS NOT NULL \
+             ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+        )
+        .await?;
+    let mut keys: Vec<(String, ForeignKey)> = Vec::new();
+    for (cs, ct, name, ps, pt, on_update, on_delete, column, parent_column) in rows {
+        match keys.last_mut() {
+            Some((n, k)) if *n == name && k.child == (cs.clone(), ct.clone()) => {
+                k.columns.push(column);
+                k.parent_columns.push(parent_column);
+            }
+            _ => keys.push((
+                name,
+                ForeignKey {
+                    child: (cs, ct),
+                    columns: vec![column],
+                    parent: (ps, pt),
+                    parent_columns: vec![parent_column],
+                    on_update,
+                    on_delete,
+                },
+            )),
+        }
+    }
+    Ok(keys.into_iter().map(|(_, k)| k).collect())
+}
+
+/// The primary key's columns of `schema.table` in the key's order (empty without one).
+pub async fn primary_key_columns(
+    conn: &mut impl Queryable,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, mysql_async::Error> {
+    conn.exec(
+        "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
+        (schema, table),
+    )
+    .await
+}
+
 /// [`columns`], and for a system-versioned table its period columns' names; implicit period columns, which
 /// `information_schema` hides but the binlog logs last, are added at the end (TIMESTAMP(6), generated).
 pub async fn columns_with_period(

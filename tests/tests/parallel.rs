@@ -215,3 +215,120 @@ async fn with_commit_order_a_reader_of_the_secondary_never_sees_a_later_transact
     // prefixes either way.)
     eprintln!("workers took transactions: {}", a.log_text().contains("worker=2"));
 }
+
+const FK_SCHEMA: &str = "
+CREATE DATABASE f;
+CREATE TABLE f.parent (id INT PRIMARY KEY, n INT NOT NULL);
+CREATE TABLE f.child (id INT PRIMARY KEY, p INT, n INT NOT NULL, KEY (p),
+  FOREIGN KEY (p) REFERENCES f.parent (id) ON DELETE CASCADE ON UPDATE CASCADE);
+CREATE TABLE f.pin (id INT PRIMARY KEY, p INT NOT NULL, FOREIGN KEY (p) REFERENCES f.parent (id));
+CREATE TABLE f.tag (name VARCHAR(10) PRIMARY KEY, n INT NOT NULL);
+CREATE TABLE f.tagged (id INT PRIMARY KEY, tag VARCHAR(10),
+  FOREIGN KEY (tag) REFERENCES f.tag (name) ON DELETE CASCADE ON UPDATE CASCADE);
+CREATE TABLE f.top (id INT PRIMARY KEY);
+CREATE TABLE f.mid (id INT PRIMARY KEY, t INT, FOREIGN KEY (t) REFERENCES f.top (id) ON DELETE CASCADE);
+CREATE TABLE f.low (id INT PRIMARY KEY, m INT, n INT NOT NULL DEFAULT 0,
+  FOREIGN KEY (m) REFERENCES f.mid (id) ON DELETE CASCADE);
+CREATE TABLE f.snp (id INT PRIMARY KEY);
+CREATE TABLE f.sn (id INT PRIMARY KEY, p INT, n INT NOT NULL DEFAULT 0,
+  FOREIGN KEY (p) REFERENCES f.snp (id) ON DELETE SET NULL);
+";
+
+/// `txns` transactions of two random operations each on the tables of [`FK_SCHEMA`]: parents inserted, deleted
+/// and given new keys (cascading below the binlog), children moved between parents and updated, a restricting
+/// reference, a parent keyed by a string, a two-level cascade and a SET NULL rule. Statements a foreign key
+/// refuses on the primary roll their transaction back there: nothing to replicate. With `one_level`, only the
+/// tables whose rules reach one level (operations 0 to 8).
+async fn fk_load(opts: mysql_async::OptsBuilder, client: u64, txns: u64, one_level: bool) {
+    let mut conn = mysql_async::Conn::new(opts).await.expect("load connection");
+    let mut x = 0x9E37_79B9_7F4A_7C15u64.wrapping_add(client * 7919);
+    let mut next = move |m: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    for _ in 0..txns {
+        let mut sql = String::from("START TRANSACTION;");
+        for _ in 0..2 {
+            let (a, b, c) = (next(40), next(40), next(200));
+            sql.push_str(&match next(if one_level { 9 } else { 12 }) {
+                0 | 1 => format!("INSERT IGNORE INTO f.parent VALUES ({a}, 0);"),
+                2 => format!("DELETE FROM f.parent WHERE id = {a};"),
+                3 => format!("UPDATE f.parent SET id = {b}, n = n + 1 WHERE id = {a};"),
+                4 | 5 => {
+                    format!("INSERT INTO f.child VALUES ({c}, {a}, 0) ON DUPLICATE KEY UPDATE p = {a}, n = n + 1;")
+                }
+                6 => format!("UPDATE f.child SET n = n + 1 WHERE p = {a};"),
+                7 => match next(2) {
+                    0 => format!("INSERT INTO f.pin VALUES ({c}, {a}) ON DUPLICATE KEY UPDATE p = {a};"),
+                    _ => format!("DELETE FROM f.pin WHERE id = {c};"),
+                },
+                8 => match next(3) {
+                    0 => format!("INSERT INTO f.tag VALUES ('t{a}', 0) ON DUPLICATE KEY UPDATE n = n + 1;"),
+                    1 => format!("DELETE FROM f.tag WHERE name = 't{a}';"),
+                    _ => format!("INSERT INTO f.tagged VALUES ({c}, 't{a}') ON DUPLICATE KEY UPDATE tag = 't{a}';"),
+                },
+                9 => match next(4) {
+                    0 => format!("INSERT IGNORE INTO f.top VALUES ({a});"),
+                    1 => format!("DELETE FROM f.top WHERE id = {a};"),
+                    2 => format!("INSERT INTO f.mid VALUES ({b}, {a}) ON DUPLICATE KEY UPDATE t = {a};"),
+                    _ => format!("INSERT INTO f.low VALUES ({c}, {b}, 0) ON DUPLICATE KEY UPDATE m = {b}, n = n + 1;"),
+                },
+                10 => match next(3) {
+                    0 => format!("INSERT IGNORE INTO f.snp VALUES ({a});"),
+                    1 => format!("DELETE FROM f.snp WHERE id = {a};"),
+                    _ => format!("INSERT INTO f.sn VALUES ({c}, {a}, 0) ON DUPLICATE KEY UPDATE p = {a}, n = n + 1;"),
+                },
+                _ => format!("UPDATE f.sn SET n = n + 1 WHERE id = {c};"),
+            });
+        }
+        sql.push_str("COMMIT;");
+        let _ = conn.query_drop(sql).await;
+        let _ = conn.query_drop("ROLLBACK").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_in_foreign_keys_go_to_workers_with_their_parents_keys_and_cascades_end_as_on_the_primary() {
+    let (primary, reader, secondary) = pipeline().await;
+    primary.exec(FK_SCHEMA).await;
+    let metrics = tests::free_port();
+    let mut settings = parallel("4");
+    settings.push(("REPLICA_METRICS_ADDR", format!("127.0.0.1:{metrics}")));
+    let mut a = Applier::start(&reader, &secondary, "fk", &env(&settings));
+
+    // Tables whose rules reach one level go to workers, with the keys of the parents their rows reference.
+    let loads: Vec<_> = (0..3).map(|c| tokio::spawn(fk_load(primary.root_opts(), c, 400, true))).collect();
+    for l in loads {
+        l.await.expect("load");
+    }
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "f").await;
+    let planned = |to: &str| {
+        let m = tests::scrape(metrics);
+        m.lines()
+            .find(|l| l.starts_with(&format!("replica_applier_planned_transactions_total{{to=\"{to}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(planned("worker") > 100, "workers took transactions:\n{}", tests::scrape(metrics));
+
+    // Every table, the two-level cascade and SET NULL (applied by the writer alone) too, with kills.
+    let loads: Vec<_> = (3..6).map(|c| tokio::spawn(fk_load(primary.root_opts(), c, 800, false))).collect();
+    for kill in 0..4u64 {
+        tokio::time::sleep(Duration::from_millis(1_000 + kill * 377)).await;
+        a.kill9();
+        a.spawn();
+    }
+    for l in loads {
+        l.await.expect("load");
+    }
+    caught_up(&primary, &reader, &secondary, &a).await;
+    assert_same_data(&primary, &secondary, "f").await;
+    let rows: Vec<(u64, u64, u64)> = primary
+        .query("SELECT (SELECT COUNT(*) FROM f.child), (SELECT COUNT(*) FROM f.low), (SELECT COUNT(*) FROM f.sn)")
+        .await;
+    assert!(rows[0].0 > 0 && rows[0].1 > 0 && rows[0].2 > 0, "the load left rows to compare: {rows:?}");
+    let log = a.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}

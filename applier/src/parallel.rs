@@ -2,10 +2,11 @@
 //! (workers) at once; wherever they overlap, in source order. The apply loop's writer stays the one owner of
 //! the checkpoint and applies everything the workers cannot reason about itself, alone.
 //!
-//! **Scheduling.** Each journal transaction's write set is the set of its rows' keys: the primary key values of
-//! every before and after image, per table (a table whose keys compare by collation or as floats, or that has
-//! unique keys besides the primary key, counts as one key: all its changes conflict), and for a child table in
-//! foreign keys the keys of the parent rows each image references (see [`crate::parents`]). A transaction goes to
+//! **Scheduling.** Each journal transaction's write set is the set of its rows' keys: the values of the primary
+//! key and of every other unique key (but NULLs) of every before and after image, per table (a table with a key
+//! whose values compare by collation or as floats, or that indexes a prefix, counts as one key: all its changes
+//! conflict; see [`crate::identity`]), and for a child table in foreign keys the keys of the parent rows each
+//! image references (see [`crate::parents`]). A transaction goes to
 //! the worker that still holds an earlier transaction sharing a key with it (each worker applies its queue in
 //! order), to an idle worker when none does (or the one that took the previous record, while its queue is
 //! short), and waits while workers of two or more such transactions are still busy. So two transactions that
@@ -313,7 +314,7 @@ impl Parallel {
             if tables.mode(&(c.schema.clone(), c.table.clone())) != TableMode::Strict {
                 return Kind::Barrier;
             }
-            let Some((kind, parents)) = writer.keys(c) else { return Kind::Barrier };
+            let Some((kind, identity, parents)) = writer.keys(c) else { return Kind::Barrier };
             if kind == Keys::Table {
                 keys.push(self.table_key(&c.schema, &c.table));
             }
@@ -328,7 +329,11 @@ impl Parallel {
                 };
                 for image in before.into_iter().chain(after) {
                     if kind == Keys::Rows {
-                        keys.push(self.row_key(&c.schema, &c.table, c.primary_key.iter().map(|&i| i as usize), image));
+                        let of_row = identity
+                            .keys
+                            .iter()
+                            .filter_map(|(name, columns)| self.key_of(&c.schema, &c.table, name, columns, image));
+                        keys.extend(of_row);
                     }
                     keys.extend(parents.iter().filter_map(|p| self.parent_key(p, image)));
                 }
@@ -341,18 +346,20 @@ impl Parallel {
         self.hasher.hash_one((schema, table))
     }
 
-    /// The key of a row of `schema.table` whose primary key values are `image`'s columns `key`.
-    fn row_key(&self, schema: &str, table: &str, key: impl Iterator<Item = usize>, image: &[Value]) -> u64 {
+    /// The key of a row of `schema.table` with `image`'s values in `columns` of its unique key `key`; None when
+    /// one is NULL (NULLs never collide in a unique key).
+    fn key_of(&self, schema: &str, table: &str, key: &str, columns: &[usize], image: &[Value]) -> Option<u64> {
         let mut h = self.hasher.build_hasher();
-        (schema, table).hash(&mut h);
-        for i in key {
-            if let Some(v) = image.get(i) {
-                crate::net::hash_value(v, &mut h);
+        (schema, table, key).hash(&mut h);
+        for &i in columns {
+            match image.get(i) {
+                None | Some(Value::Null) => return None,
+                Some(v) => crate::net::hash_value(v, &mut h),
             }
         }
         // Never the table key of the same table.
         1u8.hash(&mut h);
-        h.finish()
+        Some(h.finish())
     }
 
     /// The key of the parent row a child row `image` references (its table's key when the parent's rows are not
@@ -362,10 +369,7 @@ impl Parallel {
         if p.columns.is_empty() {
             return Some(self.table_key(schema, table));
         }
-        if p.columns.iter().any(|&i| matches!(image.get(i), None | Some(Value::Null))) {
-            return None;
-        }
-        Some(self.row_key(schema, table, p.columns.iter().copied(), image))
+        self.key_of(schema, table, &p.key, &p.columns, image)
     }
 
     /// Hands a record to a worker: the one still holding an earlier record with a key of it, or the least busy;

@@ -6,42 +6,24 @@
 //! row that references `k` before or after: the child's change carries the parent's key. That covers one level
 //! of cascades. A parent whose change reaches further (a cascade into a table that cascades again, or a rule
 //! that sets child columns, which erases the reference the later child changes would carry) is a barrier, as is
-//! a child whose key names other columns than the parent's primary key.
+//! a child whose foreign key references columns that are not one of the parent's unique keys.
 
-use common::event::{Column, ColumnType};
-use common::mariadb::ForeignKey;
+use common::event::Column;
+use common::mariadb::{ForeignKey, UniqueKey};
 use mysql_async::prelude::Queryable;
 
+use crate::identity;
 use crate::table::TableKey;
 
 /// A parent a child table's rows depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParentRef {
     pub parent: TableKey,
-    /// The child's columns (indexes in its changes) holding the parent's primary key values, in the key's
-    /// order; empty when the parent's rows are not told apart (its changes all count as one key).
+    /// The parent's unique key the foreign key references ([`PRIMARY`](crate::identity::PRIMARY) or another).
+    pub key: String,
+    /// The child's columns (indexes in its changes) holding that key's values, in the key's order; empty when
+    /// the parent's rows are not told apart (its changes all count as one key).
     pub columns: Vec<usize>,
-}
-
-/// Whether values of a key column of type `ty` compare exactly (not by collation, not as floats).
-pub fn exact_key_type(ty: ColumnType) -> bool {
-    matches!(
-        ty,
-        ColumnType::TinyInt
-            | ColumnType::SmallInt
-            | ColumnType::MediumInt
-            | ColumnType::Int
-            | ColumnType::BigInt
-            | ColumnType::Decimal
-            | ColumnType::Date
-            | ColumnType::DateTime
-            | ColumnType::Time
-            | ColumnType::Timestamp
-            | ColumnType::Year
-            | ColumnType::Enum
-            | ColumnType::Set
-            | ColumnType::Bit
-    )
 }
 
 /// The parents of `table` (whose changes have `columns`) for parallel apply, from the secondary's foreign keys;
@@ -58,24 +40,25 @@ pub async fn plan(
     let mut parents = Vec::new();
     for fk in all.iter().filter(|fk| &fk.child == table) {
         let (schema, name) = &fk.parent;
-        let primary = common::mariadb::primary_key_columns(conn, schema, name).await?;
-        let mut refs = Vec::with_capacity(primary.len());
-        for key_column in &primary {
-            let Some(j) = fk.parent_columns.iter().position(|c| c.eq_ignore_ascii_case(key_column)) else {
-                return Ok(None);
-            };
-            let Some(i) = columns.iter().position(|c| c.name.eq_ignore_ascii_case(&fk.columns[j])) else {
-                return Ok(None);
-            };
+        let keys = common::mariadb::unique_keys(conn, schema, name).await?;
+        // The referenced key: one of the parent's unique keys, on exactly the referenced columns.
+        let same = |k: &&UniqueKey| {
+            k.columns.len() == fk.parent_columns.len()
+                && k.columns.iter().all(|(c, _, _)| fk.parent_columns.iter().any(|p| p.eq_ignore_ascii_case(c)))
+        };
+        let Some(key) = keys.iter().find(same) else {
+            // InnoDB lets a foreign key reference any index: rows of the parent are not found by it.
+            return Ok(None);
+        };
+        let mut refs = Vec::with_capacity(key.columns.len());
+        for (key_column, _, _) in &key.columns {
+            let j = fk.parent_columns.iter().position(|c| c.eq_ignore_ascii_case(key_column));
+            let i = j.and_then(|j| columns.iter().position(|c| c.name.eq_ignore_ascii_case(&fk.columns[j])));
+            let Some(i) = i else { return Ok(None) };
             refs.push(i);
         }
-        if primary.is_empty() || refs.len() != fk.columns.len() {
-            // The key names columns besides (or other than) the parent's primary key.
-            return Ok(None);
-        }
-        let exact = refs.iter().all(|&i| exact_key_type(columns[i].ty))
-            && !common::mariadb::has_unique_besides_primary(conn, schema, name).await?;
-        parents.push(ParentRef { parent: fk.parent.clone(), columns: if exact { refs } else { Vec::new() } });
+        let columns = if identity::exact(&keys) { refs } else { Vec::new() };
+        parents.push(ParentRef { parent: fk.parent.clone(), key: key.name.clone(), columns });
     }
     Ok(Some(parents))
 }

@@ -45,9 +45,10 @@ use crate::conflict::{self, Conflict, ConflictMode};
 use crate::copy::state::Progress;
 use crate::drift;
 use crate::error::{codes, meta, statement, ApplyError};
+use crate::identity::{self, Identity};
 use crate::metrics::ApplierMetrics;
 use crate::net::NetTable;
-use crate::parents::{self, exact_key_type, ParentRef};
+use crate::parents::{self, ParentRef};
 use crate::rows;
 use crate::secondary::Secondary;
 use crate::sql;
@@ -70,9 +71,9 @@ struct Shape {
     /// Its AUTO_INCREMENT column: the highest row inserted and deleted within a group is written and deleted
     /// again, so the counter ends where the primary's does (see [`crate::net`]).
     auto_increment: Option<String>,
-    /// It has a unique key besides the primary key: net updates are applied as deletes and inserts, never in
-    /// place (see [`crate::net`]).
-    unique_besides_primary: bool,
+    /// Its unique keys on the secondary: with one besides the primary key, net updates are applied as deletes
+    /// and inserts, never in place (see [`crate::net`]); for parallel apply, how its rows are told apart.
+    identity: Identity,
     /// A system-versioned table: its period columns (also in `generated`); applied in source order by
     /// [`crate::versioned`].
     period: Option<Period>,
@@ -166,10 +167,10 @@ pub struct Writer {
 /// How parallel apply may tell a table's changes apart (see [`crate::parallel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keys {
-    /// By primary key values, compared exactly.
+    /// By the values of its primary key and of every other unique key, compared exactly.
     Rows,
-    /// Only as a whole: every change to the table conflicts with every other (no primary key, keys that
-    /// compare by collation or as floats, unique keys besides the primary key).
+    /// Only as a whole: every change to the table conflicts with every other (no primary key, or a unique key
+    /// whose values compare by collation or as floats, or index a prefix).
     Table,
 }
 
@@ -264,18 +265,15 @@ impl Writer {
 
     /// How parallel apply may tell this change's rows apart, and the parent rows they depend on; None when it
     /// cannot (the table's shape is not checked yet, its foreign keys reach too far, or it is system-versioned).
-    pub fn keys(&self, c: &TableChange) -> Option<(Keys, &[ParentRef])> {
+    pub fn keys(&self, c: &TableChange) -> Option<(Keys, &Identity, &[ParentRef])> {
         let shape = self.shapes.get(&(c.schema.clone(), c.table.clone()))?;
         if shape.columns != c.columns || shape.period.is_some() {
             return None;
         }
         let parents = shape.parents.as_deref()?;
-        if c.primary_key.is_empty() {
-            // Its rows are located by their whole image: only changes to the same table can interact.
-            return Some((Keys::Table, parents));
-        }
-        let exact = c.primary_key.iter().all(|&i| c.columns.get(i as usize).is_some_and(|col| exact_key_type(col.ty)));
-        Some((if exact && !shape.unique_besides_primary { Keys::Rows } else { Keys::Table }, parents))
+        // Without a primary key, rows are located by their whole image: only changes to the same table interact.
+        let keys = if !c.primary_key.is_empty() && shape.identity.exact { Keys::Rows } else { Keys::Table };
+        Some((keys, &shape.identity, parents))
     }
 
     pub fn metrics(&self) -> &ApplierMetrics {
@@ -693,7 +691,7 @@ impl Writer {
             let counter = shape
                 .and_then(|s| s.auto_increment.as_deref())
                 .and_then(|name| net.shape.columns.iter().position(|col| col.name.eq_ignore_ascii_case(name)));
-            let in_place = shape.is_some_and(|s| !s.unique_besides_primary);
+            let in_place = shape.is_some_and(|s| !s.identity.unique_besides_primary());
             let lenient = tables.mode(&key) == TableMode::Lenient;
             if lenient || mode == ConflictMode::Stop {
                 rows::apply_net(tx, net, lenient, counter, in_place).await?;
@@ -810,19 +808,18 @@ impl Writer {
                 Some(Vec::new())
             };
             let auto_increment = found.iter().find(|col| col.auto_increment).map(|col| col.name.clone());
-            let unique_besides_primary =
-                common::mariadb::has_unique_besides_primary(conn, &c.schema, &c.table).await.map_err(statement(
-                    offset,
-                    Some(&key),
-                    "(unique keys from information_schema.STATISTICS)",
-                ))?;
+            let identity = identity::identity(conn, &c.schema, &c.table, &c.columns).await.map_err(statement(
+                offset,
+                Some(&key),
+                "(unique keys from information_schema.STATISTICS)",
+            ))?;
             let shape = Shape {
                 columns: c.columns.clone(),
                 generated,
                 in_foreign_keys,
                 parents,
                 auto_increment,
-                unique_besides_primary,
+                identity,
                 period,
             };
             self.shapes.insert(key, shape);

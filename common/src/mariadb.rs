@@ -107,7 +107,7 @@ pub async fn foreign_key_edges(
 pub struct ForeignKey {
     /// The referencing (child) table, as (schema, table).
     pub child: (String, String),
-    /// Its columns, in the key's order.
+    /// Its columns, in the key's order (see [`foreign_keys`]).
     pub columns: Vec<String>,
     /// The referenced (parent) table.
     pub parent: (String, String),
@@ -132,41 +132,41 @@ impl ForeignKey {
     }
 }
 
-/// Every foreign key on the server, with its columns and rules.
-pub async fn foreign_keys(conn: &mut impl Queryable) -> Result<Vec<ForeignKey>, mysql_async::Error> {
-    type Row = (String, String, String, String, String, String, String, String, String);
-    let rows: Vec<Row> = conn
+/// Every foreign key on the server with its rules, and the columns of those whose child is `schema.table` (the
+/// others' are left empty: reading every table's key columns from `information_schema` opens every table).
+pub async fn foreign_keys(
+    conn: &mut impl Queryable,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<ForeignKey>, mysql_async::Error> {
+    type Rule = (String, String, String, String, String, String, String);
+    let rules: Vec<Rule> = conn
         .query(
-            "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UNIQUE_CONSTRAINT_SCHEMA, \
-                    rc.REFERENCED_TABLE_NAME, rc.UPDATE_RULE, rc.DELETE_RULE, k.COLUMN_NAME, k.REFERENCED_COLUMN_NAME \
-             FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
-             JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
-               AND k.TABLE_NAME = rc.TABLE_NAME AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME \
-               AND k.REFERENCED_TABLE_NAME IS NOT NULL \
-             ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+            "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME, \
+                    UPDATE_RULE, DELETE_RULE \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS",
         )
         .await?;
-    let mut keys: Vec<(String, ForeignKey)> = Vec::new();
-    for (cs, ct, name, ps, pt, on_update, on_delete, column, parent_column) in rows {
-        match keys.last_mut() {
-            Some((n, k)) if *n == name && k.child == (cs.clone(), ct.clone()) => {
-                k.columns.push(column);
-                k.parent_columns.push(parent_column);
-            }
-            _ => keys.push((
-                name,
-                ForeignKey {
-                    child: (cs, ct),
-                    columns: vec![column],
-                    parent: (ps, pt),
-                    parent_columns: vec![parent_column],
-                    on_update,
-                    on_delete,
-                },
-            )),
-        }
-    }
-    Ok(keys.into_iter().map(|(_, k)| k).collect())
+    let columns: Vec<(String, String, String)> = conn
+        .exec(
+            "SELECT CONSTRAINT_NAME, COLUMN_NAME, REFERENCED_COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND REFERENCED_TABLE_NAME IS NOT NULL \
+             ORDER BY CONSTRAINT_NAME, ORDINAL_POSITION",
+            (schema, table),
+        )
+        .await?;
+    Ok(rules
+        .into_iter()
+        .map(|(cs, ct, name, ps, pt, on_update, on_delete)| {
+            let own = cs == schema && ct == table;
+            let (columns, parent_columns) = columns
+                .iter()
+                .filter(|(constraint, _, _)| own && *constraint == name)
+                .map(|(_, column, parent_column)| (column.clone(), parent_column.clone()))
+                .unzip();
+            ForeignKey { child: (cs, ct), columns, parent: (ps, pt), parent_columns, on_update, on_delete }
+        })
+        .collect())
 }
 
 /// A unique key (the primary key is named `PRIMARY`) and its columns in the key's order, with the data type of

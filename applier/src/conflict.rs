@@ -147,8 +147,9 @@ pub async fn look_up(
             sql::table_name(shape),
             on.join(" AND ")
         );
+        let (stmt, params) = crate::long::bind(tx, offset, &table, &stmt, params).await?;
         let rows: Vec<(u64, Option<i64>)> =
-            tx.exec(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+            tx.exec(stmt.as_ref(), params).await.map_err(statement(offset, Some(&table), &stmt))?;
         for (i, same) in rows {
             if let Some(slot) = out.get_mut(i as usize) {
                 *slot = Some(same == Some(1));
@@ -183,7 +184,9 @@ pub async fn secondary_row_by_key(
     let stmt = format!("SELECT {} FROM {} WHERE {} LIMIT 1", columns(c), sql::table_name(c), key_match(c));
     let params: Vec<_> = key.iter().map(sql::to_mysql).collect();
     let table = (c.schema.clone(), c.table.clone());
-    let row: Option<Row> = tx.exec_first(&stmt, params).await.map_err(statement(offset, Some(&table), &stmt))?;
+    let (stmt, params) = crate::long::bind(tx, offset, &table, &stmt, params).await?;
+    let row: Option<Row> =
+        tx.exec_first(stmt.as_ref(), params).await.map_err(statement(offset, Some(&table), &stmt))?;
     Ok(row.map(|r| row_text(&r, 0)))
 }
 

@@ -58,6 +58,12 @@ pub enum ApplyError {
     },
     #[error("the secondary has drifted at journal offset {offset} on {}: {reason}\n  statement: {statement}", show(.table))]
     Drift { offset: u64, table: Option<TableKey>, statement: String, reason: String },
+    #[error(
+        "a value of about {mib} MiB at journal offset {offset} on {} does not fit the secondary's max_allowed_packet: raise \
+         it on the secondary (SET GLOBAL max_allowed_packet = 1073741824, and in its my.cnf) and restart the applier",
+        show(&Some(.table.clone()))
+    )]
+    TooLong { offset: u64, table: TableKey, mib: u64 },
     #[error("internal error (panic) while applying journal offset {offset}: {what}")]
     Panic { offset: u64, what: String },
     #[error("the reader's settings ({url}): {reason}")]
@@ -157,6 +163,7 @@ impl ApplyError {
             // The reader may be replaced by one whose journal can (see `relocate`).
             | ApplyError::WrongJournal { .. } => true,
             ApplyError::Drift { .. }
+            | ApplyError::TooLong { .. }
             | ApplyError::Panic { .. }
             | ApplyError::ReaderSettings { .. }
             | ApplyError::TableGone { .. }
@@ -200,6 +207,7 @@ impl ApplyError {
         match self {
             ApplyError::Statement { table, .. } | ApplyError::Drift { table, .. } => table.as_ref(),
             ApplyError::StaleChunk { table, .. }
+            | ApplyError::TooLong { table, .. }
             | ApplyError::TableGone { table }
             | ApplyError::ChunkFetch { table, .. }
             | ApplyError::ChunkStalled { table, .. } => Some(table),

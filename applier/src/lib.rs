@@ -21,7 +21,7 @@
 //! | a new journal | [`relocate`] | finding the checkpoint's place in it by GTID |
 //! | planner | [`plan`], [`net`] | grouping limits, the carried record, net changes per key |
 //! | parallel apply | [`parallel`], [`identity`], [`parents`] | workers, write sets (with foreign keys' parent rows), the low-water mark over their commits |
-//! | writer | [`writer`], [`rows`], [`versioned`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
+//! | writer | [`writer`], [`rows`], [`long`], [`versioned`], [`sql`], [`ddl`], [`drift`], [`secondary`], [`checkpoint`] | the secondary connection, the checkpoint |
 //! | local writes on the secondary | [`conflict`] | detection and resolution (`REPLICA_CONFLICTS`) |
 //! | per-table policy | [`table`] | copy modes and quarantines |
 //! | initial copy | [`copy`] | copy state machine, workers, floors, chunk placement |
@@ -44,6 +44,7 @@ pub mod error;
 pub mod health;
 pub mod http_api;
 pub mod identity;
+pub mod long;
 pub mod metrics;
 pub mod net;
 pub mod parallel;

@@ -9,6 +9,7 @@ use mysql_async::Conn;
 
 use crate::conflict::{self, Conflict, ConflictMode, Kind};
 use crate::error::{statement, ApplyError};
+use crate::long;
 use crate::net::{InPlace, NetTable};
 use crate::sql;
 use crate::table::TableKey;
@@ -159,7 +160,8 @@ async fn execute(
     stmt: &str,
     params: Vec<mysql_async::Value>,
 ) -> Result<(), ApplyError> {
-    tx.exec_drop(stmt, params).await.map_err(statement(offset, Some(table), stmt))
+    let (stmt, params) = long::bind(tx, offset, table, stmt, params).await?;
+    tx.exec_drop(stmt.as_ref(), params).await.map_err(statement(offset, Some(table), &stmt))
 }
 
 /// A multi-row statement that found other than the `n` rows the primary `did` (changed, updated) means the

@@ -24,13 +24,13 @@
 //! quarantined and its changes skipped.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::event::{Body, Column, ColumnType, Record, TableChange};
+use common::event::{Body, Column, ColumnType, Record, TableChange, Value};
 use common::position::GtidState;
 use common::retry::{Retry, RetryPolicy};
 use futures_util::FutureExt;
@@ -46,6 +46,7 @@ use crate::copy::state::Progress;
 use crate::drift;
 use crate::error::{codes, meta, statement, ApplyError};
 use crate::identity::{self, Identity};
+use crate::long;
 use crate::metrics::ApplierMetrics;
 use crate::net::NetTable;
 use crate::parents::{self, ParentRef};
@@ -162,6 +163,8 @@ pub struct Writer {
     seen_generation: u64,
     /// With `--commit-order`, a worker's turn to commit: the next journal offset that may commit.
     turn: Option<Arc<watch::Sender<u64>>>,
+    /// Offsets of the long-value pieces held in session variables on the secondary (see [`crate::long`]).
+    pieces: Vec<u64>,
 }
 
 /// How parallel apply may tell a table's changes apart (see [`crate::parallel`]).
@@ -213,6 +216,7 @@ impl Writer {
         let writer = Self {
             fragmented_retry: retries(&config),
             open: None,
+            pieces: Vec::new(),
             config,
             secondary,
             shapes: HashMap::new(),
@@ -239,6 +243,7 @@ impl Writer {
         Self {
             config: self.config.clone(),
             open: None,
+            pieces: Vec::new(),
             fragmented_retry: retries(&self.config),
             secondary: Secondary::for_worker(self.config.clone(), index),
             shapes: HashMap::new(),
@@ -607,6 +612,11 @@ impl Writer {
         let name = self.config.name.clone();
         let conn = self.secondary.conn().await?;
         if self.open.is_none() {
+            if !self.pieces.is_empty() {
+                // A failed attempt's (their offsets come again if they are still needed).
+                long::free(conn, &self.pieces).await?;
+                self.pieces.clear();
+            }
             conn.query_drop("START TRANSACTION").await.map_err(meta("starting a transaction"))?;
             self.conflicts.clear();
         }
@@ -619,7 +629,15 @@ impl Writer {
         // stripped (the secondary computes those).
         let mut changes: Vec<(u64, Cow<'_, TableChange>)> = Vec::new();
         for record in group {
-            let Body::Transaction(cs) = &record.body else { unreachable!("DDL records are grouped alone") };
+            let cs = match &record.body {
+                Body::Transaction(cs) => cs,
+                Body::Piece(piece) => {
+                    long::set(tx, record.offset.0, piece).await?;
+                    self.pieces.push(record.offset.0);
+                    continue;
+                }
+                Body::Ddl { .. } => unreachable!("DDL records are grouped alone"),
+            };
             for c in cs {
                 let key = (c.schema.clone(), c.table.clone());
                 if tables.mode(&key) == TableMode::Skip {
@@ -635,6 +653,13 @@ impl Writer {
                 changes.push((record.offset.0, c));
             }
         }
+        // Tables with a long value in this group go row by row, so that each long value is bound in its own
+        // record's statement (its pieces are found from that record's offset).
+        let long_tables: HashSet<(&str, &str)> = changes
+            .iter()
+            .filter(|(_, c)| c.rows.iter().any(|r| r.values().any(|v| matches!(v, Value::Long { .. }))))
+            .map(|(_, c)| (c.schema.as_str(), c.table.as_str()))
+            .collect();
         let mut nets: Vec<NetTable> = Vec::new();
         // The session's foreign_key_checks as this attempt set it (None: not set yet, so unknown: a failed
         // attempt may have left it on).
@@ -668,7 +693,10 @@ impl Writer {
                     checks = Some(want);
                 }
             }
-            if c.primary_key.is_empty() || in_foreign_keys {
+            if c.primary_key.is_empty()
+                || in_foreign_keys
+                || long_tables.contains(&(c.schema.as_str(), c.table.as_str()))
+            {
                 if lenient || mode == ConflictMode::Stop {
                     rows::apply_in_order(tx, offset, c, lenient).await?;
                 } else {
@@ -741,6 +769,10 @@ impl Writer {
             let text = gtid.to_string();
             checkpoint::save_and_commit(tx, &name, last.offset.0, &text, &last.source.file, last.source.pos).await?;
             self.gtid = gtid;
+        }
+        if !self.pieces.is_empty() {
+            long::free(tx, &self.pieces).await?;
+            self.pieces.clear();
         }
         if !self.conflicts.is_empty() {
             conflict::report(&name, &self.conflicts);

@@ -28,6 +28,7 @@ impl From<Record> for proto::Record {
                     changes: changes.into_iter().map(Into::into).collect(),
                 }),
                 Body::Ddl { schema, statement } => proto::record::Body::Ddl(proto::Ddl { schema, statement }),
+                Body::Piece(v) => proto::record::Body::Piece(v.into()),
             }),
         }
     }
@@ -107,6 +108,7 @@ impl From<Value> for proto::Value {
             }
             Value::Timestamp { seconds, micros } => Kind::Timestamp(proto::Timestamp { seconds, micros }),
             Value::Year(y) => Kind::Year(y.into()),
+            Value::Long { len, pieces, back } => Kind::Long(proto::Long { len, pieces, back }),
         };
         proto::Value { kind: Some(kind) }
     }
@@ -152,6 +154,7 @@ impl TryFrom<proto::Value> for Value {
             },
             Kind::Timestamp(t) => Value::Timestamp { seconds: t.seconds, micros: t.micros },
             Kind::Year(y) => Value::Year(narrow(y, "year")?),
+            Kind::Long(l) => Value::Long { len: l.len, pieces: l.pieces, back: l.back },
         })
     }
 }
@@ -171,6 +174,10 @@ impl TryFrom<proto::Record> for Record {
             proto::record::Body::Transaction(t) => {
                 Body::Transaction(t.changes.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?)
             }
+            proto::record::Body::Piece(v) => match Value::try_from(v)? {
+                v @ (Value::Bytes(_) | Value::Text(_)) if r.continues => Body::Piece(v),
+                _ => return Err(WireError("a piece of a long value that is not text or bytes, or does not continue")),
+            },
         };
         Ok(Record {
             offset: JournalOffset(r.offset),

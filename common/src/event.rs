@@ -38,7 +38,16 @@ pub enum Body {
     Transaction(Vec<TableChange>),
     /// A statement the source logged as a query (CREATE/ALTER/RENAME/DROP/TRUNCATE ...).
     Ddl { schema: String, statement: String },
+    /// One piece of a value too long to journal in one record ([`Value::Long`]): [`Value::Bytes`] or
+    /// [`Value::Text`], at most [`PIECE_BYTES`] of the source's bytes. Its record always continues: the pieces of
+    /// a value come in consecutive records, and the row changes that use them follow.
+    Piece(Value),
 }
+
+/// Source bytes from which a BLOB/TEXT value is journaled in pieces ([`Value::Long`]), and the most source bytes
+/// one piece takes: a row of any size then passes through the journal, the gRPC stream and the applier in
+/// records of about this size.
+pub const PIECE_BYTES: usize = 1 << 20;
 
 impl Body {
     /// Bytes the body holds in memory (see [`Value::mem_size`]); what bounds the buffers it passes through.
@@ -46,6 +55,7 @@ impl Body {
         match self {
             Body::Transaction(changes) => changes.iter().map(TableChange::mem_size).sum(),
             Body::Ddl { schema, statement } => schema.len() + statement.len(),
+            Body::Piece(v) => v.mem_size(),
         }
     }
 }
@@ -55,7 +65,7 @@ impl Record {
     pub fn row_count(&self) -> usize {
         match &self.body {
             Body::Transaction(changes) => changes.iter().map(|c| c.rows.len()).sum(),
-            Body::Ddl { .. } => 0,
+            Body::Ddl { .. } | Body::Piece(_) => 0,
         }
     }
 }
@@ -282,9 +292,29 @@ pub enum Value {
         micros: u32,
     },
     Year(u16),
+    /// A BLOB/TEXT value of `len` source bytes journaled ahead of its row, in the `pieces` [`Body::Piece`]
+    /// records that begin `back` records before the record holding this value (the pieces of every long value
+    /// of a rows event, in column order, directly precede the record with its rows). The value is the pieces'
+    /// concatenation.
+    Long {
+        len: u64,
+        pieces: u32,
+        back: u32,
+    },
 }
 
 impl Value {
+    /// The journal offsets of a [`Value::Long`]'s pieces, for the value in the record at `offset`.
+    pub fn piece_offsets(&self, offset: u64) -> Option<std::ops::Range<u64>> {
+        match *self {
+            Value::Long { pieces, back, .. } => {
+                let first = offset.checked_sub(u64::from(back))?;
+                Some(first..first + u64::from(pieces))
+            }
+            _ => None,
+        }
+    }
+
     /// Bytes the value holds in memory, inline and on the heap: what bounds buffers and transactions. (A
     /// small value takes several times its binlog or wire size once decoded, so those sizes do not do.)
     pub fn mem_size(&self) -> usize {
@@ -326,6 +356,7 @@ impl fmt::Display for Value {
                 dt.fmt(f)
             }
             Value::Year(y) => write!(f, "{y:04}"),
+            Value::Long { len, pieces, .. } => write!(f, "<{len} bytes in {pieces} pieces>"),
         }
     }
 }

@@ -2,18 +2,26 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Starts the process again with `MALLOC_ARENA_MAX=2` unless the variable is set (glibc reads it before `main`).
-/// glibc's malloc keeps up to eight arenas per core, each holding on to memory its threads freed; two are enough
-/// here: in the catch-up benchmark the reader's peak RSS fell from 71-80 to 57-65 MiB. The process keeps its
-/// PID, arguments and environment; if the new start fails it goes on as it is.
-pub fn limit_malloc_arenas() {
-    if !cfg!(all(target_os = "linux", target_env = "gnu")) || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+/// Starts the process again with `MALLOC_ARENA_MAX=2` and `MYSQL_ASYNC_BUFFER_SIZE_CAP=65536` where either is
+/// unset (glibc reads the first before `main`; mysql_async the second when it first needs a buffer, and setting
+/// a variable in a running process needs `unsafe`, which the workspace forbids).
+/// - glibc's malloc keeps up to eight arenas per core, each holding on to memory its threads freed; two are
+///   enough here: in the catch-up benchmark the reader's peak RSS fell from 71-80 to 57-65 MiB.
+/// - mysql_async pools up to 128 packet buffers and keeps each at up to 4 MiB by default; the pool hands them
+///   out in turn, so after many large statements (the pieces of a long value) every pooled buffer has grown:
+///   the applier held 62 MB of them after one 64 MiB row. Buffers past 64 KiB are shrunk when returned.
+///
+/// The process keeps its PID, arguments and environment; if the new start fails it goes on as it is.
+pub fn limit_retained_memory() {
+    const SETTINGS: [(&str, &str); 2] = [("MALLOC_ARENA_MAX", "2"), ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "65536")];
+    let unset: Vec<(&str, &str)> = SETTINGS.into_iter().filter(|(name, _)| std::env::var_os(name).is_none()).collect();
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) || unset.is_empty() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
     use std::os::unix::process::CommandExt;
-    let error = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("MALLOC_ARENA_MAX", "2").exec();
-    eprintln!("could not start again with MALLOC_ARENA_MAX=2 ({error}); going on with glibc's default arenas");
+    let error = std::process::Command::new(exe).args(std::env::args_os().skip(1)).envs(unset).exec();
+    eprintln!("could not start again with {SETTINGS:?} ({error}); going on with the defaults");
 }
 
 /// Cancels `shutdown` at the first SIGTERM or SIGINT.
@@ -119,7 +127,7 @@ where
     E: std::error::Error + 'static,
 {
     use std::process::ExitCode;
-    limit_malloc_arenas();
+    limit_retained_memory();
     let argv = match crate::config_file::layered_args(&C::command()) {
         Ok(argv) => argv,
         Err(e) => {

@@ -29,5 +29,20 @@ pub fn to_mysql(v: &Value) -> My {
         }
         Value::Timestamp { seconds, micros } => to_mysql(&utc_from_unix(*seconds, *micros)),
         Value::Year(y) => My::Int(i64::from(*y)),
+        Value::Long { pieces, back, .. } => long_marker(*back, *pieces),
+    }
+}
+
+/// The parameter that stands for a [`Value::Long`] until a statement is run: a TIME no stored value binds as
+/// (255 hours in the hours byte, which [`to_mysql`] keeps below 24), carrying `back` and `pieces`.
+fn long_marker(back: u32, pieces: u32) -> My {
+    My::Time(true, back, 255, 255, 255, pieces)
+}
+
+/// `(back, pieces)` of a parameter that stands for a [`Value::Long`] (see [`to_mysql`]).
+pub fn long_of(v: &My) -> Option<(u32, u32)> {
+    match *v {
+        My::Time(true, back, 255, 255, 255, pieces) => Some((back, pieces)),
+        _ => None,
     }
 }

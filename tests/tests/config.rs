@@ -167,13 +167,13 @@ fn dot_env_sits_between_the_environment_and_the_toml_file() {
 }
 
 #[test]
-fn both_binaries_run_with_two_malloc_arenas_unless_the_operator_chose_a_number() {
+fn both_binaries_run_with_two_malloc_arenas_and_small_pooled_buffers_unless_the_operator_chose() {
     let environ = |child: &std::process::Child| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let env = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap_or_default();
             let env = String::from_utf8_lossy(&env).into_owned();
-            if env.contains("MALLOC_ARENA_MAX=") || std::time::Instant::now() > deadline {
+            if env.contains("MYSQL_ASYNC_BUFFER_SIZE_CAP=") || std::time::Instant::now() > deadline {
                 return env;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -202,5 +202,6 @@ fn both_binaries_run_with_two_malloc_arenas_unless_the_operator_chose_a_number()
         let _ = child.wait();
         let want = format!("MALLOC_ARENA_MAX={}\0", chosen.unwrap_or("2"));
         assert!(env.contains(&want), "{binary} runs with {want:?}: {env:?}");
+        assert!(env.contains("MYSQL_ASYNC_BUFFER_SIZE_CAP=65536\0"), "{binary} shrinks pooled buffers: {env:?}");
     }
 }

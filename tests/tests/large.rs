@@ -188,3 +188,100 @@ async fn a_link_cut_in_the_middle_of_a_large_transaction_journals_it_once() {
     assert_eq!(journaled, ROWS, "every row journaled exactly once");
     assert_eq!(checksum(&secondary, "big.t").await, checksum(&primary, "big.t").await);
 }
+
+/// Every column of `table` as MD5s, row by row: what the secondary must hold byte for byte.
+async fn digests(db: &MariaDb, table: &str, columns: &[&str]) -> Vec<Vec<Option<String>>> {
+    let md5: Vec<String> = columns.iter().map(|c| format!("MD5({c})")).collect();
+    let sql = format!("SELECT {} FROM {table} ORDER BY {}", md5.join(", "), md5.join(", "));
+    let mut conn = db.conn().await;
+    let rows: Vec<mysql_async::Row> = mysql_async::prelude::Queryable::query(&mut conn, sql).await.expect("digests");
+    rows.into_iter().map(|r| (0..columns.len()).map(|i| r.get::<Option<String>, _>(i).flatten()).collect()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_text_and_blob_values_pass_in_pieces_and_arrive_byte_for_byte() {
+    let server = ["--max-allowed-packet=256M"];
+    let primary = MariaDb::start_with(Role::Primary, 1, &server).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    let secondary = MariaDb::start_with(Role::Secondary, 2, &server).await;
+    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    primary
+        .exec(
+            "CREATE DATABASE big; \
+             CREATE TABLE big.k (id INT PRIMARY KEY, u LONGTEXT CHARACTER SET utf8mb4, \
+               l LONGTEXT CHARACTER SET latin1, b LONGBLOB, j JSON, n INT); \
+             CREATE TABLE big.keyless (b MEDIUMBLOB, t MEDIUMTEXT CHARACTER SET utf8mb4); \
+             CREATE TABLE big.small (id INT PRIMARY KEY, v INT)",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    let before = reader.info().await.last_offset;
+
+    // Characters of 1 to 4 bytes, so that pieces cut through them; short values beside long ones; rows before
+    // and after the long ones in the same transaction.
+    primary
+        .exec(
+            "BEGIN; \
+             INSERT INTO big.small VALUES (1, 1); \
+             INSERT INTO big.k VALUES (1, REPEAT('aé€😀', 300000), REPEAT('café ', 500000), \
+               REPEAT(UNHEX('00FF'), 1 << 20), JSON_ARRAY(REPEAT('x', 2 << 20)), 1), \
+               (2, 'short', 'court', 0x01, '[]', 2), (3, NULL, NULL, REPEAT('z', (1 << 20) - 1), NULL, 3); \
+             INSERT INTO big.small VALUES (2, 2); \
+             COMMIT",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    let records = reader.records().await;
+    let pieces = records
+        .iter()
+        .filter(|r| r.offset > before && matches!(r.body, Some(common::proto::record::Body::Piece(_))))
+        .count();
+    // u: 3,000,000 bytes → 3 pieces; l: 2,500,000 → 3; b: 2 MiB → 2; j: 2 MiB + 2 → 3; row 3's b is one byte short.
+    assert_eq!(pieces, 11, "each value of 1 MiB or more goes in 1 MiB pieces, no shorter one");
+
+    // Long values in before images too: updates and deletes, keyed and keyless, several in one rows event.
+    primary
+        .exec(
+            "BEGIN; \
+             UPDATE big.k SET n = n + 10, b = CONCAT(b, 'x') WHERE id = 1; \
+             UPDATE big.k SET u = REPEAT('ü', 1 << 20) WHERE id = 2; \
+             INSERT INTO big.keyless VALUES (REPEAT('k', 3 << 20), REPEAT('ß', 600000)), \
+               (REPEAT('k', 3 << 20), 'same blob'), (REPEAT('m', 2 << 20), NULL); \
+             DELETE FROM big.keyless WHERE t = 'same blob'; \
+             UPDATE big.keyless SET b = REPEAT('n', 2 << 20) WHERE t IS NULL; \
+             DELETE FROM big.k WHERE id = 3; \
+             INSERT INTO big.small VALUES (3, 3); \
+             COMMIT",
+        )
+        .await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+
+    for (table, columns) in [
+        ("big.k", &["id", "u", "l", "b", "j", "n"][..]),
+        ("big.keyless", &["b", "t"][..]),
+        ("big.small", &["id", "v"][..]),
+    ] {
+        assert_eq!(digests(&secondary, table, columns).await, digests(&primary, table, columns).await, "{table}");
+        assert_eq!(checksum(&secondary, table).await, checksum(&primary, table).await, "{table}");
+    }
+    // The pieces' session variables were freed with their transactions.
+    assert!(!a.log_text().contains("ERROR"), "{}", a.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_value_the_secondary_cannot_hold_stops_the_table_with_a_clear_error() {
+    let primary = MariaDb::start_with(Role::Primary, 1, &["--max-allowed-packet=256M"]).await;
+    let reader = Reader::start(&primary, &primary.dir.path().join("journal"), &[]).await;
+    // The secondary keeps MariaDB's default max_allowed_packet (16 MiB).
+    let secondary = MariaDb::start_with(Role::Secondary, 2, &[]).await;
+    let a = Applier::start(&reader, &secondary, "s", &[("REPLICA_START_OFFSET", "1")]);
+    primary.exec("CREATE DATABASE big; CREATE TABLE big.b (id INT PRIMARY KEY, b LONGBLOB)").await;
+    caught_up(&primary, &reader, &secondary, &a).await;
+    primary.exec("INSERT INTO big.b VALUES (1, REPEAT('v', 20 << 20))").await;
+    eventually(WAIT, "the applier to name the value it cannot write", || async {
+        a.log_text().contains("does not fit the secondary's max_allowed_packet").then_some(())
+    })
+    .await;
+    let rows: Vec<u64> = secondary.query("SELECT COUNT(*) FROM big.b").await;
+    assert_eq!(rows, vec![0], "nothing was written in its place (CONCAT would have given NULL)");
+}

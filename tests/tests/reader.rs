@@ -244,6 +244,7 @@ async fn ddl_appears_as_records_in_order_with_the_dml_around_it() {
         .map(|r| match &r.body {
             Some(proto::record::Body::Ddl(d)) => d.statement.split_whitespace().next().unwrap_or("").to_uppercase(),
             Some(proto::record::Body::Transaction(t)) => format!("ROWS:{}", t.changes[0].table),
+            Some(proto::record::Body::Piece(_)) => "PIECE".into(),
             None => "?".into(),
         })
         .collect();

@@ -3,6 +3,13 @@
 //! standalone statement), with the position after it. A transaction whose decoded rows pass
 //! [`FRAGMENT_BYTES`] is handed on in fragments as it is read, so that memory does not grow with its size;
 //! the journal keeps fragments invisible until the transaction's end arrives (see [`crate::journal`]).
+//!
+//! A BLOB/TEXT value of [`common::event::PIECE_BYTES`] or more is not decoded with its row: the row gets a
+//! [`common::event::Value::Long`] stand-in, the changes before its rows event go ahead as a fragment, and
+//! [`Assembler::next_piece`] then cuts the value from the event into piece records, one at a time as they are
+//! handed on; the record with the event's rows follows them directly, which is what each stand-in's `back`
+//! counts on. Pieces are fragments like any other, so the journal's rules for an unfinished transaction cover
+//! them: nothing of the transaction is visible until its end, and a crash removes every piece with the rest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +20,7 @@ use mysql_async::binlog::events::{Event, EventData, QueryEvent, RotateEvent, Row
 use mysql_async::binlog::RowsEventFlags;
 use tracing::{debug, info, warn};
 
-use crate::binlog::decode::TableInfo;
+use crate::binlog::decode::{LongSlice, PieceReader, TableInfo};
 use crate::binlog::mariadb_events as maria;
 use crate::binlog::preflight::PrimaryInfo;
 use crate::binlog::statement::{self, classify, Statement};
@@ -90,6 +97,29 @@ impl Here<'_> {
     }
 }
 
+/// What is handed on at `here` (see [`Assembler::committed`]).
+fn committed(
+    gtid_state: &GtidState,
+    primary: &PrimaryInfo,
+    gtid: Option<Gtid>,
+    bodies: Vec<Body>,
+    here: &Here<'_>,
+    continues: bool,
+) -> Committed {
+    Committed {
+        gtid,
+        source: BinlogPosition { file: here.file.to_owned(), pos: here.log_pos },
+        commit_unix_seconds: i64::from(here.timestamp),
+        commit_micros: here.micros,
+        bodies,
+        gtid_state: gtid_state.clone(),
+        server_id: primary.server_id,
+        binlog_basename: primary.binlog_basename.clone(),
+        xa: None,
+        continues,
+    }
+}
+
 /// Turns a sequence of binlog events into committed transactions.
 pub struct Assembler<'a> {
     config: &'a Config,
@@ -101,6 +131,21 @@ pub struct Assembler<'a> {
     /// Table id → decoded table info, or None when the filter leaves the table out.
     tables: HashMap<u64, Option<Arc<TableInfo>>>,
     fde_seen: bool,
+    /// The long values of the last rows event handled, still to be handed on in pieces ([`Self::next_piece`]).
+    longs: Vec<LongSlice>,
+    pieces: Option<Pieces>,
+}
+
+/// Where the pieces of the last rows event's long values are being read (see [`Assembler::next_piece`]).
+struct Pieces {
+    /// Offset of the rows data in the event's data.
+    rows_data: usize,
+    file: String,
+    log_pos: u64,
+    timestamp: u32,
+    /// The next long value to read, and the reader of the current one.
+    next: usize,
+    reader: Option<PieceReader>,
 }
 
 impl<'a> Assembler<'a> {
@@ -116,11 +161,44 @@ impl<'a> Assembler<'a> {
             pending: None,
             tables: HashMap::new(),
             fde_seen: false,
+            longs: Vec::new(),
+            pieces: None,
+        }
+    }
+
+    /// The next piece of the long values in the event last handled, as a record of its own (a fragment of the
+    /// transaction): after `handle` returned, call this until it returns None and hand on each piece in turn.
+    /// Each piece is read from the event as it is asked for, so only the event itself is held whole.
+    pub fn next_piece(&mut self, event: &Event) -> Option<Result<Committed, ReaderError>> {
+        let p = self.pieces.as_mut()?;
+        let here = Here { file: &p.file, log_pos: p.log_pos, timestamp: p.timestamp, micros: 0 };
+        loop {
+            if p.reader.is_none() {
+                let Some(slice) = self.longs.get(p.next) else {
+                    self.pieces = None;
+                    self.longs.clear();
+                    return None;
+                };
+                p.reader = Some(slice.reader());
+                p.next += 1;
+            }
+            let data = event.data().get(p.rows_data..).unwrap_or_default();
+            match p.reader.as_mut().and_then(|r| r.next_piece(data)) {
+                Some(Ok(value)) => {
+                    let gtid = self.pending.as_ref().and_then(|t| t.gtid);
+                    let body = Body::Piece(value);
+                    return Some(Ok(committed(&self.gtid_state, self.primary, gtid, vec![body], &here, true)));
+                }
+                Some(Err(source)) => return Some(Err(ReaderError::Decode { position: here.at(), source })),
+                None => p.reader = None,
+            }
         }
     }
 
     /// Takes one event; returns a transaction (or a fragment of one) it completes. `file` follows rotations.
     pub fn handle(&mut self, event: &Event, file: &mut String) -> Result<Option<Committed>, ReaderError> {
+        self.longs.clear();
+        self.pieces = None;
         let header = event.header();
         let kind = header.event_type_raw();
         let log_pos = u64::from(header.log_pos());
@@ -254,30 +332,58 @@ impl<'a> Assembler<'a> {
         };
         let Some(pending) = self.pending.as_mut() else { unreachable!("inserted above") };
         let checks = !rows.flags().contains(RowsEventFlags::NO_FOREIGN_KEY_CHECKS);
+        // Long values go in pieces ahead of their rows only where the transaction may be fragmented.
+        let mut longs = Vec::new();
+        let pieces_allowed =
+            !pending.xa && !pending.standalone && matches!(pending.bodies.as_slice(), [] | [Body::Transaction(_)]);
         let change = pending.push_change(&info, checks);
         let had = change.rows.len();
-        info.decode_rows(rows, &mut change.rows)
+        info.decode_rows(rows, &mut change.rows, pieces_allowed.then_some(&mut longs))
             .map_err(|source| ReaderError::Decode { position: here.at(), source })?;
         let added: usize = change.rows[had..].iter().map(RowChange::mem_size).sum();
-        pending.row_bytes += added;
-        Ok(fragment)
+        if longs.is_empty() {
+            pending.row_bytes += added;
+            return Ok(fragment);
+        }
+        // The record with this event's rows must directly follow their long values' pieces (each `back`
+        // counts from it): the changes before them go ahead as a fragment of their own.
+        let mine = TableChange { rows: change.rows.split_off(had), ..change.shape() };
+        let mut before = std::mem::replace(&mut pending.bodies, vec![Body::Transaction(vec![mine])]);
+        if let Some(Body::Transaction(changes)) = before.last_mut() {
+            if changes.last().is_some_and(|c| c.rows.is_empty()) {
+                changes.pop();
+            }
+            if changes.is_empty() {
+                before.pop();
+            }
+        }
+        pending.row_bytes = added;
+        pending.start_pos = here.log_pos.saturating_sub(u64::from(size));
+        let gtid = pending.gtid;
+        let rows_data = rows.rows_data().as_ptr() as usize - event.data().as_ptr() as usize;
+        if rows_data > event.data().len() {
+            return Err(here.unsupported("a rows event's rows lie outside the event (mysql_common changed)"));
+        }
+        self.longs = longs;
+        self.pieces = Some(Pieces {
+            rows_data,
+            file: here.file.to_owned(),
+            log_pos: here.log_pos,
+            timestamp: here.timestamp,
+            next: 0,
+            reader: None,
+        });
+        if before.is_empty() {
+            return Ok(fragment);
+        }
+        debug_assert!(fragment.is_none(), "a fragment just handed on leaves nothing before this event");
+        Ok(Some(self.committed(gtid, before, here, true)))
     }
 
     /// What is handed on at `here`: a transaction's end (`continues` false, with the GTID state after it), or a
     /// fragment of one (its changes so far, journaled ahead of the rest).
     fn committed(&self, gtid: Option<Gtid>, bodies: Vec<Body>, here: &Here<'_>, continues: bool) -> Committed {
-        Committed {
-            gtid,
-            source: BinlogPosition { file: here.file.to_owned(), pos: here.log_pos },
-            commit_unix_seconds: i64::from(here.timestamp),
-            commit_micros: here.micros,
-            bodies,
-            gtid_state: self.gtid_state.clone(),
-            server_id: self.primary.server_id,
-            binlog_basename: self.primary.binlog_basename.clone(),
-            xa: None,
-            continues,
-        }
+        committed(&self.gtid_state, self.primary, gtid, bodies, here, continues)
     }
 
     fn on_query(&mut self, q: &QueryEvent<'_>, here: &Here<'_>) -> Result<Option<Committed>, ReaderError> {

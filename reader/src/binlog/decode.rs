@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use common::event::{Column, ColumnType, RowChange, TableChange, Value};
+use common::event::{Column, ColumnType, RowChange, TableChange, Value, PIECE_BYTES};
 use mysql_common::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, RowsEventData, TableMapEvent};
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::collations::{Collation, CollationId};
@@ -52,6 +52,76 @@ enum Text {
     Binary,
     Utf8,
     Other(&'static encoding_rs::Encoding),
+}
+
+/// A BLOB/TEXT value of a rows event long enough to be journaled in pieces ([`Value::Long`]): where its bytes
+/// lie in the event's rows data, and how they are read.
+#[derive(Debug, Clone)]
+pub struct LongSlice {
+    /// Offset of the value's first byte in the rows data ([`RowsEventData::rows_data`]).
+    pub start: usize,
+    pub len: usize,
+    text: Text,
+    schema_table_column: (String, String, String),
+}
+
+impl LongSlice {
+    /// The number of pieces ([`PIECE_BYTES`] of source bytes each).
+    pub fn pieces(&self) -> u32 {
+        self.len.div_ceil(PIECE_BYTES) as u32
+    }
+
+    /// Reads a long value's pieces one at a time from the rows data they lie in.
+    pub fn reader(&self) -> PieceReader {
+        let decoder = match self.text {
+            Text::Binary => None,
+            Text::Utf8 => Some(encoding_rs::UTF_8.new_decoder_without_bom_handling()),
+            Text::Other(enc) => Some(enc.new_decoder_without_bom_handling()),
+        };
+        PieceReader { slice: self.clone(), done: 0, decoder }
+    }
+}
+
+/// The pieces of one long value, in order (see [`LongSlice::reader`]).
+pub struct PieceReader {
+    slice: LongSlice,
+    /// Source bytes already turned into pieces.
+    done: usize,
+    /// For text: converts to UTF-8 across piece boundaries (a character may straddle two).
+    decoder: Option<encoding_rs::Decoder>,
+}
+
+impl PieceReader {
+    /// The next piece, read from `rows_data` (the same event's); None after the last.
+    pub fn next_piece(&mut self, rows_data: &[u8]) -> Option<Result<Value, DecodeError>> {
+        let s = &self.slice;
+        if self.done >= s.len {
+            return None;
+        }
+        let n = (s.len - self.done).min(PIECE_BYTES);
+        let from = s.start + self.done;
+        let Some(bytes) = rows_data.get(from..from + n) else {
+            return Some(Err(DecodeError::Rows(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a long value lies past its rows event",
+            ))));
+        };
+        self.done += n;
+        let last = self.done >= s.len;
+        let Some(decoder) = self.decoder.as_mut() else { return Some(Ok(Value::Bytes(bytes.to_vec()))) };
+        let mut text = String::with_capacity(decoder.max_utf8_buffer_length(n).unwrap_or(n * 3));
+        let (_, _, had_errors) = decoder.decode_to_string(bytes, &mut text, last);
+        if had_errors {
+            let (schema, table, column) = s.schema_table_column.clone();
+            return Some(Err(DecodeError::Value {
+                schema,
+                table,
+                column,
+                what: format!("character data is not valid {}", decoder.encoding().name()),
+            }));
+        }
+        Some(Ok(Value::Text(text)))
+    }
 }
 
 /// A table as the binlog describes it, with everything needed to decode its rows.
@@ -197,12 +267,19 @@ impl TableInfo {
         }
     }
 
-    /// Decodes every row of a rows event into `out`.
+    /// Decodes every row of a rows event into `out`. With `longs`, a BLOB/TEXT value of [`PIECE_BYTES`] or more
+    /// is not read: it becomes a [`Value::Long`] and its place in the event is added to `longs`, in the order the
+    /// values appear; each `back` counts from the record after the pieces of every long value of this event.
     ///
     /// Row images are read here rather than through mysql_common's row iterator, which re-parses the
     /// table's optional metadata and rebuilds its column list for every row; values still go through
     /// mysql_common's per-type decoder.
-    pub fn decode_rows(&self, event: &RowsEventData<'_>, out: &mut Vec<RowChange>) -> Result<(), DecodeError> {
+    pub fn decode_rows(
+        &self,
+        event: &RowsEventData<'_>,
+        out: &mut Vec<RowChange>,
+        mut longs: Option<&mut Vec<LongSlice>>,
+    ) -> Result<(), DecodeError> {
         let kind = match event {
             RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Kind::Insert,
             RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Kind::Update,
@@ -229,23 +306,74 @@ impl TableInfo {
                 });
             }
         }
-        let mut buf = ParseBuf(event.rows_data());
+        let data = event.rows_data();
+        let mut buf = ParseBuf(data);
+        let had = (out.len(), longs.as_ref().map_or(0, |l| l.len()));
         while !buf.is_empty() {
             let change = match kind {
-                Kind::Insert => RowChange::Insert { after: self.read_image(&mut buf)? },
+                Kind::Insert => RowChange::Insert { after: self.read_image(&mut buf, data, longs.as_deref_mut())? },
                 Kind::Update => {
-                    let before = self.read_image(&mut buf)?;
-                    RowChange::Update { before, after: self.read_image(&mut buf)? }
+                    let before = self.read_image(&mut buf, data, longs.as_deref_mut())?;
+                    RowChange::Update { before, after: self.read_image(&mut buf, data, longs.as_deref_mut())? }
                 }
-                Kind::Delete => RowChange::Delete { before: self.read_image(&mut buf)? },
+                Kind::Delete => RowChange::Delete { before: self.read_image(&mut buf, data, longs.as_deref_mut())? },
             };
             out.push(change);
+        }
+        if let Some(longs) = longs {
+            // Each long value's distance back to its first piece, from the record after all of them.
+            let mut back: u32 = longs[had.1..].iter().map(LongSlice::pieces).sum();
+            let mut values = out[had.0..].iter_mut().flat_map(|row| match row {
+                RowChange::Insert { after } => after.iter_mut().chain([].iter_mut()),
+                RowChange::Update { before, after } => before.iter_mut().chain(after.iter_mut()),
+                RowChange::Delete { before } => before.iter_mut().chain([].iter_mut()),
+            });
+            for slice in &longs[had.1..] {
+                let Some(Value::Long { back: b, .. }) = values.find(|v| matches!(v, Value::Long { .. })) else {
+                    unreachable!("a long value for each slice")
+                };
+                *b = back;
+                back -= slice.pieces();
+            }
         }
         Ok(())
     }
 
+    /// A BLOB/TEXT value at the front of `buf` long enough to be journaled in pieces: skipped in `buf`, its place
+    /// added to `longs`, and its stand-in returned.
+    fn long_value(&self, i: usize, buf: &mut ParseBuf<'_>, data: &[u8], longs: &mut Vec<LongSlice>) -> Option<Value> {
+        let (ty, meta) = &self.wire[i];
+        if *ty != My::MYSQL_TYPE_BLOB || self.columns[i].ty != ColumnType::Blob {
+            return None;
+        }
+        let width = usize::from(*meta.first()?);
+        if !(1..=4).contains(&width) || buf.0.len() < width {
+            return None;
+        }
+        let len = buf.0[..width].iter().rev().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        if len < PIECE_BYTES || buf.0.len() < width + len {
+            return None;
+        }
+        let start = buf.0[width..].as_ptr() as usize - data.as_ptr() as usize;
+        buf.0 = &buf.0[width + len..];
+        let slice = LongSlice {
+            start,
+            len,
+            text: self.text[i],
+            schema_table_column: (self.schema.clone(), self.table.clone(), self.columns[i].name.clone()),
+        };
+        let pieces = slice.pieces();
+        longs.push(slice);
+        Some(Value::Long { len: len as u64, pieces, back: 0 })
+    }
+
     /// One full row image: a null bitmap, then each non-null value.
-    fn read_image<'b>(&'b self, buf: &mut ParseBuf<'b>) -> Result<Vec<Value>, DecodeError> {
+    fn read_image<'b>(
+        &'b self,
+        buf: &mut ParseBuf<'b>,
+        data: &[u8],
+        mut longs: Option<&mut Vec<LongSlice>>,
+    ) -> Result<Vec<Value>, DecodeError> {
         let n = self.columns.len();
         let truncated = || DecodeError::Rows(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "row image"));
         let nulls = buf.checked_eat(n.div_ceil(8)).ok_or_else(truncated)?;
@@ -253,6 +381,10 @@ impl TableInfo {
         for (i, (ty, meta)) in self.wire.iter().enumerate() {
             if nulls[i / 8] & (1 << (i % 8)) != 0 {
                 values.push(Value::Null);
+                continue;
+            }
+            if let Some(long) = longs.as_deref_mut().and_then(|longs| self.long_value(i, buf, data, longs)) {
+                values.push(long);
                 continue;
             }
             let v: BinlogValue<'_> =

@@ -125,42 +125,52 @@ async fn repair(
             Some(Err(e)) => return Err(ReaderError::Stream(e).into()),
             None => return Err(RepairError::Refused("the primary ended the stream".into())),
         };
-        let Some(txn) = asm.handle(&event, &mut file)? else { continue };
-        if txn.xa.is_some() {
-            return Err(RepairError::Refused("the range holds an XA transaction, which is not repaired".into()));
-        }
-        for body in record_bodies(&txn, &[], open, &marker) {
-            offset += 1;
-            if offset > plan.last {
-                break;
+        // The event's transaction (or fragment), then the pieces of its long values, as the source hands them on.
+        let mut next = asm.handle(&event, &mut file)?;
+        loop {
+            let txn = match next.take() {
+                Some(txn) => txn,
+                None => match asm.next_piece(&event) {
+                    Some(piece) => piece?,
+                    None => break,
+                },
+            };
+            if txn.xa.is_some() {
+                return Err(RepairError::Refused("the range holds an XA transaction, which is not repaired".into()));
             }
-            let j = journal.clone();
-            let stored = tokio::task::spawn_blocking(move || j.stored(offset))
-                .await
-                .map_err(|_| RepairError::Refused("stopped".into()))??;
-            let bytes = encode_record(&txn, body, offset, stored.journaled_unix_ms)?;
-            if plan.damaged.contains(&offset) {
-                if bytes.len() != stored.bytes.len() {
+            for body in record_bodies(&txn, &[], open, &marker) {
+                offset += 1;
+                if offset > plan.last {
+                    break;
+                }
+                let j = journal.clone();
+                let stored = tokio::task::spawn_blocking(move || j.stored(offset))
+                    .await
+                    .map_err(|_| RepairError::Refused("stopped".into()))??;
+                let bytes = encode_record(&txn, body, offset, stored.journaled_unix_ms)?;
+                if plan.damaged.contains(&offset) {
+                    if bytes.len() != stored.bytes.len() {
+                        return Err(RepairError::Refused(format!(
+                            "the binlog gives offset {offset} another length ({} bytes, the journal's {}): the filter or \
+                             the binlog changed since it was journaled",
+                            bytes.len(),
+                            stored.bytes.len()
+                        )));
+                    }
+                    fixes.push((offset, bytes));
+                } else if bytes != stored.bytes {
                     return Err(RepairError::Refused(format!(
-                        "the binlog gives offset {offset} another length ({} bytes, the journal's {}): the filter or \
-                         the binlog changed since it was journaled",
-                        bytes.len(),
-                        stored.bytes.len()
+                        "the binlog does not give back the whole record at offset {offset}: the filter or the binlog \
+                         changed since it was journaled"
                     )));
                 }
-                fixes.push((offset, bytes));
-            } else if bytes != stored.bytes {
-                return Err(RepairError::Refused(format!(
-                    "the binlog does not give back the whole record at offset {offset}: the filter or the binlog \
-                     changed since it was journaled"
-                )));
             }
-        }
-        // As the journal writer tracks it: whether the last record written continues.
-        if txn.continues {
-            open |= !txn.bodies.is_empty();
-        } else {
-            open = false;
+            // As the journal writer tracks it: whether the last record written continues.
+            if txn.continues {
+                open |= !txn.bodies.is_empty();
+            } else {
+                open = false;
+            }
         }
     }
     drop(stream);

@@ -314,6 +314,12 @@ impl Source {
                     return Ok(Ended::Shutdown);
                 }
             }
+            // The pieces of the event's long values, read from it one at a time as the budget lets them pass.
+            while let Some(piece) = asm.next_piece(&event) {
+                if !self.hand_over(piece?).await? {
+                    return Ok(Ended::Shutdown);
+                }
+            }
             self.note_read_through(&event, &file);
         }
     }

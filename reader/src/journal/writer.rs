@@ -72,7 +72,7 @@ async fn barrier(tx: &mpsc::Sender<WriterMsg>, restart: bool) -> Result<Option<R
 fn body_rows(b: &common::event::Body) -> u64 {
     match b {
         common::event::Body::Transaction(changes) => changes.iter().map(|c| c.rows.len() as u64).sum(),
-        common::event::Body::Ddl { .. } => 0,
+        common::event::Body::Ddl { .. } | common::event::Body::Piece(_) => 0,
     }
 }
 

@@ -360,10 +360,11 @@ impl<'a> Assembler<'a> {
         pending.row_bytes = added;
         pending.start_pos = here.log_pos.saturating_sub(u64::from(size));
         let gtid = pending.gtid;
-        let rows_data = rows.rows_data().as_ptr() as usize - event.data().as_ptr() as usize;
-        if rows_data > event.data().len() {
-            return Err(here.unsupported("a rows event's rows lie outside the event (mysql_common changed)"));
-        }
+        // Where the rows lie in the event (mysql_common parses them in place), so that pieces can be cut later.
+        let rows_data = (rows.rows_data().as_ptr() as usize)
+            .checked_sub(event.data().as_ptr() as usize)
+            .filter(|&at| at <= event.data().len())
+            .ok_or_else(|| here.unsupported("a rows event's rows lie outside the event (mysql_common changed)"))?;
         self.longs = longs;
         self.pieces = Some(Pieces {
             rows_data,

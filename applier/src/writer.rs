@@ -654,12 +654,17 @@ impl Writer {
             }
         }
         // Tables with a long value in this group go row by row, so that each long value is bound in its own
-        // record's statement (its pieces are found from that record's offset).
-        let long_tables: HashSet<(&str, &str)> = changes
-            .iter()
-            .filter(|(_, c)| c.rows.iter().any(|r| r.values().any(|v| matches!(v, Value::Long { .. }))))
-            .map(|(_, c)| (c.schema.as_str(), c.table.as_str()))
-            .collect();
+        // record's statement (its pieces are found from that record's offset). A long value's pieces come
+        // before it in its transaction, so without pieces set in this one there is none to look for.
+        let long_tables: HashSet<(&str, &str)> = if self.pieces.is_empty() {
+            HashSet::new()
+        } else {
+            changes
+                .iter()
+                .filter(|(_, c)| c.rows.iter().any(|r| r.values().any(|v| matches!(v, Value::Long { .. }))))
+                .map(|(_, c)| (c.schema.as_str(), c.table.as_str()))
+                .collect()
+        };
         let mut nets: Vec<NetTable> = Vec::new();
         // The session's foreign_key_checks as this attempt set it (None: not set yet, so unknown: a failed
         // attempt may have left it on).
